@@ -1,0 +1,329 @@
+"""Domain model of workflow definitions and run state.
+
+Plain frozen dataclasses: the engine reasons about these, never about protobuf or SQL rows.
+`api/convert.py` maps them to and from the v1 contract; `to_json`/`from_json` give the canonical
+form stored in Postgres and hashed for versioning.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+COMPLETE = "complete"
+"""Reserved transition target that ends a run successfully."""
+
+DEFAULT_QUEUE = "default"
+
+JSON = Any
+"""A JSON-compatible value (dict, list, str, int, float, bool, None)."""
+
+
+class FieldType(enum.StrEnum):
+    STRING = "string"
+    INTEGER = "integer"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    OBJECT = "object"
+    LIST = "list"
+    TIMESTAMP = "timestamp"
+
+
+class StepKind(enum.StrEnum):
+    TASK = "task"
+    WAIT = "wait"
+    LOG = "log"
+    PAUSE = "pause"
+    APPROVAL = "approval"
+
+
+class Outcome(enum.StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class Operator(enum.StrEnum):
+    EQUALS = "equals"
+    NOT_EQUALS = "not_equals"
+    GREATER_THAN = "greater_than"
+    LESS_THAN = "less_than"
+
+
+class Backoff(enum.StrEnum):
+    FIXED = "fixed"
+    LINEAR = "linear"
+    EXPONENTIAL = "exponential"
+
+
+class MissedTickPolicy(enum.StrEnum):
+    SKIP = "skip"
+    RUN_ONCE = "run_once"
+
+
+class RunStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    RETRYING = "retrying"
+    PAUSED = "paused"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_RUN_STATUSES
+
+
+TERMINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+ACTIVE_RUN_STATUSES = frozenset(
+    {RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.RETRYING}
+)
+"""Statuses in which attempts may be claimed and results applied."""
+
+
+class StepStatus(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    WAITING = "waiting"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class AttemptStatus(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# --- definitions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PayloadField:
+    name: str
+    type: FieldType
+    required: bool = False
+    default: JSON = None
+    """None means no default. Timestamps accept the literals "now" and "today"."""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Trigger:
+    name: str
+    payload: tuple[PayloadField, ...] = ()
+    cron: str | None = None
+    """Cron expression; None for a manual trigger."""
+    time_zone: str = "UTC"
+    missed_tick_policy: MissedTickPolicy = MissedTickPolicy.SKIP
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    backoff: Backoff = Backoff.EXPONENTIAL
+    initial_delay_ms: int = 1000
+    max_delay_ms: int | None = None
+    multiplier: float = 2.0
+    jitter: float = 0.0
+    non_retryable_error_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InputSelection:
+    keys: tuple[str, ...] = ()
+    paths: tuple[tuple[str, str], ...] = ()
+    """(input name, dotted context path) pairs, sorted by name."""
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    kind: StepKind
+    handler: str = ""
+    queue: str = DEFAULT_QUEUE
+    wait_ms: int = 0
+    log_message: str = ""
+    retry: RetryPolicy | None = None
+    """None means the server default."""
+    attempt_timeout_ms: int | None = None
+    heartbeat_timeout_ms: int | None = None
+    """None means the server default lease."""
+    input: InputSelection | None = None
+    """None means the whole context."""
+    output_key: str = ""
+    irreversible: bool = False
+    after: tuple[str, ...] = ()
+    compensate: str = ""
+
+
+@dataclass(frozen=True)
+class Condition:
+    path: str
+    operator: Operator
+    value: JSON
+
+
+@dataclass(frozen=True)
+class Transition:
+    from_step: str
+    on: Outcome
+    to: str
+    condition: Condition | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowDef:
+    name: str
+    triggers: tuple[Trigger, ...]
+    steps: tuple[Step, ...]
+    transitions: tuple[Transition, ...] = ()
+    version_label: str = ""
+    description: str = ""
+
+    def step(self, name: str) -> Step:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def trigger(self, name: str) -> Trigger | None:
+        """The named trigger, or the default (first) one for an empty name."""
+        if not name:
+            return self.triggers[0] if self.triggers else None
+        return next((t for t in self.triggers if t.name == name), None)
+
+    @property
+    def uses_dependencies(self) -> bool:
+        return any(s.after for s in self.steps)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> WorkflowDef:
+        return WorkflowDef(
+            name=data["name"],
+            version_label=data.get("version_label", ""),
+            description=data.get("description", ""),
+            triggers=tuple(
+                Trigger(
+                    name=t["name"],
+                    payload=tuple(
+                        PayloadField(
+                            name=f["name"],
+                            type=FieldType(f["type"]),
+                            required=f["required"],
+                            default=f["default"],
+                            description=f.get("description", ""),
+                        )
+                        for f in t["payload"]
+                    ),
+                    cron=t["cron"],
+                    time_zone=t["time_zone"],
+                    missed_tick_policy=MissedTickPolicy(t["missed_tick_policy"]),
+                )
+                for t in data["triggers"]
+            ),
+            steps=tuple(_step_from_json(s) for s in data["steps"]),
+            transitions=tuple(
+                Transition(
+                    from_step=t["from_step"],
+                    on=Outcome(t["on"]),
+                    to=t["to"],
+                    condition=(
+                        Condition(
+                            path=t["condition"]["path"],
+                            operator=Operator(t["condition"]["operator"]),
+                            value=t["condition"]["value"],
+                        )
+                        if t["condition"]
+                        else None
+                    ),
+                )
+                for t in data["transitions"]
+            ),
+        )
+
+    def content_hash(self) -> str:
+        """Hash of the canonical content: equal definitions hash equal."""
+        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _step_from_json(s: dict[str, Any]) -> Step:
+    retry = s["retry"]
+    selection = s["input"]
+    return Step(
+        name=s["name"],
+        kind=StepKind(s["kind"]),
+        handler=s["handler"],
+        queue=s["queue"],
+        wait_ms=s["wait_ms"],
+        log_message=s["log_message"],
+        retry=(
+            RetryPolicy(
+                max_attempts=retry["max_attempts"],
+                backoff=Backoff(retry["backoff"]),
+                initial_delay_ms=retry["initial_delay_ms"],
+                max_delay_ms=retry["max_delay_ms"],
+                multiplier=retry["multiplier"],
+                jitter=retry["jitter"],
+                non_retryable_error_types=tuple(retry["non_retryable_error_types"]),
+            )
+            if retry
+            else None
+        ),
+        attempt_timeout_ms=s["attempt_timeout_ms"],
+        heartbeat_timeout_ms=s["heartbeat_timeout_ms"],
+        input=(
+            InputSelection(
+                keys=tuple(selection["keys"]),
+                paths=tuple((k, v) for k, v in selection["paths"]),
+            )
+            if selection
+            else None
+        ),
+        output_key=s["output_key"],
+        irreversible=s["irreversible"],
+        after=tuple(s["after"]),
+        compensate=s["compensate"],
+    )
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt, a step or a run failed."""
+
+    reason: str
+    message: str
+    type: str = ""
+    details: dict[str, JSON] = field(default_factory=dict)
+    step: str = ""
+    attempt_number: int = 0
+    non_retryable: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any] | None) -> Failure | None:
+        return Failure(**data) if data else None
+
+
+class FailureReason(enum.StrEnum):
+    HANDLER_ERROR = "handler_error"
+    WORKER_LOST = "worker_lost"
+    TIMED_OUT = "timed_out"
+    NO_MATCHING_TRANSITION = "no_matching_transition"
+    CANCELLED = "cancelled"
