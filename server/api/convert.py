@@ -1,0 +1,160 @@
+"""Read models → v1 messages, and the small proto ⇄ JSON helpers the servicers share."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from squidmesh.v1 import run_pb2, workflow_pb2
+
+from server.api.definitions import definition_to_proto, value_from_json
+from server.engine.errors import FieldViolation, InvalidArgument
+from server.engine.model import JSON, AttemptStatus, Failure, RunStatus, StepStatus
+from server.engine.views import AttemptView, EventView, RunView, StepView, WorkflowVersion
+
+
+def timestamp(dt: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if dt is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(dt)
+    return ts
+
+
+def struct(value: dict[str, JSON] | None) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    if value:
+        s.update(value)
+    return s
+
+
+def from_struct(s: struct_pb2.Struct) -> dict[str, JSON]:
+    return json_format.MessageToDict(s)
+
+
+def parse_uuid(raw: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidArgument(
+            f"{field} must be a UUID", [FieldViolation(field, f"{raw!r} is not a UUID")]
+        ) from None
+
+
+def workflow(version: WorkflowVersion) -> workflow_pb2.Workflow:
+    return workflow_pb2.Workflow(
+        name=version.name,
+        version=version.version,
+        definition=definition_to_proto(version.definition),
+        content_hash=version.content_hash,
+        create_time=timestamp(version.created_at),
+    )
+
+
+_RUN_STATUS = {s: getattr(run_pb2, f"RUN_STATUS_{s.name}") for s in RunStatus}
+_STEP_STATUS = {s: getattr(run_pb2, f"STEP_STATUS_{s.name}") for s in StepStatus}
+_ATTEMPT_STATUS = {s: getattr(run_pb2, f"ATTEMPT_STATUS_{s.name}") for s in AttemptStatus}
+RUN_STATUS_FROM_PROTO = {v: k for k, v in _RUN_STATUS.items()}
+
+
+def failure(f: Failure | None) -> run_pb2.Failure | None:
+    if f is None:
+        return None
+    return run_pb2.Failure(
+        reason=f.reason,
+        type=f.type,
+        message=f.message,
+        details=struct(f.details),
+        step=f.step,
+        attempt_number=f.attempt_number,
+        non_retryable=f.non_retryable,
+    )
+
+
+def run(view: RunView) -> run_pb2.Run:
+    return run_pb2.Run(
+        id=str(view.id),
+        workflow=view.workflow_name,
+        workflow_version=view.workflow_version,
+        trigger=view.trigger,
+        status=_RUN_STATUS[view.status],
+        payload=struct(view.payload),
+        context=struct(view.context),
+        steps=[step(s) for s in view.steps],
+        current_steps=view.current_steps,
+        error=failure(view.error),
+        idempotency_key=view.idempotency_key or "",
+        source_run_id=str(view.source_run_id) if view.source_run_id else "",
+        create_time=timestamp(view.created_at),
+        start_time=timestamp(view.started_at),
+        end_time=timestamp(view.ended_at),
+        update_time=timestamp(view.updated_at),
+        last_sequence=view.last_seq,
+    )
+
+
+def step(view: StepView) -> run_pb2.StepRun:
+    return run_pb2.StepRun(
+        name=view.name,
+        status=_STEP_STATUS[view.status],
+        attempts=[attempt(a) for a in view.attempts],
+        output=value_from_json(view.output) if view.output is not None else None,
+        error=failure(view.error),
+        create_time=timestamp(view.created_at),
+        end_time=timestamp(view.ended_at),
+    )
+
+
+def attempt(view: AttemptView) -> run_pb2.Attempt:
+    return run_pb2.Attempt(
+        id=str(view.id),
+        number=view.number,
+        status=_ATTEMPT_STATUS[view.status],
+        worker_id=view.worker_id or "",
+        create_time=timestamp(view.created_at),
+        start_time=timestamp(view.started_at),
+        end_time=timestamp(view.ended_at),
+        output=value_from_json(view.output) if view.output is not None else None,
+        error=failure(view.error),
+    )
+
+
+def event(view: EventView) -> run_pb2.RunEvent:
+    return run_pb2.RunEvent(
+        sequence=view.seq,
+        type=getattr(run_pb2, f"RUN_EVENT_TYPE_{view.type.upper()}"),
+        time=timestamp(view.created_at),
+        run_status=_RUN_STATUS[view.run_status],
+        step=view.step_name or "",
+        attempt_number=view.attempt_number or 0,
+        data=struct(view.data),
+    )
+
+
+def encode_page_token(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+
+
+def decode_page_token(token: str) -> dict[str, Any]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if not isinstance(data, dict):
+            raise ValueError
+        return data
+    except ValueError:
+        raise InvalidArgument(
+            "page_token is not valid",
+            [FieldViolation("page_token", "was not returned by a previous call")],
+        ) from None
+
+
+def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:
+    if requested < 0:
+        raise InvalidArgument(
+            "page_size must not be negative", [FieldViolation("page_size", "must be >= 0")]
+        )
+    return min(requested or default, maximum)

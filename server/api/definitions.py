@@ -1,0 +1,361 @@
+"""Workflow definitions: v1 `WorkflowDefinition` ⇄ domain `WorkflowDef`.
+
+`definition_from_proto` converts and validates in one go, so a client sees every problem of its
+definition in one INVALID_ARGUMENT; `definition_to_proto` is its exact inverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
+
+from google.protobuf import duration_pb2, json_format, struct_pb2
+from squidmesh.v1 import workflow_pb2
+
+from server.engine.errors import FieldViolation, InvalidArgument
+from server.engine.model import (
+    DEFAULT_QUEUE,
+    JSON,
+    Backoff,
+    Condition,
+    FieldType,
+    InputSelection,
+    MissedTickPolicy,
+    Operator,
+    Outcome,
+    PayloadField,
+    RetryPolicy,
+    Step,
+    StepKind,
+    Transition,
+    Trigger,
+    WorkflowDef,
+)
+from server.engine.retry import DEFAULT_RETRY_POLICY
+from server.engine.validation import validate_definition
+
+DEFAULT_TIME_ZONE = "UTC"
+DEFAULT_MULTIPLIER = 2.0
+
+_FIELD_TYPES: dict[workflow_pb2.FieldType.ValueType, FieldType] = {
+    getattr(workflow_pb2, f"FIELD_TYPE_{t.name}"): t for t in FieldType
+}
+_OPERATORS: dict[workflow_pb2.ConditionOperator.ValueType, Operator] = {
+    getattr(workflow_pb2, f"CONDITION_OPERATOR_{o.name}"): o for o in Operator
+}
+_OUTCOMES: dict[workflow_pb2.Outcome.ValueType, Outcome] = {
+    getattr(workflow_pb2, f"OUTCOME_{o.name}"): o for o in Outcome
+}
+_BACKOFFS: dict[workflow_pb2.BackoffType.ValueType, Backoff] = {
+    getattr(workflow_pb2, f"BACKOFF_TYPE_{b.name}"): b for b in Backoff
+}
+_MISSED_TICK_POLICIES: dict[workflow_pb2.MissedTickPolicy.ValueType, MissedTickPolicy] = {
+    getattr(workflow_pb2, f"MISSED_TICK_POLICY_{p.name}"): p for p in MissedTickPolicy
+}
+
+E = TypeVar("E")
+K = TypeVar("K", bound=int)
+
+
+# --- proto → domain ----------------------------------------------------------------------------
+
+
+def definition_from_proto(pb: workflow_pb2.WorkflowDefinition) -> WorkflowDef:
+    """The domain definition, or InvalidArgument listing every problem of the message."""
+    problems: list[FieldViolation] = []
+    triggers = tuple(
+        _trigger(t, f"definition.triggers[{i}]", problems) for i, t in enumerate(pb.triggers)
+    )
+    steps = tuple(_step(s, f"definition.steps[{i}]", problems) for i, s in enumerate(pb.steps))
+    transitions = tuple(
+        _transition(t, f"definition.transitions[{i}]", problems)
+        for i, t in enumerate(pb.transitions)
+    )
+    defn = WorkflowDef(
+        name=pb.name,
+        version_label=pb.version_label,
+        description=pb.description,
+        triggers=triggers,
+        steps=steps,
+        transitions=transitions,
+    )
+    # A field that failed conversion holds a placeholder: one problem per field is enough.
+    converted = {p.field for p in problems}
+    problems += [v for v in validate_definition(defn) if v.field not in converted]
+    if problems:
+        count = len(problems)
+        raise InvalidArgument(
+            f"invalid workflow definition ({count} problem{'' if count == 1 else 's'})", problems
+        )
+    return defn
+
+
+def json_from_value(value: struct_pb2.Value) -> JSON:
+    """Plain JSON of a Value; an unset Value and a null one are both None."""
+    if value.WhichOneof("kind") in (None, "null_value"):
+        return None
+    return json_format.MessageToDict(value)
+
+
+def _trigger(pb: workflow_pb2.Trigger, where: str, problems: list[FieldViolation]) -> Trigger:
+    payload = tuple(
+        _payload_field(f, f"{where}.payload[{j}]", problems) for j, f in enumerate(pb.payload)
+    )
+    if pb.WhichOneof("kind") != "cron":  # an unset kind is a manual trigger too
+        return Trigger(name=pb.name, payload=payload)
+    return Trigger(
+        name=pb.name,
+        payload=payload,
+        cron=pb.cron.expression,
+        time_zone=pb.cron.time_zone or DEFAULT_TIME_ZONE,
+        missed_tick_policy=_enum(
+            _MISSED_TICK_POLICIES,
+            pb.cron.missed_tick_policy,
+            MissedTickPolicy.SKIP,
+            f"{where}.cron.missed_tick_policy",
+            problems,
+        ),
+    )
+
+
+def _payload_field(
+    pb: workflow_pb2.PayloadField, where: str, problems: list[FieldViolation]
+) -> PayloadField:
+    field_type = _FIELD_TYPES.get(pb.type)
+    if field_type is None:
+        _enum_problem(pb.type, f"{where}.type", problems)
+    return PayloadField(
+        name=pb.name,
+        # Without a type the default cannot be checked; the placeholder drops it.
+        type=field_type or FieldType.STRING,
+        required=pb.required,
+        default=json_from_value(pb.default_value) if field_type else None,
+        description=pb.description,
+    )
+
+
+def _step(pb: workflow_pb2.Step, where: str, problems: list[FieldViolation]) -> Step:
+    kind = pb.WhichOneof("kind")
+    if kind is None:
+        problems.append(
+            FieldViolation(f"{where}.kind", "must be one of task, wait, log, pause or approval")
+        )
+    wait_ms = 0
+    if kind == "wait":
+        if pb.wait.HasField("duration"):
+            wait_ms = _ms(pb.wait.duration, f"{where}.wait.duration", problems)
+        else:
+            problems.append(FieldViolation(f"{where}.wait.duration", "is required"))
+    return Step(
+        name=pb.name,
+        # LOG is a placeholder for a missing kind: it has no checks of its own.
+        kind=StepKind(kind) if kind else StepKind.LOG,
+        handler=pb.task.handler,
+        queue=pb.task.queue or DEFAULT_QUEUE,
+        wait_ms=wait_ms,
+        log_message=pb.log.message,
+        retry=_retry(pb.retry, f"{where}.retry", problems) if pb.HasField("retry") else None,
+        attempt_timeout_ms=(
+            _ms(pb.attempt_timeout, f"{where}.attempt_timeout", problems)
+            if pb.HasField("attempt_timeout")
+            else None
+        ),
+        heartbeat_timeout_ms=(
+            _ms(pb.heartbeat_timeout, f"{where}.heartbeat_timeout", problems)
+            if pb.HasField("heartbeat_timeout")
+            else None
+        ),
+        input=(
+            InputSelection(keys=tuple(pb.input.keys), paths=tuple(sorted(pb.input.paths.items())))
+            if pb.HasField("input")
+            else None
+        ),
+        output_key=pb.output_key,
+        irreversible=pb.irreversible,
+        after=tuple(pb.after),
+        compensate=pb.compensate,
+    )
+
+
+def _retry(pb: workflow_pb2.RetryPolicy, where: str, problems: list[FieldViolation]) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=pb.max_attempts,
+        backoff=_enum(_BACKOFFS, pb.backoff, Backoff.EXPONENTIAL, f"{where}.backoff", problems),
+        initial_delay_ms=(
+            _ms(pb.initial_delay, f"{where}.initial_delay", problems)
+            if pb.HasField("initial_delay")
+            else DEFAULT_RETRY_POLICY.initial_delay_ms
+        ),
+        max_delay_ms=(
+            _ms(pb.max_delay, f"{where}.max_delay", problems) if pb.HasField("max_delay") else None
+        ),
+        multiplier=pb.multiplier or DEFAULT_MULTIPLIER,
+        jitter=pb.jitter,
+        non_retryable_error_types=tuple(pb.non_retryable_error_types),
+    )
+
+
+def _transition(
+    pb: workflow_pb2.Transition, where: str, problems: list[FieldViolation]
+) -> Transition:
+    condition = None
+    if pb.HasField("condition"):
+        operator = _OPERATORS.get(pb.condition.operator)
+        if operator is None:
+            _enum_problem(pb.condition.operator, f"{where}.condition.operator", problems)
+        condition = Condition(
+            path=pb.condition.path,
+            # EQUALS is a placeholder for a missing operator: it accepts any value.
+            operator=operator or Operator.EQUALS,
+            value=json_from_value(pb.condition.value),
+        )
+    return Transition(
+        from_step=pb.from_step,
+        on=_enum(_OUTCOMES, pb.on, Outcome.OK, f"{where}.on", problems),
+        to=pb.to,
+        condition=condition,
+    )
+
+
+def _ms(duration: duration_pb2.Duration, where: str, problems: list[FieldViolation]) -> int:
+    ms = duration.ToMilliseconds()
+    if ms < 0:
+        problems.append(FieldViolation(where, "must not be negative"))
+    return ms
+
+
+def _enum(
+    mapping: Mapping[K, E],
+    number: K,
+    unspecified: E,
+    where: str,
+    problems: list[FieldViolation],
+) -> E:
+    """The domain value of an enum that defaults when UNSPECIFIED (0)."""
+    if number == 0:
+        return unspecified
+    if number not in mapping:
+        _enum_problem(number, where, problems)
+        return unspecified
+    return mapping[number]
+
+
+def _enum_problem(number: int, where: str, problems: list[FieldViolation]) -> None:
+    # Proto3 enums are open: a newer client may send a number this server does not know.
+    problems.append(
+        FieldViolation(where, "must be set" if number == 0 else f"unknown value {number}")
+    )
+
+
+# --- domain → proto ----------------------------------------------------------------------------
+
+
+def definition_to_proto(defn: WorkflowDef) -> workflow_pb2.WorkflowDefinition:
+    return workflow_pb2.WorkflowDefinition(
+        name=defn.name,
+        version_label=defn.version_label,
+        description=defn.description,
+        triggers=[_trigger_to_proto(t) for t in defn.triggers],
+        steps=[_step_to_proto(s) for s in defn.steps],
+        transitions=[_transition_to_proto(t) for t in defn.transitions],
+    )
+
+
+def value_from_json(data: JSON) -> struct_pb2.Value:
+    value = struct_pb2.Value()
+    json_format.ParseDict(data, value)
+    return value
+
+
+def _trigger_to_proto(trigger: Trigger) -> workflow_pb2.Trigger:
+    pb = workflow_pb2.Trigger(
+        name=trigger.name,
+        payload=[
+            workflow_pb2.PayloadField(
+                name=f.name,
+                type=_to_proto(_FIELD_TYPES, f.type),
+                required=f.required,
+                default_value=None if f.default is None else value_from_json(f.default),
+                description=f.description,
+            )
+            for f in trigger.payload
+        ],
+    )
+    if trigger.cron is None:
+        pb.manual.SetInParent()
+    else:
+        pb.cron.CopyFrom(
+            workflow_pb2.CronTrigger(
+                expression=trigger.cron,
+                time_zone=trigger.time_zone,
+                missed_tick_policy=_to_proto(_MISSED_TICK_POLICIES, trigger.missed_tick_policy),
+            )
+        )
+    return pb
+
+
+def _step_to_proto(step: Step) -> workflow_pb2.Step:
+    pb = workflow_pb2.Step(
+        name=step.name,
+        retry=None if step.retry is None else _retry_to_proto(step.retry),
+        attempt_timeout=_duration(step.attempt_timeout_ms),
+        heartbeat_timeout=_duration(step.heartbeat_timeout_ms),
+        input=(
+            None
+            if step.input is None
+            else workflow_pb2.InputSelection(keys=step.input.keys, paths=dict(step.input.paths))
+        ),
+        output_key=step.output_key,
+        irreversible=step.irreversible,
+        after=step.after,
+        compensate=step.compensate,
+    )
+    match step.kind:
+        case StepKind.TASK:
+            pb.task.CopyFrom(workflow_pb2.TaskStep(handler=step.handler, queue=step.queue))
+        case StepKind.WAIT:
+            pb.wait.CopyFrom(workflow_pb2.WaitStep(duration=_duration(step.wait_ms)))
+        case StepKind.LOG:
+            pb.log.CopyFrom(workflow_pb2.LogStep(message=step.log_message))
+        case StepKind.PAUSE:
+            pb.pause.SetInParent()
+        case StepKind.APPROVAL:
+            pb.approval.SetInParent()
+    return pb
+
+
+def _retry_to_proto(policy: RetryPolicy) -> workflow_pb2.RetryPolicy:
+    return workflow_pb2.RetryPolicy(
+        max_attempts=policy.max_attempts,
+        backoff=_to_proto(_BACKOFFS, policy.backoff),
+        initial_delay=_duration(policy.initial_delay_ms),
+        max_delay=_duration(policy.max_delay_ms),
+        multiplier=policy.multiplier,
+        jitter=policy.jitter,
+        non_retryable_error_types=policy.non_retryable_error_types,
+    )
+
+
+def _transition_to_proto(t: Transition) -> workflow_pb2.Transition:
+    condition = None
+    if t.condition is not None:
+        condition = workflow_pb2.Condition(
+            path=t.condition.path,
+            operator=_to_proto(_OPERATORS, t.condition.operator),
+            value=None if t.condition.value is None else value_from_json(t.condition.value),
+        )
+    return workflow_pb2.Transition(
+        from_step=t.from_step, on=_to_proto(_OUTCOMES, t.on), to=t.to, condition=condition
+    )
+
+
+def _duration(ms: int | None) -> duration_pb2.Duration | None:
+    if ms is None:
+        return None
+    duration = duration_pb2.Duration()
+    duration.FromMilliseconds(ms)
+    return duration
+
+
+def _to_proto(mapping: Mapping[K, E], value: E) -> K:
+    return next(number for number, v in mapping.items() if v == value)

@@ -1,0 +1,144 @@
+"""RunService: thin proto ⇄ engine mapping."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf import timestamp_pb2
+from grpc import aio
+from squidmesh.v1 import run_service_pb2 as pb
+from squidmesh.v1 import run_service_pb2_grpc as pb_grpc
+
+from server.api import convert
+from server.api.errors import handle_errors, log, to_status
+from server.engine.commands import Engine
+from server.engine.errors import DomainError, FieldViolation, InvalidArgument
+from server.engine.views import EventView, RunView
+from server.events.hub import EventHub
+from server.events.watch import watch
+from server.store.db import Database
+from server.store.runs import RunFilter
+
+Context: TypeAlias = aio.ServicerContext[Any, Any]
+
+
+def _time(ts: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+    return ts.ToDatetime(tzinfo=UTC) if present else None
+
+
+class RunService(pb_grpc.RunServiceServicer):
+    def __init__(self, engine: Engine, db: Database, hub: EventHub, keepalive_s: float) -> None:
+        self._engine = engine
+        self._db = db
+        self._hub = hub
+        self._keepalive_s = keepalive_s
+
+    @handle_errors
+    async def StartRun(self, request: pb.StartRunRequest, context: Context) -> pb.StartRunResponse:
+        if not request.workflow:
+            raise InvalidArgument(
+                "workflow is required", [FieldViolation("workflow", "must not be empty")]
+            )
+        run, created = await self._engine.start_run(
+            request.workflow,
+            request.trigger,
+            convert.from_struct(request.payload),
+            request.idempotency_key,
+        )
+        return pb.StartRunResponse(run=convert.run(run), created=created)
+
+    @handle_errors
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
+        run = await self._engine.get_run(convert.parse_uuid(request.run_id, "run_id"))
+        return pb.GetRunResponse(run=convert.run(run))
+
+    @handle_errors
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
+        limit = convert.page_size(request.page_size)
+        cursor = None
+        if request.page_token:
+            token = convert.decode_page_token(request.page_token)
+            try:
+                cursor = (datetime.fromisoformat(token["t"]), uuid.UUID(token["id"]))
+            except (KeyError, ValueError, TypeError):
+                raise InvalidArgument(
+                    "page_token is not valid",
+                    [FieldViolation("page_token", "was not returned by a previous call")],
+                ) from None
+        where = RunFilter(
+            workflow=request.workflow,
+            statuses=tuple(
+                convert.RUN_STATUS_FROM_PROTO[s]
+                for s in request.statuses
+                if s in convert.RUN_STATUS_FROM_PROTO
+            ),
+            trigger=request.trigger,
+            created_after=_time(request.create_time_after, request.HasField("create_time_after")),
+            created_before=_time(
+                request.create_time_before, request.HasField("create_time_before")
+            ),
+        )
+        runs = await self._engine.list_runs(where, cursor, limit + 1)
+        next_token = ""
+        if len(runs) > limit:
+            runs = runs[:limit]
+            last = runs[-1]
+            next_token = convert.encode_page_token(
+                {"t": last.created_at.isoformat(), "id": str(last.id)}
+            )
+        return pb.ListRunsResponse(runs=[convert.run(r) for r in runs], next_page_token=next_token)
+
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: Context
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        try:
+            run_id = convert.parse_uuid(request.run_id, "run_id")
+            after = request.after_sequence if request.HasField("after_sequence") else None
+            if after is not None and after < 0:
+                raise InvalidArgument(
+                    "after_sequence must not be negative",
+                    [FieldViolation("after_sequence", "must be >= 0")],
+                )
+            async for item in watch(
+                self._engine, self._db, self._hub, run_id, after, self._keepalive_s
+            ):
+                if isinstance(item, RunView):
+                    yield pb.WatchRunResponse(snapshot=convert.run(item))
+                elif isinstance(item, EventView):
+                    yield pb.WatchRunResponse(event=convert.event(item))
+                else:
+                    yield pb.WatchRunResponse(
+                        keep_alive=pb.KeepAlive(time=convert.timestamp(datetime.now(UTC)))
+                    )
+        except DomainError as exc:
+            await context.abort_with_status(to_status(exc))
+        except Exception:
+            log.exception("rpc_failed", method="WatchRun")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    @handle_errors
+    async def CancelRun(
+        self, request: pb.CancelRunRequest, context: Context
+    ) -> pb.CancelRunResponse:
+        run = await self._engine.cancel_run(
+            convert.parse_uuid(request.run_id, "run_id"),
+            request.actor,
+            request.reason,
+            request.idempotency_key,
+        )
+        return pb.CancelRunResponse(run=convert.run(run))
+
+    @handle_errors
+    async def ReplayRun(
+        self, request: pb.ReplayRunRequest, context: Context
+    ) -> pb.ReplayRunResponse:
+        run = await self._engine.replay_run(
+            convert.parse_uuid(request.run_id, "run_id"),
+            request.allow_irreversible,
+            request.idempotency_key,
+        )
+        return pb.ReplayRunResponse(run=convert.run(run))

@@ -1,0 +1,179 @@
+"""WorkerService: worker registration and the attempt stream.
+
+Requests on one stream are handled concurrently (a worker runs many attempts at once), each
+answered with its request_id. Every answer is idempotent, so a worker that reconnects simply
+sends its unanswered requests again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+from google.protobuf import duration_pb2
+from grpc import aio
+from squidmesh.v1 import worker_service_pb2 as pb
+from squidmesh.v1 import worker_service_pb2_grpc as pb_grpc
+
+from server.api import convert
+from server.api.definitions import json_from_value, value_from_json
+from server.api.errors import handle_errors, log
+from server.dispatch.publisher import CONSUMER_GROUP, TASK_NAME
+from server.engine.commands import Engine
+from server.engine.errors import FieldViolation, InvalidArgument
+from server.engine.model import Failure, FailureReason
+
+Context: TypeAlias = aio.ServicerContext[Any, Any]
+
+
+class WorkerService(pb_grpc.WorkerServiceServicer):
+    def __init__(
+        self, engine: Engine, broker_url: str, stream_prefix: str, heartbeat_interval_ms: int
+    ) -> None:
+        self._engine = engine
+        self._broker_url = broker_url
+        self._stream_prefix = stream_prefix
+        self._heartbeat_interval_ms = heartbeat_interval_ms
+
+    @handle_errors
+    async def RegisterWorker(
+        self, request: pb.RegisterWorkerRequest, context: Context
+    ) -> pb.RegisterWorkerResponse:
+        if not request.worker_id:
+            raise InvalidArgument(
+                "worker_id is required", [FieldViolation("worker_id", "must not be empty")]
+            )
+        await self._engine.register_worker(
+            request.worker_id,
+            list(request.queues),
+            list(request.handlers),
+            request.concurrency,
+            dict(request.labels),
+        )
+        interval = duration_pb2.Duration()
+        interval.FromMilliseconds(self._heartbeat_interval_ms)
+        return pb.RegisterWorkerResponse(
+            worker_id=request.worker_id,
+            broker_url=self._broker_url,
+            stream_prefix=self._stream_prefix,
+            consumer_group=CONSUMER_GROUP,
+            heartbeat_interval=interval,
+            task_name=TASK_NAME,
+        )
+
+    async def StreamAttempts(
+        self, request_iterator: AsyncIterator[pb.StreamAttemptsRequest], context: Context
+    ) -> AsyncIterator[pb.StreamAttemptsResponse]:
+        answers: asyncio.Queue[pb.StreamAttemptsResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.StreamAttemptsRequest) -> None:
+            try:
+                response = await self._handle(request)
+            except Exception:
+                # No answer: the worker times the request out and sends it again.
+                log.exception("attempt_stream_request_failed", request_id=request.request_id)
+                return
+            response.request_id = request.request_id
+            await answers.put(response)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(answer(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                if pending:
+                    await asyncio.gather(*pending, return_exceptions=True)
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _handle(self, request: pb.StreamAttemptsRequest) -> pb.StreamAttemptsResponse:
+        kind = request.WhichOneof("message")
+        if kind == "started":
+            started = request.started
+            decision = await self._engine.claim_attempt(
+                convert.parse_uuid(started.attempt_id, "started.attempt_id"),
+                started.token,
+                started.worker_id,
+            )
+            timeout = duration_pb2.Duration()
+            timeout.FromMilliseconds(decision.heartbeat_timeout_ms)
+            return pb.StreamAttemptsResponse(
+                start=pb.StartDecision(
+                    accepted=decision.accepted,
+                    refusal_reason=decision.refusal_reason,
+                    run_id=str(decision.run_id) if decision.run_id else "",
+                    workflow=decision.workflow,
+                    step=decision.step,
+                    handler=decision.handler,
+                    attempt_number=decision.attempt_number,
+                    input=value_from_json(decision.input) if decision.accepted else None,
+                    idempotency_key=decision.idempotency_key,
+                    heartbeat_timeout=timeout,
+                )
+            )
+        if kind == "heartbeat":
+            beat = request.heartbeat
+            result = await self._engine.heartbeat(
+                beat.worker_id,
+                [
+                    (
+                        convert.parse_uuid(a.attempt_id, "heartbeat.attempts.attempt_id"),
+                        a.token,
+                        convert.from_struct(a.details) if a.HasField("details") else None,
+                    )
+                    for a in beat.attempts
+                ],
+            )
+            return pb.StreamAttemptsResponse(
+                heartbeat=pb.HeartbeatAck(
+                    cancel_attempt_ids=result.cancel, lost_attempt_ids=result.lost
+                )
+            )
+        if kind == "completed":
+            done = request.completed
+            result_decision = await self._engine.complete_attempt(
+                convert.parse_uuid(done.attempt_id, "completed.attempt_id"),
+                done.token,
+                json_from_value(done.output),
+            )
+        elif kind == "failed":
+            failed = request.failed
+            reason = (
+                FailureReason.CANCELLED
+                if failed.error_type == "Cancelled"
+                else FailureReason.HANDLER_ERROR
+            )
+            result_decision = await self._engine.fail_attempt(
+                convert.parse_uuid(failed.attempt_id, "failed.attempt_id"),
+                failed.token,
+                Failure(
+                    reason=reason,
+                    type=failed.error_type,
+                    message=failed.message,
+                    details=convert.from_struct(failed.details),
+                    non_retryable=failed.non_retryable,
+                ),
+                failed.retry_after.ToMilliseconds() if failed.HasField("retry_after") else None,
+            )
+        else:
+            raise InvalidArgument("empty attempt stream message", [])
+        return pb.StreamAttemptsResponse(
+            result=pb.ResultAck(
+                accepted=result_decision.accepted,
+                refusal_reason=result_decision.refusal_reason,
+            )
+        )

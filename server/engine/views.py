@@ -1,0 +1,131 @@
+"""Read models: what commands and queries hand to the API layer."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from server.engine.model import (
+    JSON,
+    AttemptStatus,
+    Failure,
+    RunStatus,
+    StepStatus,
+    WorkflowDef,
+)
+
+
+@dataclass(frozen=True)
+class WorkflowVersion:
+    id: int
+    name: str
+    version: int
+    content_hash: str
+    definition: WorkflowDef
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    id: uuid.UUID
+    number: int
+    status: AttemptStatus
+    worker_id: str | None
+    output: JSON
+    error: Failure | None
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StepView:
+    name: str
+    status: StepStatus
+    output: JSON
+    error: Failure | None
+    created_at: datetime
+    ended_at: datetime | None
+    attempts: tuple[AttemptView, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunView:
+    id: uuid.UUID
+    workflow_name: str
+    workflow_version: int
+    trigger: str
+    status: RunStatus
+    payload: dict[str, JSON]
+    context: dict[str, JSON]
+    error: Failure | None
+    idempotency_key: str | None
+    source_run_id: uuid.UUID | None
+    last_seq: int
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    updated_at: datetime
+    steps: tuple[StepView, ...] = ()
+
+    @property
+    def current_steps(self) -> list[str]:
+        live = {
+            StepStatus.SCHEDULED,
+            StepStatus.RUNNING,
+            StepStatus.RETRYING,
+            StepStatus.WAITING,
+            StepStatus.PAUSED,
+        }
+        return [s.name for s in self.steps if s.status in live]
+
+
+@dataclass(frozen=True)
+class EventView:
+    run_id: uuid.UUID
+    seq: int
+    type: str
+    run_status: RunStatus
+    step_name: str | None
+    attempt_number: int | None
+    data: dict[str, JSON]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A published step task: what a worker needs to claim the attempt."""
+
+    attempt_id: uuid.UUID
+    token: str
+    run_id: uuid.UUID
+    step: str
+    handler: str
+    queue: str
+
+
+@dataclass(frozen=True)
+class StartDecision:
+    accepted: bool
+    refusal_reason: str = ""
+    run_id: uuid.UUID | None = None
+    workflow: str = ""
+    step: str = ""
+    handler: str = ""
+    attempt_number: int = 0
+    input: JSON = None
+    idempotency_key: str = ""
+    heartbeat_timeout_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ResultDecision:
+    accepted: bool
+    refusal_reason: str = ""
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    cancel: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)

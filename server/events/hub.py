@@ -1,0 +1,84 @@
+"""One LISTEN connection per server process, fanned out to every watcher of a run.
+
+A notification only says "run X has new events"; watchers read the events themselves from
+Postgres after their cursor, so a lost or coalesced notification can delay but never drop an
+event. After a reconnect every watcher is woken to catch up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import psycopg
+import structlog
+
+from server.store.changes import EVENTS_CHANNEL, TIMERS_CHANNEL
+
+log = structlog.get_logger("squidmesh.events")
+
+
+class EventHub:
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._watchers: dict[str, set[asyncio.Event]] = {}
+        self.timers = asyncio.Event()
+        """Set when any replica scheduled a delayed attempt (wakes the timer loop)."""
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="event-hub")
+        await asyncio.wait_for(self._ready.wait(), timeout=30)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @contextlib.contextmanager
+    def subscribe(self, run_id: str) -> Iterator[asyncio.Event]:
+        """An event set whenever the run has new events. Subscribe before reading, so nothing
+        committed in between is missed."""
+        wake = asyncio.Event()
+        self._watchers.setdefault(run_id, set()).add(wake)
+        try:
+            yield wake
+        finally:
+            watchers = self._watchers.get(run_id)
+            if watchers is not None:
+                watchers.discard(wake)
+                if not watchers:
+                    del self._watchers[run_id]
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                    await conn.execute(f"LISTEN {TIMERS_CHANNEL}")
+                    self._ready.set()
+                    self._wake_all()  # catch up on anything missed while disconnected
+                    delay = 0.1
+                    async for note in conn.notifies():
+                        if note.channel == TIMERS_CHANNEL:
+                            self.timers.set()
+                        else:
+                            for wake in self._watchers.get(note.payload, ()):
+                                wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("listen_connection_lost", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _wake_all(self) -> None:
+        self.timers.set()
+        for watchers in self._watchers.values():
+            for wake in watchers:
+                wake.set()

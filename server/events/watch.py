@@ -1,0 +1,65 @@
+"""WatchRun: a snapshot, then the run's events in order from a cursor, until it is terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from server.engine.commands import Engine
+from server.engine.errors import NotFound
+from server.engine.views import EventView, RunView
+from server.events.hub import EventHub
+from server.store import events
+from server.store.db import Database
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    pass
+
+
+WatchItem = RunView | EventView | KeepAlive
+
+
+async def watch(
+    engine: Engine,
+    db: Database,
+    hub: EventHub,
+    run_id: uuid.UUID,
+    after_seq: int | None,
+    keepalive_s: float,
+) -> AsyncIterator[WatchItem]:
+    with hub.subscribe(str(run_id)) as wake:
+        if after_seq is None:
+            snapshot = await engine.get_run(run_id)
+            yield snapshot
+            cursor = snapshot.last_seq
+        else:
+            cursor = after_seq
+        while True:
+            wake.clear()
+            async with db.connect() as conn:
+                batch = await events.read_after(conn, run_id, cursor)
+                position = None if batch else await events.run_position(conn, run_id)
+            for item in batch:
+                yield item
+                cursor = item.seq
+            if batch:
+                continue  # read until caught up before deciding anything
+            if position is None:
+                raise NotFound(
+                    f"run '{run_id}' does not exist",
+                    reason="RUN_NOT_FOUND",
+                    metadata={"run_id": str(run_id)},
+                )
+            status, last_seq = position
+            if status.terminal and cursor >= last_seq:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(keepalive_s):
+                    await wake.wait()
+                continue
+            yield KeepAlive()

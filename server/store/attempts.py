@@ -1,0 +1,287 @@
+"""Attempts: claim under a lease, record results, heartbeats, and the timer/reconciler scans.
+Every state change is a conditional update on the attempt's id, token and status (fencing)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.engine.model import ACTIVE_RUN_STATUSES, JSON, AttemptStatus, RunStatus
+from server.engine.views import Dispatch
+from server.store.changes import EVENTS_CHANNEL
+from server.store.db import dumps
+from server.store.runs import LockedRun, _locked
+
+_ACTIVE = [s.value for s in ACTIVE_RUN_STATUSES]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    run_id: uuid.UUID
+    workflow_id: int
+    workflow_name: str
+    step_name: str
+    number: int
+    handler: str
+    heartbeat_timeout_ms: int
+    context: dict[str, JSON]
+
+
+# One round trip: claim the attempt (only while scheduled and its run active), mark its step
+# and run running, append the attempt_started event and notify watchers.
+_CLAIM = text(
+    f"""
+WITH a AS (
+  UPDATE attempts SET status = 'running', worker_id = :worker_id, started_at = now(),
+    lease_expires_at = now() + heartbeat_timeout_ms * interval '1 millisecond'
+  WHERE id = :id AND token = :token AND status = 'scheduled'
+    AND EXISTS (SELECT 1 FROM runs WHERE runs.id = attempts.run_id
+                AND runs.status = ANY(:active))
+  RETURNING run_id, step_name, number, handler, heartbeat_timeout_ms
+), s AS (
+  UPDATE steps SET status = 'running' FROM a
+  WHERE steps.run_id = a.run_id AND steps.name = a.step_name
+  RETURNING 1
+), r AS (
+  UPDATE runs SET status = 'running', started_at = coalesce(started_at, now()),
+    last_seq = last_seq + 1, updated_at = now()
+  FROM a WHERE runs.id = a.run_id
+  RETURNING runs.id, runs.workflow_id, runs.workflow_name, runs.context, runs.last_seq
+), e AS (
+  INSERT INTO run_events (run_id, seq, type, run_status, step_name, attempt_number, data)
+  SELECT r.id, r.last_seq, 'attempt_started', 'running', a.step_name, a.number,
+    jsonb_build_object('worker_id', CAST(:worker_id AS text))
+  FROM a, r
+  RETURNING 1
+)
+SELECT a.run_id, r.workflow_id, r.workflow_name, a.step_name, a.number, a.handler,
+  a.heartbeat_timeout_ms, r.context, (SELECT count(*) FROM s) + (SELECT count(*) FROM e) AS n,
+  pg_notify('{EVENTS_CHANNEL}', CAST(a.run_id AS text)) AS notified
+FROM a, r
+"""
+)
+
+
+async def claim(
+    conn: AsyncConnection, attempt_id: uuid.UUID, token: str, worker_id: str
+) -> Claimed | None:
+    row = (
+        await conn.execute(
+            _CLAIM, {"id": attempt_id, "token": token, "worker_id": worker_id, "active": _ACTIVE}
+        )
+    ).first()
+    return _claimed(row) if row is not None else None
+
+
+def _claimed(row: Any) -> Claimed:
+    return Claimed(
+        run_id=row.run_id,
+        workflow_id=row.workflow_id,
+        workflow_name=row.workflow_name,
+        step_name=row.step_name,
+        number=row.number,
+        handler=row.handler,
+        heartbeat_timeout_ms=row.heartbeat_timeout_ms,
+        context=row.context,
+    )
+
+
+@dataclass(frozen=True)
+class AttemptState:
+    token: str
+    status: AttemptStatus
+    worker_id: str | None
+    run_status: RunStatus
+    is_latest: bool
+    claimed: Claimed
+
+
+async def state(conn: AsyncConnection, attempt_id: uuid.UUID) -> AttemptState | None:
+    """Why a claim or result did not apply (off the hot path)."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT a.token, a.status, a.worker_id, a.run_id, a.step_name, a.number, "
+                "a.handler, a.heartbeat_timeout_ms, r.status AS run_status, r.workflow_id, "
+                "r.workflow_name, r.context, NOT EXISTS (SELECT 1 FROM attempts b "
+                "WHERE b.run_id = a.run_id AND b.step_name = a.step_name "
+                "AND b.number > a.number) AS is_latest "
+                "FROM attempts a JOIN runs r ON r.id = a.run_id WHERE a.id = :id"
+            ),
+            {"id": attempt_id},
+        )
+    ).first()
+    if row is None:
+        return None
+    return AttemptState(
+        token=row.token,
+        status=AttemptStatus(row.status),
+        worker_id=row.worker_id,
+        run_status=RunStatus(row.run_status),
+        is_latest=row.is_latest,
+        claimed=_claimed(row),
+    )
+
+
+@dataclass(frozen=True)
+class Finished:
+    run: LockedRun
+    step_name: str
+    number: int
+
+
+async def finish(
+    conn: AsyncConnection,
+    attempt_id: uuid.UUID,
+    token: str,
+    status: AttemptStatus,
+    *,
+    output: JSON = None,
+    error: dict[str, Any] | None = None,
+    only_if_lease_expired: bool = False,
+) -> Finished | None:
+    """Ends a running attempt (fenced) and locks its run for the decision that follows."""
+    lease = "AND lease_expires_at < now()" if only_if_lease_expired else ""
+    row = (
+        await conn.execute(
+            text(
+                "WITH a AS (UPDATE attempts SET status = :status, ended_at = now(), "
+                "output = CAST(:output AS jsonb), error = CAST(:error AS jsonb), "
+                "lease_expires_at = NULL "
+                f"WHERE id = :id AND token = :token AND status = 'running' {lease} "
+                "RETURNING run_id, step_name, number) "
+                "SELECT r.id, r.workflow_id, r.workflow_name, r.status, r.context, "
+                "a.step_name, a.number FROM a JOIN runs r ON r.id = a.run_id FOR UPDATE OF r"
+            ),
+            {
+                "id": attempt_id,
+                "token": token,
+                "status": status.value,
+                "output": dumps(output),
+                "error": dumps(error) if error is not None else None,
+            },
+        )
+    ).first()
+    if row is None:
+        return None
+    return Finished(run=_locked(row), step_name=row.step_name, number=row.number)
+
+
+async def heartbeat(
+    conn: AsyncConnection, worker_id: str, beats: list[tuple[uuid.UUID, str, JSON]]
+) -> list[tuple[str, bool]]:
+    """Renews the leases of running attempts; returns (attempt id, run is cancelling) for the
+    attempts that are still this worker's."""
+    rows = await conn.execute(
+        text(
+            "WITH w AS (UPDATE workers SET last_seen_at = now() WHERE id = :worker_id "
+            "RETURNING 1) "
+            "UPDATE attempts a SET lease_expires_at = now() + a.heartbeat_timeout_ms "
+            "* interval '1 millisecond', progress = coalesce(x.details, a.progress) "
+            "FROM jsonb_to_recordset(CAST(:beats AS jsonb)) "
+            "AS x(id uuid, token text, details jsonb), runs r "
+            "WHERE a.id = x.id AND a.token = x.token AND a.status = 'running' "
+            "AND r.id = a.run_id "
+            "RETURNING a.id, r.status = 'cancelling' AS cancel, (SELECT count(*) FROM w) AS n"
+        ),
+        {
+            "worker_id": worker_id,
+            "beats": dumps([{"id": str(i), "token": t, "details": d} for i, t, d in beats]),
+        },
+    )
+    return [(str(r.id), bool(r.cancel)) for r in rows]
+
+
+async def kick_due(
+    conn: AsyncConnection, dispatch_timeout_ms: int, limit: int = 500
+) -> list[Dispatch]:
+    """Marks as published the scheduled attempts that are due and either never published (a
+    retry whose backoff ended) or published longer ago than the dispatch timeout without being
+    claimed (lost in Redis, or in a crashed server between commit and publish)."""
+    rows = await conn.execute(
+        text(
+            "UPDATE attempts SET kicked_at = now(), kick_count = kick_count + 1 "
+            "WHERE id IN (SELECT id FROM attempts WHERE status = 'scheduled' "
+            "AND due_at <= now() AND (kicked_at IS NULL OR kicked_at < now() - "
+            ":timeout * interval '1 millisecond') ORDER BY due_at LIMIT :limit "
+            "FOR UPDATE SKIP LOCKED) "
+            "RETURNING id, token, run_id, step_name, handler, queue"
+        ),
+        {"timeout": dispatch_timeout_ms, "limit": limit},
+    )
+    return [_dispatch(r) for r in rows]
+
+
+def _dispatch(row: Any) -> Dispatch:
+    return Dispatch(
+        attempt_id=row.id,
+        token=row.token,
+        run_id=row.run_id,
+        step=row.step_name,
+        handler=row.handler,
+        queue=row.queue,
+    )
+
+
+async def next_timer_due_ms(conn: AsyncConnection) -> float | None:
+    """Milliseconds until the earliest unpublished scheduled attempt is due."""
+    return (
+        await conn.execute(
+            text(
+                "SELECT extract(epoch FROM min(due_at) - now()) * 1000 FROM attempts "
+                "WHERE status = 'scheduled' AND kicked_at IS NULL"
+            )
+        )
+    ).scalar()
+
+
+async def expired_leases(conn: AsyncConnection, limit: int = 200) -> list[tuple[uuid.UUID, str]]:
+    rows = await conn.execute(
+        text(
+            "SELECT id, token FROM attempts WHERE status = 'running' "
+            "AND lease_expires_at < now() ORDER BY lease_expires_at LIMIT :limit"
+        ),
+        {"limit": limit},
+    )
+    return [(r.id, r.token) for r in rows]
+
+
+async def running_count(conn: AsyncConnection, run_id: uuid.UUID) -> int:
+    return int(
+        (
+            await conn.execute(
+                text("SELECT count(*) FROM attempts WHERE run_id = :id AND status = 'running'"),
+                {"id": run_id},
+            )
+        ).scalar_one()
+    )
+
+
+async def register_worker(
+    conn: AsyncConnection,
+    worker_id: str,
+    queues: list[str],
+    handlers: list[str],
+    concurrency: int,
+    labels: dict[str, str],
+) -> None:
+    await conn.execute(
+        text(
+            "INSERT INTO workers (id, queues, handlers, concurrency, labels) "
+            "VALUES (:id, :queues, :handlers, :concurrency, CAST(:labels AS jsonb)) "
+            "ON CONFLICT (id) DO UPDATE SET queues = EXCLUDED.queues, "
+            "handlers = EXCLUDED.handlers, concurrency = EXCLUDED.concurrency, "
+            "labels = EXCLUDED.labels, last_seen_at = now()"
+        ),
+        {
+            "id": worker_id,
+            "queues": queues,
+            "handlers": handlers,
+            "concurrency": concurrency,
+            "labels": dumps(labels),
+        },
+    )

@@ -1,0 +1,162 @@
+"""One statement that applies everything a command decided about a run: step updates, new
+steps and attempts, the run's new status and context, and its events (with NOTIFY).
+
+Commands compute a `RunChange` in Python (pure engine logic) and write it here in a single
+round trip; the event sequence is allocated under the run row's lock, so each run's log is
+gap-free and commit-ordered."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.engine.model import JSON, RunStatus
+from server.store.db import dumps
+
+EVENTS_CHANNEL = "squidmesh_run_events"
+TIMERS_CHANNEL = "squidmesh_timers"
+
+
+@dataclass(frozen=True)
+class StepUpdate:
+    name: str
+    status: str
+    output: JSON = None
+    error: dict[str, Any] | None = None
+    ended: bool = False
+
+
+@dataclass(frozen=True)
+class NewStep:
+    name: str
+    position: int
+    status: str
+
+
+@dataclass(frozen=True)
+class NewAttempt:
+    id: uuid.UUID
+    step_name: str
+    number: int
+    token: str
+    queue: str
+    handler: str
+    heartbeat_timeout_ms: int
+    delay_ms: int = 0
+    """0: due now and published right after commit; otherwise a timer fires it."""
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    type: str
+    step_name: str | None = None
+    attempt_number: int | None = None
+    data: dict[str, JSON] = field(default_factory=dict)
+
+
+@dataclass
+class RunChange:
+    run_id: uuid.UUID
+    status: RunStatus | None = None
+    context: dict[str, JSON] | None = None
+    error: dict[str, Any] | None = None
+    started: bool = False
+    ended: bool = False
+    cancel_scheduled_attempts: bool = False
+    step_updates: list[StepUpdate] = field(default_factory=list)
+    new_steps: list[NewStep] = field(default_factory=list)
+    new_attempts: list[NewAttempt] = field(default_factory=list)
+    events: list[NewEvent] = field(default_factory=list)
+
+
+_APPLY = text(
+    """
+WITH su AS (
+  UPDATE steps SET
+    status = x.status,
+    output = coalesce(x.output, steps.output),
+    error = coalesce(x.error, steps.error),
+    ended_at = CASE WHEN x.ended THEN now() ELSE steps.ended_at END
+  FROM jsonb_to_recordset(CAST(:step_updates AS jsonb))
+    AS x(name text, status text, output jsonb, error jsonb, ended bool)
+  WHERE steps.run_id = :run_id AND steps.name = x.name
+  RETURNING 1
+), ns AS (
+  INSERT INTO steps (run_id, name, position, status)
+  SELECT :run_id, x.name, x.position, x.status
+  FROM jsonb_to_recordset(CAST(:new_steps AS jsonb)) AS x(name text, position int, status text)
+  RETURNING 1
+), na AS (
+  INSERT INTO attempts (id, run_id, step_name, number, token, status, queue, handler,
+                        heartbeat_timeout_ms, due_at, kicked_at)
+  SELECT x.id, :run_id, x.step_name, x.number, x.token, 'scheduled', x.queue, x.handler,
+         x.heartbeat_timeout_ms, now() + x.delay_ms * interval '1 millisecond',
+         CASE WHEN x.delay_ms = 0 THEN now() END
+  FROM jsonb_to_recordset(CAST(:new_attempts AS jsonb)) AS x(
+    id uuid, step_name text, number int, token text, queue text, handler text,
+    heartbeat_timeout_ms int, delay_ms bigint)
+  RETURNING 1
+), ca AS (
+  UPDATE attempts SET status = 'cancelled', ended_at = now()
+  WHERE :cancel_scheduled AND run_id = :run_id AND status = 'scheduled'
+  RETURNING 1
+), r AS (
+  UPDATE runs SET
+    status = coalesce(:status, status),
+    context = coalesce(CAST(:context AS jsonb), context),
+    error = coalesce(CAST(:error AS jsonb), error),
+    started_at = CASE WHEN :started THEN coalesce(started_at, now()) ELSE started_at END,
+    ended_at = CASE WHEN :ended THEN now() ELSE ended_at END,
+    last_seq = last_seq + :n_events,
+    updated_at = now()
+  WHERE id = :run_id
+  RETURNING last_seq, status
+), e AS (
+  INSERT INTO run_events (run_id, seq, type, run_status, step_name, attempt_number, data)
+  SELECT :run_id, r.last_seq - :n_events + x.ord, x.type, r.status, x.step_name,
+         x.attempt_number, coalesce(x.data, '{}'::jsonb)
+  FROM r, jsonb_to_recordset(CAST(:events AS jsonb))
+    AS x(ord int, type text, step_name text, attempt_number int, data jsonb)
+  RETURNING 1
+)
+SELECT r.last_seq,
+  (SELECT count(*) FROM su) + (SELECT count(*) FROM ns) + (SELECT count(*) FROM na)
+    + (SELECT count(*) FROM ca) + (SELECT count(*) FROM e) AS touched,
+  CASE WHEN :n_events > 0 THEN pg_notify(:channel, CAST(:run_id AS text)) END AS notified
+FROM r
+"""
+)
+
+
+async def apply(conn: AsyncConnection, change: RunChange) -> int:
+    """Writes `change`; returns the run's last event sequence number."""
+    events = [{"ord": i + 1, **asdict(e)} for i, e in enumerate(change.events)]
+    row = (
+        await conn.execute(
+            _APPLY,
+            {
+                "run_id": change.run_id,
+                "status": change.status.value if change.status else None,
+                "context": dumps(change.context) if change.context is not None else None,
+                "error": dumps(change.error) if change.error is not None else None,
+                "started": change.started,
+                "ended": change.ended,
+                "cancel_scheduled": change.cancel_scheduled_attempts,
+                "step_updates": dumps([asdict(s) for s in change.step_updates]),
+                "new_steps": dumps([asdict(s) for s in change.new_steps]),
+                "new_attempts": dumps(
+                    [{**asdict(a), "id": str(a.id)} for a in change.new_attempts]
+                ),
+                "events": dumps(events),
+                "n_events": len(events),
+                "channel": EVENTS_CHANNEL,
+            },
+        )
+    ).one()
+    if any(a.delay_ms for a in change.new_attempts):
+        await conn.execute(text("SELECT pg_notify(:c, '')"), {"c": TIMERS_CHANNEL})
+    return int(row.last_seq)

@@ -1,0 +1,255 @@
+"""Runs: create, lock for a decision, read with steps and attempts, list with keyset paging."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.engine.model import JSON, AttemptStatus, Failure, RunStatus, StepStatus
+from server.engine.views import AttemptView, RunView, StepView
+from server.store.db import dumps
+
+_RUN_COLUMNS = (
+    "id, workflow_name, workflow_version, trigger, status, payload, context, error, "
+    "idempotency_key, source_run_id, last_seq, created_at, started_at, ended_at, updated_at"
+)
+
+
+@dataclass(frozen=True)
+class NewRun:
+    id: uuid.UUID
+    workflow_id: int
+    workflow_name: str
+    workflow_version: int
+    trigger: str
+    payload: dict[str, JSON]
+    payload_hash: str
+    idempotency_key: str | None
+    source_run_id: uuid.UUID | None
+
+
+@dataclass(frozen=True)
+class LockedRun:
+    """The fields a decision needs, read under the run row's lock."""
+
+    id: uuid.UUID
+    workflow_id: int
+    workflow_name: str
+    status: RunStatus
+    context: dict[str, JSON]
+
+
+async def insert(conn: AsyncConnection, run: NewRun) -> uuid.UUID | None:
+    """Inserts a pending run. Returns None when its idempotency key is already taken."""
+    return (
+        await conn.execute(
+            text(
+                "INSERT INTO runs (id, workflow_id, workflow_name, workflow_version, trigger, "
+                "status, payload, context, payload_hash, idempotency_key, source_run_id) "
+                "VALUES (:id, :workflow_id, :workflow_name, :workflow_version, :trigger, "
+                "'pending', CAST(:payload AS jsonb), CAST(:payload AS jsonb), :payload_hash, "
+                ":idempotency_key, :source_run_id) "
+                "ON CONFLICT (workflow_name, idempotency_key) "
+                "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"
+            ),
+            {
+                "id": run.id,
+                "workflow_id": run.workflow_id,
+                "workflow_name": run.workflow_name,
+                "workflow_version": run.workflow_version,
+                "trigger": run.trigger,
+                "payload": dumps(run.payload),
+                "payload_hash": run.payload_hash,
+                "idempotency_key": run.idempotency_key,
+                "source_run_id": run.source_run_id,
+            },
+        )
+    ).scalar()
+
+
+async def find_by_idempotency_key(
+    conn: AsyncConnection, workflow_name: str, key: str
+) -> tuple[uuid.UUID, str] | None:
+    """(run id, payload hash) of the run started with this key."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT id, payload_hash FROM runs "
+                "WHERE workflow_name = :name AND idempotency_key = :key"
+            ),
+            {"name": workflow_name, "key": key},
+        )
+    ).first()
+    return (row.id, row.payload_hash) if row is not None else None
+
+
+async def lock(conn: AsyncConnection, run_id: uuid.UUID) -> LockedRun | None:
+    row = (
+        await conn.execute(
+            text(
+                "SELECT id, workflow_id, workflow_name, status, context FROM runs "
+                "WHERE id = :id FOR UPDATE"
+            ),
+            {"id": run_id},
+        )
+    ).first()
+    return _locked(row) if row is not None else None
+
+
+def _locked(row: Any) -> LockedRun:
+    return LockedRun(
+        id=row.id,
+        workflow_id=row.workflow_id,
+        workflow_name=row.workflow_name,
+        status=RunStatus(row.status),
+        context=row.context,
+    )
+
+
+async def step_statuses(conn: AsyncConnection, run_id: uuid.UUID) -> dict[str, StepStatus]:
+    rows = await conn.execute(
+        text("SELECT name, status FROM steps WHERE run_id = :id"), {"id": run_id}
+    )
+    return {r.name: StepStatus(r.status) for r in rows}
+
+
+async def completed_steps(conn: AsyncConnection, run_id: uuid.UUID) -> list[str]:
+    rows = await conn.execute(
+        text("SELECT name FROM steps WHERE run_id = :id AND status = 'completed'"),
+        {"id": run_id},
+    )
+    return [r.name for r in rows]
+
+
+async def get(
+    conn: AsyncConnection, run_id: uuid.UUID, *, with_steps: bool = True
+) -> RunView | None:
+    row = (
+        await conn.execute(
+            text(f"SELECT {_RUN_COLUMNS}, workflow_id FROM runs WHERE id = :id"), {"id": run_id}
+        )
+    ).first()
+    if row is None:
+        return None
+    if not with_steps:
+        return _run(row, ())
+    step_rows = await conn.execute(
+        text(
+            "SELECT name, status, output, error, created_at, ended_at FROM steps "
+            "WHERE run_id = :id ORDER BY position, created_at"
+        ),
+        {"id": run_id},
+    )
+    attempt_rows = await conn.execute(
+        text(
+            "SELECT id, step_name, number, status, worker_id, output, error, created_at, "
+            "started_at, ended_at FROM attempts WHERE run_id = :id ORDER BY step_name, number"
+        ),
+        {"id": run_id},
+    )
+    attempts: dict[str, list[AttemptView]] = {}
+    for a in attempt_rows:
+        attempts.setdefault(a.step_name, []).append(
+            AttemptView(
+                id=a.id,
+                number=a.number,
+                status=AttemptStatus(a.status),
+                worker_id=a.worker_id,
+                output=a.output,
+                error=Failure.from_json(a.error),
+                created_at=a.created_at,
+                started_at=a.started_at,
+                ended_at=a.ended_at,
+            )
+        )
+    steps = tuple(
+        StepView(
+            name=s.name,
+            status=StepStatus(s.status),
+            output=s.output,
+            error=Failure.from_json(s.error),
+            created_at=s.created_at,
+            ended_at=s.ended_at,
+            attempts=tuple(attempts.get(s.name, ())),
+        )
+        for s in step_rows
+    )
+    return _run(row, steps)
+
+
+def _run(row: Any, steps: tuple[StepView, ...]) -> RunView:
+    return RunView(
+        id=row.id,
+        workflow_name=row.workflow_name,
+        workflow_version=row.workflow_version,
+        trigger=row.trigger,
+        status=RunStatus(row.status),
+        payload=row.payload,
+        context=row.context,
+        error=Failure.from_json(row.error),
+        idempotency_key=row.idempotency_key,
+        source_run_id=row.source_run_id,
+        last_seq=row.last_seq,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        updated_at=row.updated_at,
+        steps=steps,
+    )
+
+
+async def workflow_id_of(conn: AsyncConnection, run_id: uuid.UUID) -> int | None:
+    return (
+        await conn.execute(text("SELECT workflow_id FROM runs WHERE id = :id"), {"id": run_id})
+    ).scalar()
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    workflow: str = ""
+    statuses: tuple[RunStatus, ...] = ()
+    trigger: str = ""
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+async def list_page(
+    conn: AsyncConnection,
+    where: RunFilter,
+    cursor: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[RunView]:
+    """Newest first; `cursor` is the (created_at, id) of the last run of the previous page."""
+    clauses = ["TRUE"]
+    params: dict[str, Any] = {"limit": limit}
+    if where.workflow:
+        clauses.append("workflow_name = :workflow")
+        params["workflow"] = where.workflow
+    if where.statuses:
+        clauses.append("status = ANY(:statuses)")
+        params["statuses"] = [s.value for s in where.statuses]
+    if where.trigger:
+        clauses.append("trigger = :trigger")
+        params["trigger"] = where.trigger
+    if where.created_after is not None:
+        clauses.append("created_at >= :after")
+        params["after"] = where.created_after
+    if where.created_before is not None:
+        clauses.append("created_at < :before")
+        params["before"] = where.created_before
+    if cursor is not None:
+        clauses.append("(created_at, id) < (:cursor_time, :cursor_id)")
+        params["cursor_time"], params["cursor_id"] = cursor
+    rows = await conn.execute(
+        text(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} "
+            "ORDER BY created_at DESC, id DESC LIMIT :limit"
+        ),
+        params,
+    )
+    return [_run(r, ()) for r in rows]

@@ -1,0 +1,150 @@
+"""The Postgres schema as SQLAlchemy Core tables: the single source the Alembic migrations and
+the model/migration agreement check are compared against."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+
+metadata = MetaData()
+
+NOW = text("now()")
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("content_hash", Text, nullable=False),
+    Column("definition", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    UniqueConstraint("name", "version", name="workflows_name_version_key"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("workflow_id", BigInteger, ForeignKey("workflows.id"), nullable=False),
+    Column("workflow_name", Text, nullable=False),
+    Column("workflow_version", Integer, nullable=False),
+    Column("trigger", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("context", JSONB, nullable=False),
+    Column("error", JSONB),
+    Column("idempotency_key", Text),
+    Column("payload_hash", Text, nullable=False),
+    Column("source_run_id", UUID(as_uuid=True)),
+    Column("last_seq", BigInteger, nullable=False, server_default=text("0")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Column("started_at", DateTime(timezone=True)),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Index(
+        "runs_idempotency_key",
+        "workflow_name",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+    # Keyset pagination, newest first, overall and per workflow / status.
+    Index("runs_created", "created_at", "id"),
+    Index("runs_workflow_created", "workflow_name", "created_at", "id"),
+    Index("runs_status_created", "status", "created_at", "id"),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("run_id", UUID(as_uuid=True), ForeignKey("runs.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempt_count", Integer, nullable=False, server_default=text("0")),
+    Column("output", JSONB),
+    Column("error", JSONB),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Column("ended_at", DateTime(timezone=True)),
+    PrimaryKeyConstraint("run_id", "name", name="steps_pkey"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("run_id", UUID(as_uuid=True), ForeignKey("runs.id"), nullable=False),
+    Column("step_name", Text, nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("queue", Text, nullable=False),
+    Column("handler", Text, nullable=False),
+    Column("worker_id", Text),
+    Column("output", JSONB),
+    Column("error", JSONB),
+    Column("progress", JSONB),
+    Column("heartbeat_timeout_ms", Integer, nullable=False),
+    # The dispatch intent (outbox): due_at is when the attempt may run; kicked_at is when it
+    # was last published (NULL: not yet, e.g. a retry waiting for its backoff).
+    Column("due_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Column("kicked_at", DateTime(timezone=True)),
+    Column("kick_count", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Column("started_at", DateTime(timezone=True)),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    UniqueConstraint("run_id", "step_name", "number", name="attempts_run_step_number_key"),
+    # Timer and reconciler scans touch only live attempts.
+    Index(
+        "attempts_scheduled_due",
+        "due_at",
+        postgresql_where=text("status = 'scheduled'"),
+    ),
+    Index(
+        "attempts_running_lease",
+        "lease_expires_at",
+        postgresql_where=text("status = 'running'"),
+    ),
+)
+
+run_events = Table(
+    "run_events",
+    metadata,
+    Column("run_id", UUID(as_uuid=True), ForeignKey("runs.id"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("run_status", String(16), nullable=False),
+    Column("step_name", Text),
+    Column("attempt_number", Integer),
+    Column("data", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    PrimaryKeyConstraint("run_id", "seq", name="run_events_pkey"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("queues", ARRAY(Text), nullable=False),
+    Column("handlers", ARRAY(Text), nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("labels", JSONB, nullable=False),
+    Column("registered_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+)

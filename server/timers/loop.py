@@ -1,0 +1,70 @@
+"""The timer and reconciler loop, run by every server replica (rows are claimed with
+FOR UPDATE SKIP LOCKED, so replicas never fire the same timer twice):
+
+- due timers: attempts whose backoff ended are published at their due time, woken early by
+  NOTIFY when any replica schedules one;
+- lost dispatches: attempts published but not claimed within the dispatch timeout (Redis lost
+  them, or a server died between commit and publish) are published again;
+- leases: running attempts whose worker stopped heartbeating fail as worker_lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+
+from server.engine.commands import Engine
+from server.events.hub import EventHub
+
+log = structlog.get_logger("squidmesh.timers")
+
+
+class TimerLoop:
+    def __init__(
+        self,
+        engine: Engine,
+        hub: EventHub,
+        *,
+        dispatch_timeout_ms: int,
+        reconcile_interval_ms: int,
+    ) -> None:
+        self._engine = engine
+        self._hub = hub
+        self._dispatch_timeout_ms = dispatch_timeout_ms
+        self._interval_s = reconcile_interval_ms / 1000
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="timer-loop")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        next_leases = 0.0
+        while True:
+            try:
+                self._hub.timers.clear()
+                await self._engine.kick_due(self._dispatch_timeout_ms)
+                if time.monotonic() >= next_leases:
+                    expired = await self._engine.expire_leases()
+                    if expired:
+                        log.info("leases_expired", count=expired)
+                    next_leases = time.monotonic() + self._interval_s
+                next_ms = await self._engine.next_timer_ms()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("timer_loop_failed")
+                await asyncio.sleep(self._interval_s)
+                continue
+            wait_s = self._interval_s
+            if next_ms is not None:
+                wait_s = min(max(next_ms / 1000, 0.0), wait_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hub.timers.wait(), timeout=wait_s)

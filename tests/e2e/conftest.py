@@ -1,0 +1,79 @@
+"""End-to-end fixtures: a server process and worker processes, stopped after each test (their
+logs are printed when a test fails)."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.support import Process, ServerProcess, WorkerProcess, wait_for
+from worker_sdk import Client
+
+
+class Cluster:
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.processes: list[Process] = []
+        self.server: ServerProcess | None = None
+
+    def start_server(self, **extra_env: str) -> ServerProcess:
+        port = self.server.port if self.server is not None else None
+        self.server = ServerProcess({**self.env, **extra_env}, self.log_dir, port=port)
+        self.processes.append(self.server)
+        return self.server
+
+    def start_worker(self, module: str = "tests.e2e.flows", **kwargs: object) -> WorkerProcess:
+        assert self.server is not None
+        worker = WorkerProcess(module, self.server.address, self.log_dir, **kwargs)  # type: ignore[arg-type]
+        self.processes.append(worker)
+        return worker
+
+    def client(self) -> Client:
+        assert self.server is not None
+        return Client(self.server.address)
+
+    def wait_registered(self, client: Client, workflow: str, version: int = 1) -> None:
+        def registered() -> bool:
+            try:
+                return client.get_workflow(workflow).version >= version
+            except grpc.RpcError:
+                return False
+
+        wait_for(registered, 30, f"workflow {workflow} v{version} registered", every=0.1)
+
+    def close(self) -> None:
+        for p in reversed(self.processes):
+            p.close()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"===== {p.name} ({p.log_path})\n{p.output()[-6000:]}" for p in self.processes
+        )
+
+
+@pytest.fixture
+def cluster(
+    server_env: dict[str, str], log_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
+    c = Cluster(server_env, log_dir)
+    try:
+        yield c
+    finally:
+        failed = getattr(request.node, "rep_call", None)
+        if failed is not None and failed.failed:
+            print(c.logs())
+        c.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report

@@ -1,0 +1,129 @@
+"""Crashes lose no run: a worker killed mid-step, Redis restarted empty, the server killed and
+restarted, and a step task delivered twice."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+from squidmesh.v1 import run_pb2
+
+from server.dispatch.publisher import Publisher
+from server.engine.views import Dispatch
+from tests.e2e.conftest import Cluster
+from tests.support import RedisProcess, wait_for
+
+
+def _marks(directory: Path, step: str, run_id: str) -> list[str]:
+    path = directory / f"{step}-{run_id}"
+    return path.read_text().split("\n")[:-1] if path.exists() else []
+
+
+def test_worker_killed_mid_step_is_replaced_after_its_lease(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.start_server()
+    victim = cluster.start_worker(concurrency=1)
+    with cluster.client() as client:
+        cluster.wait_registered(client, "e2e_slow")
+        run = client.start_run("e2e_slow", {"seconds": 5, "marks": str(tmp_path)})
+        wait_for(lambda: _marks(tmp_path, "first", run.id), 30, "first attempt to start")
+        victim.kill()
+        cluster.start_worker(concurrency=1)
+        # The rest of the run is quick: only the lost attempt took 5 s.
+        final = client.wait_for_run(run.id, timeout=60)
+
+    assert final.status == run_pb2.RUN_STATUS_COMPLETED, final
+    first = final.steps[0]
+    assert [a.status for a in first.attempts] == [
+        run_pb2.ATTEMPT_STATUS_FAILED,
+        run_pb2.ATTEMPT_STATUS_SUCCEEDED,
+    ]
+    assert first.attempts[0].error.reason == "worker_lost"
+    assert first.attempts[0].worker_id != first.attempts[1].worker_id
+
+
+def test_redis_restarted_empty_mid_run(cluster: Cluster, tmp_path: Path) -> None:
+    redis = RedisProcess(tmp_path / "redis")
+    try:
+        cluster.env["SQUIDMESH_REDIS_URL"] = redis.url
+        cluster.start_server(SQUIDMESH_DISPATCH_TIMEOUT_MS="2000")
+        cluster.start_worker(concurrency=4)
+        with cluster.client() as client:
+            cluster.wait_registered(client, "e2e_slow")
+            runs = [client.start_run("e2e_slow", {"seconds": 0.5}).id for _ in range(6)]
+            redis.restart_empty()
+            finals = [client.wait_for_run(r, timeout=90) for r in runs]
+    finally:
+        redis.stop()
+    for final in finals:
+        assert final.status == run_pb2.RUN_STATUS_COMPLETED, final
+
+
+def test_server_killed_and_restarted_mid_run(cluster: Cluster, tmp_path: Path) -> None:
+    server = cluster.start_server(SQUIDMESH_DISPATCH_TIMEOUT_MS="3000")
+    cluster.start_worker(concurrency=8)
+    with cluster.client() as client:
+        cluster.wait_registered(client, "e2e_slow")
+        runs = [
+            client.start_run("e2e_slow", {"seconds": 1, "marks": str(tmp_path)}).id
+            for _ in range(8)
+        ]
+        wait_for(lambda: all(_marks(tmp_path, "first", r) for r in runs), 30, "steps running")
+    server.kill()
+    cluster.start_server(SQUIDMESH_DISPATCH_TIMEOUT_MS="3000")
+    with cluster.client() as client:
+        finals = [client.wait_for_run(r, timeout=90) for r in runs]
+        histories = [list(client.watch_run(r, after_sequence=0)) for r in runs]
+
+    for final, history in zip(finals, histories, strict=True):
+        assert final.status == run_pb2.RUN_STATUS_COMPLETED, final
+        completed = [
+            m.event.step for m in history if m.event.type == run_pb2.RUN_EVENT_TYPE_STEP_COMPLETED
+        ]
+        # Each step's result applied exactly once.
+        assert sorted(completed) == ["first", "second"]
+        for step in final.steps:
+            succeeded = [a for a in step.attempts if a.status == run_pb2.ATTEMPT_STATUS_SUCCEEDED]
+            assert len(succeeded) == 1
+
+
+def test_duplicate_delivery_runs_the_handler_once(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_server()
+    cluster.start_worker(concurrency=4)
+    cluster.start_worker(concurrency=4)
+    with cluster.client() as client:
+        cluster.wait_registered(client, "e2e_slow")
+        run = client.start_run("e2e_slow", {"seconds": 1, "marks": str(tmp_path)})
+        wait_for(lambda: _marks(tmp_path, "first", run.id), 30, "first attempt to start")
+        attempt = client.get_run(run.id).steps[0].attempts[0]
+        # Publish the same step task twice more, as a redelivery would.
+        asyncio.run(_publish_again(cluster, run.id, attempt.id))
+        final = client.wait_for_run(run.id, timeout=30)
+
+    assert final.status == run_pb2.RUN_STATUS_COMPLETED
+    assert len(_marks(tmp_path, "first", run.id)) == 1
+    assert len(final.steps[0].attempts) == 1
+
+
+async def _publish_again(cluster: Cluster, run_id: str, attempt_id: str) -> None:
+    import psycopg
+
+    from server.store.db import libpq_url
+
+    async with await psycopg.AsyncConnection.connect(
+        libpq_url(cluster.env["SQUIDMESH_DATABASE_URL"])
+    ) as conn:
+        row = await (
+            await conn.execute("SELECT token FROM attempts WHERE id = %s", (attempt_id,))
+        ).fetchone()
+    assert row is not None
+    publisher = Publisher(
+        cluster.env["SQUIDMESH_REDIS_URL"], cluster.env["SQUIDMESH_STREAM_PREFIX"]
+    )
+    dispatch = Dispatch(
+        uuid.UUID(attempt_id), row[0], uuid.UUID(run_id), "first", "e2e_slow.first", "default"
+    )
+    await publisher.publish([dispatch, dispatch])
+    await publisher.close()

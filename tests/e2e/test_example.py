@@ -1,0 +1,74 @@
+"""The payment example and conditional transitions, with server and workers as processes."""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+from squidmesh.v1 import run_pb2
+
+from tests.e2e.conftest import Cluster
+
+
+def _attempt_counts(run: run_pb2.Run) -> dict[str, int]:
+    return {s.name: len(s.attempts) for s in run.steps}
+
+
+def test_payment_example_runs_to_completion(cluster: Cluster) -> None:
+    server = cluster.start_server()
+    cluster.start_worker("examples.payment")
+    with cluster.client() as client:
+        cluster.wait_registered(client, "payment")
+        small = client.start_run("payment", {"amount": 42, "customer": "ada"})
+        large = client.start_run("payment", {"amount": 5000})
+        small_final = client.wait_for_run(small.id, timeout=30)
+        large_final = client.wait_for_run(large.id, timeout=30)
+
+    assert server.proc.poll() is None
+    assert small_final.status == run_pb2.RUN_STATUS_COMPLETED, small_final
+    assert _attempt_counts(small_final) == {"validate": 1, "charge_card": 1, "send_receipt": 1}
+    for step in small_final.steps:
+        assert step.status == run_pb2.STEP_STATUS_COMPLETED
+        assert [a.status for a in step.attempts] == [run_pb2.ATTEMPT_STATUS_SUCCEEDED]
+    context = json_format.MessageToDict(small_final.context)
+    assert context["validation"] == {"amount": 42, "currency": "EUR", "risk": "low"}
+    assert context["charge"]["status"] == "captured"
+    assert context["receipt"] == {"sent_to": "ada", "text": "Paid 42 EUR"}
+
+    # The conditional branch: large amounts go through the fraud check.
+    assert large_final.status == run_pb2.RUN_STATUS_COMPLETED, large_final
+    assert _attempt_counts(large_final) == {
+        "validate": 1,
+        "fraud_check": 1,
+        "charge_card": 1,
+        "send_receipt": 1,
+    }
+    assert set(json_format.MessageToDict(large_final.context)) >= {
+        "validation",
+        "fraud",
+        "charge",
+        "receipt",
+        "amount",
+        "currency",
+        "customer",
+    }
+
+
+def test_conditional_transitions_and_no_match(cluster: Cluster) -> None:
+    cluster.start_server()
+    cluster.start_worker()
+    with cluster.client() as client:
+        cluster.wait_registered(client, "e2e_branching")
+        high = client.start_run("e2e_branching", {"score": 90})
+        low = client.start_run("e2e_branching", {"score": 3})
+        none = client.start_run("e2e_branching", {"score": 30})
+        high_run = client.wait_for_run(high.id, timeout=30)
+        low_run = client.wait_for_run(low.id, timeout=30)
+        none_run = client.wait_for_run(none.id, timeout=30)
+
+    assert [s.name for s in high_run.steps] == ["score", "high"]
+    assert high_run.status == run_pb2.RUN_STATUS_COMPLETED
+    assert [s.name for s in low_run.steps] == ["score", "low"]
+    assert low_run.status == run_pb2.RUN_STATUS_COMPLETED
+    assert none_run.status == run_pb2.RUN_STATUS_FAILED
+    assert none_run.error.reason == "no_matching_transition"
+    assert "score" in none_run.error.message
+    assert [s.name for s in none_run.steps] == ["score"]

@@ -1,0 +1,400 @@
+"""The gRPC API against a real server, Postgres and Redis: validation, errors, idempotency,
+versioning, reflection and health. The worker protocol is driven directly through
+WorkerService, the way the SDK drives it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from google.protobuf import duration_pb2, struct_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc import StatusCode, aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from squidmesh.v1 import run_pb2, run_service_pb2, workflow_pb2, workflow_service_pb2
+from squidmesh.v1 import worker_service_pb2 as wpb
+from squidmesh.v1.run_service_pb2_grpc import RunServiceStub
+from squidmesh.v1.worker_service_pb2_grpc import WorkerServiceStub
+from squidmesh.v1.workflow_service_pb2_grpc import WorkflowServiceStub
+
+from server.store.db import libpq_url
+
+
+def definition(name: str = "orders", handler_suffix: str = "") -> workflow_pb2.WorkflowDefinition:
+    d = workflow_pb2.WorkflowDefinition(name=name, description="test")
+    d.triggers.add(
+        name="manual",
+        manual=workflow_pb2.ManualTrigger(),
+        payload=[
+            workflow_pb2.PayloadField(
+                name="amount", type=workflow_pb2.FIELD_TYPE_NUMBER, required=True
+            ),
+            workflow_pb2.PayloadField(
+                name="count",
+                type=workflow_pb2.FIELD_TYPE_INTEGER,
+                default_value=struct_pb2.Value(number_value=1),
+            ),
+        ],
+    )
+    d.steps.add(
+        name="reserve", task=workflow_pb2.TaskStep(handler=f"orders.reserve{handler_suffix}")
+    )
+    d.steps.add(name="ship", irreversible=True, task=workflow_pb2.TaskStep(handler="orders.ship"))
+    d.transitions.add(from_step="reserve", to="ship")
+    d.transitions.add(from_step="ship", to="complete")
+    return d
+
+
+def details(error: aio.AioRpcError) -> tuple[str, list[tuple[str, str]]]:
+    """(ErrorInfo reason, BadRequest field violations) of a failed call."""
+    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert raw is not None, "no rich error details"
+    status = status_pb2.Status.FromString(raw)
+    reason, violations = "", []
+    for any_detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        bad = error_details_pb2.BadRequest()
+        if any_detail.Unpack(info):
+            reason = info.reason
+        elif any_detail.Unpack(bad):
+            violations = [(v.field, v.description) for v in bad.field_violations]
+    return reason, violations
+
+
+def payload(**fields: Any) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(fields)
+    return s
+
+
+async def count_rows(database_url: str, table: str) -> int:
+    async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+        row = await (await conn.execute(f"SELECT count(*) FROM {table}")).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def test_reflection_lists_services_and_health_is_serving(channel: aio.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    names = set()
+    async for response in stub.ServerReflectionInfo(requests()):
+        names = {s.name for s in response.list_services_response.service}
+    assert {
+        "squidmesh.v1.WorkflowService",
+        "squidmesh.v1.RunService",
+        "squidmesh.v1.WorkerService",
+    } <= names
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "squidmesh.v1.RunService"):
+        response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_register_is_versioned_and_validated(channel: aio.Channel) -> None:
+    workflows = WorkflowServiceStub(channel)
+    first = await workflows.RegisterWorkflow(
+        workflow_service_pb2.RegisterWorkflowRequest(definition=definition())
+    )
+    assert (first.workflow.version, first.created) == (1, True)
+    again = await workflows.RegisterWorkflow(
+        workflow_service_pb2.RegisterWorkflowRequest(definition=definition())
+    )
+    assert (again.workflow.version, again.created) == (1, False)
+    changed = await workflows.RegisterWorkflow(
+        workflow_service_pb2.RegisterWorkflowRequest(definition=definition(handler_suffix="_v2"))
+    )
+    assert (changed.workflow.version, changed.created) == (2, True)
+    got = await workflows.GetWorkflow(workflow_service_pb2.GetWorkflowRequest(name="orders"))
+    assert got.workflow.version == 2
+    old = await workflows.GetWorkflow(
+        workflow_service_pb2.GetWorkflowRequest(name="orders", version=1)
+    )
+    assert old.workflow.definition.steps[0].task.handler == "orders.reserve"
+
+    bad = definition()
+    bad.transitions.add(from_step="ship", to="nowhere")
+    bad.steps.add(name="reserve", task=workflow_pb2.TaskStep(handler="x"))
+    with pytest.raises(aio.AioRpcError) as raised:
+        await workflows.RegisterWorkflow(
+            workflow_service_pb2.RegisterWorkflowRequest(definition=bad)
+        )
+    assert raised.value.code() == StatusCode.INVALID_ARGUMENT
+    _, violations = details(raised.value)
+    assert len(violations) >= 2
+    fields = " ".join(f for f, _ in violations)
+    assert "transitions" in fields and "steps" in fields
+
+    with pytest.raises(aio.AioRpcError) as raised:
+        await workflows.GetWorkflow(workflow_service_pb2.GetWorkflowRequest(name="nope"))
+    assert raised.value.code() == StatusCode.NOT_FOUND
+
+
+async def test_start_run_validation_and_idempotency(
+    channel: aio.Channel, database_url: str
+) -> None:
+    workflows = WorkflowServiceStub(channel)
+    runs = RunServiceStub(channel)
+    await workflows.RegisterWorkflow(
+        workflow_service_pb2.RegisterWorkflowRequest(definition=definition())
+    )
+
+    # Three problems, three field violations, nothing written.
+    with pytest.raises(aio.AioRpcError) as raised:
+        await runs.StartRun(
+            run_service_pb2.StartRunRequest(
+                workflow="orders", payload=payload(count="many", colour="red")
+            )
+        )
+    assert raised.value.code() == StatusCode.INVALID_ARGUMENT
+    _, violations = details(raised.value)
+    assert sorted(f for f, _ in violations) == ["payload.amount", "payload.colour", "payload.count"]
+    assert await count_rows(database_url, "runs") == 0
+
+    for request, code, reason in [
+        (
+            run_service_pb2.StartRunRequest(workflow="nope"),
+            StatusCode.NOT_FOUND,
+            "WORKFLOW_NOT_FOUND",
+        ),
+        (
+            run_service_pb2.StartRunRequest(
+                workflow="orders", trigger="cron", payload=payload(amount=1)
+            ),
+            StatusCode.NOT_FOUND,
+            "TRIGGER_NOT_FOUND",
+        ),
+    ]:
+        with pytest.raises(aio.AioRpcError) as raised:
+            await runs.StartRun(request)
+        assert raised.value.code() == code
+        assert details(raised.value)[0] == reason
+
+    first = await runs.StartRun(
+        run_service_pb2.StartRunRequest(
+            workflow="orders", payload=payload(amount=10), idempotency_key="order-1"
+        )
+    )
+    assert first.created
+    assert first.run.status == run_pb2.RUN_STATUS_PENDING
+    assert dict(first.run.payload) == {"amount": 10, "count": 1}
+    same = await runs.StartRun(
+        run_service_pb2.StartRunRequest(
+            workflow="orders", payload=payload(amount=10), idempotency_key="order-1"
+        )
+    )
+    assert (same.run.id, same.created) == (first.run.id, False)
+    with pytest.raises(aio.AioRpcError) as raised:
+        await runs.StartRun(
+            run_service_pb2.StartRunRequest(
+                workflow="orders", payload=payload(amount=11), idempotency_key="order-1"
+            )
+        )
+    assert raised.value.code() == StatusCode.ALREADY_EXISTS
+    assert await count_rows(database_url, "runs") == 1
+
+    with pytest.raises(aio.AioRpcError) as raised:
+        await runs.GetRun(run_service_pb2.GetRunRequest(run_id="not-a-uuid"))
+    assert raised.value.code() == StatusCode.INVALID_ARGUMENT
+    with pytest.raises(aio.AioRpcError) as raised:
+        await runs.GetRun(
+            run_service_pb2.GetRunRequest(run_id="00000000-0000-0000-0000-000000000000")
+        )
+    assert raised.value.code() == StatusCode.NOT_FOUND
+
+
+class Protocol:
+    """Drives the attempt stream the way a worker does."""
+
+    def __init__(self, channel: aio.Channel) -> None:
+        self.stub = WorkerServiceStub(channel)
+        self.call = self.stub.StreamAttempts()
+        self.next_id = 0
+
+    async def send(self, **message: object) -> wpb.StreamAttemptsResponse:
+        self.next_id += 1
+        await self.call.write(wpb.StreamAttemptsRequest(request_id=self.next_id, **message))  # type: ignore[arg-type]
+        response = await self.call.read()
+        assert isinstance(response, wpb.StreamAttemptsResponse)
+        assert response.request_id == self.next_id
+        return response
+
+
+async def scheduled_attempt(database_url: str, run_id: str, step: str) -> tuple[str, str]:
+    async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT id, token FROM attempts WHERE run_id = %s AND step_name = %s "
+                "ORDER BY number DESC LIMIT 1",
+                (run_id, step),
+            )
+        ).fetchone()
+    assert row is not None
+    return str(row[0]), str(row[1])
+
+
+async def test_fenced_attempt_protocol_cancel_and_replay(
+    channel: aio.Channel, database_url: str
+) -> None:
+    await WorkflowServiceStub(channel).RegisterWorkflow(
+        workflow_service_pb2.RegisterWorkflowRequest(definition=definition())
+    )
+    runs = RunServiceStub(channel)
+    run = (
+        await runs.StartRun(
+            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=5))
+        )
+    ).run
+    protocol = Protocol(channel)
+    attempt_id, token = await scheduled_attempt(database_url, run.id, "reserve")
+
+    wrong = await protocol.send(
+        started=wpb.AttemptStarted(attempt_id=attempt_id, token="x", worker_id="w1")
+    )
+    assert (wrong.start.accepted, wrong.start.refusal_reason) == (False, "stale")
+    ok = await protocol.send(
+        started=wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id="w1")
+    )
+    assert ok.start.accepted and ok.start.step == "reserve"
+    assert ok.start.idempotency_key == f"{run.id}:reserve"
+    dup = await protocol.send(
+        started=wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id="w2")
+    )
+    assert (dup.start.accepted, dup.start.refusal_reason) == (False, "duplicate")
+
+    beat = await protocol.send(
+        heartbeat=wpb.WorkerHeartbeat(
+            worker_id="w1", attempts=[wpb.AttemptProgress(attempt_id=attempt_id, token=token)]
+        )
+    )
+    assert list(beat.heartbeat.lost_attempt_ids) == []
+
+    done = await protocol.send(
+        completed=wpb.AttemptCompleted(
+            attempt_id=attempt_id, token=token, output=struct_pb2.Value(string_value="held")
+        )
+    )
+    assert done.result.accepted
+    resent = await protocol.send(
+        completed=wpb.AttemptCompleted(
+            attempt_id=attempt_id, token=token, output=struct_pb2.Value(string_value="held")
+        )
+    )
+    assert resent.result.accepted  # idempotent resend
+    late = await protocol.send(
+        failed=wpb.AttemptFailed(
+            attempt_id=attempt_id, token=token, error_type="Boom", message="late"
+        )
+    )
+    assert not late.result.accepted
+
+    ship_id, ship_token = await scheduled_attempt(database_url, run.id, "ship")
+    assert (
+        await protocol.send(
+            started=wpb.AttemptStarted(attempt_id=ship_id, token=ship_token, worker_id="w1")
+        )
+    ).start.accepted
+    # A retryable failure schedules attempt 2 after the default backoff.
+    failed = await protocol.send(
+        failed=wpb.AttemptFailed(
+            attempt_id=ship_id,
+            token=ship_token,
+            error_type="Timeout",
+            message="carrier down",
+            retry_after=duration_pb2.Duration(nanos=1_000_000),
+        )
+    )
+    assert failed.result.accepted
+    ship2_id, ship2_token = await scheduled_attempt(database_url, run.id, "ship")
+    assert ship2_id != ship_id
+    assert (
+        await protocol.send(
+            started=wpb.AttemptStarted(attempt_id=ship2_id, token=ship2_token, worker_id="w1")
+        )
+    ).start.accepted
+    assert (
+        await protocol.send(
+            completed=wpb.AttemptCompleted(
+                attempt_id=ship2_id, token=ship2_token, output=struct_pb2.Value(bool_value=True)
+            )
+        )
+    ).result.accepted
+    protocol.call.cancel()
+
+    final = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=run.id))).run
+    assert final.status == run_pb2.RUN_STATUS_COMPLETED
+    assert [len(s.attempts) for s in final.steps] == [1, 2]
+    assert final.steps[1].attempts[0].error.type == "Timeout"
+    assert dict(final.context)["reserve"] == "held"
+
+    with pytest.raises(aio.AioRpcError) as raised:
+        await runs.CancelRun(run_service_pb2.CancelRunRequest(run_id=run.id))
+    assert raised.value.code() == StatusCode.FAILED_PRECONDITION
+
+    with pytest.raises(aio.AioRpcError) as raised:
+        await runs.ReplayRun(run_service_pb2.ReplayRunRequest(run_id=run.id))
+    assert raised.value.code() == StatusCode.FAILED_PRECONDITION
+    assert "ship" in (raised.value.details() or "")
+    replay = (
+        await runs.ReplayRun(
+            run_service_pb2.ReplayRunRequest(run_id=run.id, allow_irreversible=True)
+        )
+    ).run
+    assert replay.source_run_id == run.id and replay.id != run.id
+    assert replay.workflow_version == run.workflow_version
+    assert dict(replay.payload) == dict(run.payload)
+
+    cancelled = (
+        await runs.CancelRun(
+            run_service_pb2.CancelRunRequest(
+                run_id=replay.id, actor="test", reason="no longer needed"
+            )
+        )
+    ).run
+    assert cancelled.status == run_pb2.RUN_STATUS_CANCELLED
+    again = (await runs.CancelRun(run_service_pb2.CancelRunRequest(run_id=replay.id))).run
+    assert again.status == run_pb2.RUN_STATUS_CANCELLED
+    cancelled_id, cancelled_token = await scheduled_attempt(database_url, replay.id, "reserve")
+    refused = await Protocol(channel).send(
+        started=wpb.AttemptStarted(attempt_id=cancelled_id, token=cancelled_token, worker_id="w1")
+    )
+    assert (refused.start.accepted, refused.start.refusal_reason) == (False, "cancelled")
+
+
+async def test_list_runs_pages_newest_first(channel: aio.Channel) -> None:
+    await WorkflowServiceStub(channel).RegisterWorkflow(
+        workflow_service_pb2.RegisterWorkflowRequest(definition=definition())
+    )
+    runs = RunServiceStub(channel)
+    started = [
+        (
+            await runs.StartRun(
+                run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=i))
+            )
+        ).run.id
+        for i in range(5)
+    ]
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await runs.ListRuns(
+            run_service_pb2.ListRunsRequest(workflow="orders", page_size=2, page_token=token)
+        )
+        seen += [r.id for r in page.runs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(started))
+    pending = await runs.ListRuns(
+        run_service_pb2.ListRunsRequest(statuses=[run_pb2.RUN_STATUS_COMPLETED])
+    )
+    assert list(pending.runs) == []
+    with pytest.raises(aio.AioRpcError) as raised:
+        await runs.ListRuns(run_service_pb2.ListRunsRequest(page_token="garbage!"))
+    assert raised.value.code() == StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,261 @@
+"""The DSL produces the contract's WorkflowDefinition, every option in its field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from squidmesh.v1 import workflow_pb2
+
+from worker_sdk import Field, Retry, StepContext, Workflow, value_to_python, when
+from worker_sdk.values import from_duration
+
+
+def build() -> Workflow:
+    payment = Workflow("payment", description="Charge a card", version_label="abc123")
+    payment.trigger(
+        "manual",
+        payload=[
+            Field("amount", "number", required=True, description="in cents"),
+            Field("currency", "string", default="EUR"),
+            Field("at", "timestamp", default="now"),
+        ],
+    )
+    payment.trigger(
+        "nightly",
+        cron="0 3 * * *",
+        time_zone="Europe/Paris",
+        missed_ticks="run_once",
+        payload=[Field("amount", "integer", default=0)],
+    )
+
+    @payment.task(
+        queue="payments",
+        output_key="validation",
+        retry=Retry(
+            max_attempts=3,
+            backoff="exponential",
+            initial_delay=0.1,
+            max_delay=5,
+            multiplier=2,
+            jitter=0.1,
+            non_retryable=["ValueError", KeyError],
+        ),
+        input=["amount", "currency"],
+        attempt_timeout=30,
+        heartbeat_timeout=10,
+        irreversible=True,
+    )
+    async def validate(input: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        return {"amount": input["amount"]}
+
+    @payment.task(input={"amt": "order.amount"}, name="charge_card", compensate="payment.undo")
+    def charge(input: dict[str, Any]) -> dict[str, Any]:
+        return {"charged": input["amt"]}
+
+    payment.wait("cool_down", seconds=0.3)
+    payment.log("note", "charged")
+    payment.transition("validate", "charge_card", when=when("validation.amount").greater_than(1000))
+    payment.transition("validate", "cool_down", when=when("validation.currency").equals("EUR"))
+    payment.transition("validate", "note")
+    payment.transition("charge_card", "complete")
+    payment.transition("charge_card", "note", on="error")
+    return payment
+
+
+def test_workflow_header_and_triggers() -> None:
+    d = build().definition()
+    assert (d.name, d.description, d.version_label) == ("payment", "Charge a card", "abc123")
+    manual, nightly = d.triggers
+    assert manual.name == "manual" and manual.WhichOneof("kind") == "manual"
+    amount, currency, at = manual.payload
+    assert (amount.name, amount.type, amount.required) == (
+        "amount",
+        workflow_pb2.FIELD_TYPE_NUMBER,
+        True,
+    )
+    assert amount.description == "in cents" and not amount.HasField("default_value")
+    assert currency.default_value.string_value == "EUR" and not currency.required
+    assert at.type == workflow_pb2.FIELD_TYPE_TIMESTAMP and at.default_value.string_value == "now"
+    assert nightly.WhichOneof("kind") == "cron"
+    assert nightly.cron.expression == "0 3 * * *"
+    assert nightly.cron.time_zone == "Europe/Paris"
+    assert nightly.cron.missed_tick_policy == workflow_pb2.MISSED_TICK_POLICY_RUN_ONCE
+    assert nightly.payload[0].type == workflow_pb2.FIELD_TYPE_INTEGER
+    assert nightly.payload[0].default_value.number_value == 0
+    assert nightly.payload[0].HasField("default_value")
+
+
+def test_task_step_options() -> None:
+    d = build().definition()
+    assert [s.name for s in d.steps] == ["validate", "charge_card", "cool_down", "note"]
+    validate = d.steps[0]
+    assert validate.WhichOneof("kind") == "task"
+    assert validate.task.handler == "payment.validate"
+    assert validate.task.queue == "payments"
+    assert validate.output_key == "validation"
+    assert validate.irreversible
+    assert list(validate.input.keys) == ["amount", "currency"] and not validate.input.paths
+    assert from_duration(validate.attempt_timeout) == 30
+    assert from_duration(validate.heartbeat_timeout) == 10
+    retry = validate.retry
+    assert retry.max_attempts == 3
+    assert retry.backoff == workflow_pb2.BACKOFF_TYPE_EXPONENTIAL
+    assert (retry.initial_delay.seconds, retry.initial_delay.nanos) == (0, 100_000_000)
+    assert (retry.max_delay.seconds, retry.max_delay.nanos) == (5, 0)
+    assert retry.multiplier == 2 and retry.jitter == pytest.approx(0.1)
+    assert list(retry.non_retryable_error_types) == ["ValueError", "KeyError"]
+
+    charge = d.steps[1]
+    assert charge.task.handler == "payment.charge_card" and charge.task.queue == "default"
+    assert dict(charge.input.paths) == {"amt": "order.amount"} and not charge.input.keys
+    assert charge.compensate == "payment.undo"
+    assert not charge.HasField("retry") and not charge.HasField("attempt_timeout")
+    assert not charge.HasField("heartbeat_timeout") and charge.output_key == ""
+    assert not charge.irreversible
+
+
+def test_no_input_selection_means_whole_context() -> None:
+    wf = Workflow("w")
+
+    @wf.task
+    def only(input: dict[str, Any]) -> None:
+        return None
+
+    step = wf.definition().steps[0]
+    assert not step.HasField("input") and step.task.handler == "w.only"
+
+
+def test_built_in_steps() -> None:
+    d = build().definition()
+    cool_down, note = d.steps[2], d.steps[3]
+    assert cool_down.WhichOneof("kind") == "wait"
+    assert (cool_down.wait.duration.seconds, cool_down.wait.duration.nanos) == (0, 300_000_000)
+    assert note.WhichOneof("kind") == "log" and note.log.message == "charged"
+    wf = Workflow("w")
+    wf.pause("hold")
+    wf.approval("sign_off", after=["hold"])
+    hold, sign_off = wf.definition().steps
+    assert hold.WhichOneof("kind") == "pause"
+    assert sign_off.WhichOneof("kind") == "approval" and list(sign_off.after) == ["hold"]
+
+
+def test_transitions_and_conditions() -> None:
+    t = build().definition().transitions
+    assert [(x.from_step, x.to) for x in t] == [
+        ("validate", "charge_card"),
+        ("validate", "cool_down"),
+        ("validate", "note"),
+        ("charge_card", "complete"),
+        ("charge_card", "note"),
+    ]
+    assert [x.on for x in t] == [workflow_pb2.OUTCOME_OK] * 4 + [workflow_pb2.OUTCOME_ERROR]
+    greater = t[0].condition
+    assert greater.path == "validation.amount"
+    assert greater.operator == workflow_pb2.CONDITION_OPERATOR_GREATER_THAN
+    assert greater.value.WhichOneof("kind") == "number_value" and greater.value.number_value == 1000
+    equals = t[1].condition
+    assert equals.operator == workflow_pb2.CONDITION_OPERATOR_EQUALS
+    assert equals.value.WhichOneof("kind") == "string_value" and equals.value.string_value == "EUR"
+    assert not t[2].HasField("condition")
+
+
+@pytest.mark.parametrize(
+    ("condition", "operator", "value"),
+    [
+        (when("a.b").equals(True), workflow_pb2.CONDITION_OPERATOR_EQUALS, True),
+        (when("a").not_equals(None), workflow_pb2.CONDITION_OPERATOR_NOT_EQUALS, None),
+        (when("a").less_than(2.5), workflow_pb2.CONDITION_OPERATOR_LESS_THAN, 2.5),
+        (
+            when("a").equals({"k": [1, "x"]}),
+            workflow_pb2.CONDITION_OPERATOR_EQUALS,
+            {"k": [1, "x"]},
+        ),
+    ],
+)
+def test_condition_values_are_typed(condition: Any, operator: int, value: Any) -> None:
+    proto = condition.to_proto()
+    assert proto.operator == operator
+    assert value_to_python(proto.value) == value
+    if value is None:
+        assert proto.value.WhichOneof("kind") == "null_value"
+    if value is True:
+        assert proto.value.WhichOneof("kind") == "bool_value"
+
+
+def test_comparisons_need_numbers() -> None:
+    with pytest.raises(TypeError):
+        when("a").greater_than("10")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        when("a").less_than(True)
+    with pytest.raises(ValueError):
+        when("a..b")
+
+
+def test_decorated_function_stays_a_plain_function_and_is_registered() -> None:
+    wf = Workflow("w")
+
+    @wf.task(queue="q1")
+    def double(input: dict[str, int]) -> int:
+        return input["n"] * 2
+
+    @wf.task(queue="q2")
+    async def later(input: Any, ctx: StepContext) -> None:
+        return None
+
+    assert double({"n": 4}) == 8
+    handlers = wf.handlers
+    assert handlers["w.double"].fn is double and not handlers["w.double"].takes_context
+    assert not handlers["w.double"].is_async
+    assert handlers["w.later"].is_async and handlers["w.later"].takes_context
+    assert wf.queues == ["q1", "q2"]
+
+
+def test_compensation_function_is_registered_as_a_handler() -> None:
+    wf = Workflow("shop")
+
+    def refund(input: Any) -> None:
+        return None
+
+    @wf.task(compensate=refund)
+    def charge(input: Any) -> None:
+        return None
+
+    assert wf.definition().steps[0].compensate == "shop.refund"
+    assert wf.handlers["shop.refund"].fn is refund
+
+
+def test_light_local_checks() -> None:
+    wf = Workflow("w")
+    wf.wait("pause_a", seconds=1)
+    with pytest.raises(ValueError, match="duplicate step"):
+        wf.log("pause_a", "again")
+    with pytest.raises(ValueError, match="reserved"):
+        wf.log("complete", "no")
+    with pytest.raises(ValueError):
+        wf.wait("neg", seconds=-1)
+    with pytest.raises(ValueError):
+        wf.transition("pause_a", "x", on="maybe")  # type: ignore[arg-type]
+    wf.trigger("manual")
+    with pytest.raises(ValueError, match="duplicate trigger"):
+        wf.trigger("manual")
+    with pytest.raises(ValueError):
+        wf.trigger("t2", time_zone="Europe/Paris")
+    with pytest.raises(ValueError):
+        Field("x", "float")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Retry(max_attempts=0)
+    with pytest.raises(ValueError):
+        Retry(jitter=2)
+    with pytest.raises(TypeError):
+        wf.task(input="amount")(lambda input: input)
+    with pytest.raises(TypeError):
+        wf.task(lambda: None)
+
+
+def test_definition_is_a_fresh_copy() -> None:
+    wf = build()
+    first = wf.definition()
+    first.steps[0].name = "changed"
+    assert wf.definition().steps[0].name == "validate"
+    assert wf.definition() == wf.definition()

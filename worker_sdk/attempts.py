@@ -1,0 +1,171 @@
+"""One worker's attempts: claim, run, report, and the registry of the ones in flight.
+
+The life of a delivered step task (`AttemptRunner.run`):
+1. take one of the worker's `concurrency` slots;
+2. claim it with `AttemptStarted`; refused (duplicate, stale, cancelled...) -> log and return,
+   so the message is acked and the handler never runs;
+3. run the handler with its input and a `StepContext` (heartbeated while it runs);
+4. report `AttemptCompleted` / `AttemptFailed` and wait for the server's `ResultAck`
+   (accepted or refused), then return so the message is acked.
+The attempt stays registered (and heartbeated) until its result was answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from squidmesh.v1 import worker_service_pb2 as pb
+
+from worker_sdk.attempt_stream import AttemptStream
+from worker_sdk.context import StepContext
+from worker_sdk.errors import CANCELLED, Failure
+from worker_sdk.execution import Completed, Outcome, execute
+from worker_sdk.values import to_struct, value_to_python
+from worker_sdk.workflow import Handler
+
+__all__ = ["AttemptRunner"]
+
+log = structlog.get_logger("squidmesh.worker")
+
+
+@dataclass(eq=False)
+class _Running:
+    ctx: StepContext
+    token: str
+
+
+class AttemptRunner:
+    """Runs the attempts delivered to one worker; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        stream: AttemptStream,
+        handlers: Mapping[str, Handler],
+        executor: Executor | None,
+        concurrency: int,
+    ) -> None:
+        self._worker_id = worker_id
+        self._stream = stream
+        self._handlers = handlers
+        self._executor = executor
+        self._slots = asyncio.Semaphore(concurrency)
+        self._log = log.bind(worker_id=worker_id)
+        self._delivered: set[str] = set()
+        """Attempts delivered and not finished (waiting for a slot, claiming, running)."""
+        self._running: dict[str, _Running] = {}
+        """Attempts claimed and accepted, until their result was answered."""
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._delivered)
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def run(self, attempt_id: str, token: str, run_id: str, step: str, handler: str) -> None:
+        """The step task: claim, run and report one attempt."""
+        attempt_log = self._log.bind(attempt=attempt_id, run_id=run_id, step=step)
+        if attempt_id in self._delivered:
+            # Re-delivered while this worker still has it: the first delivery reports it.
+            attempt_log.info("attempt_duplicate_delivery_dropped")
+            return
+        self._delivered.add(attempt_id)
+        self._idle.clear()
+        try:
+            async with self._slots:
+                await self._claim_and_run(attempt_id, token, handler, attempt_log)
+        finally:
+            self._running.pop(attempt_id, None)
+            self._delivered.discard(attempt_id)
+            if not self._delivered:
+                self._idle.set()
+
+    def cancel(self, attempt_ids: Iterable[str], reason: str) -> None:
+        """Asks the handlers of these attempts to stop (unknown ids are ignored)."""
+        for attempt_id in attempt_ids:
+            running = self._running.get(attempt_id)
+            if running is not None and not running.ctx.cancelled:
+                running.ctx.log.info("attempt_cancel_requested", reason=reason)
+                running.ctx.request_cancel(reason)
+
+    def progress(self) -> list[pb.AttemptProgress]:
+        """One entry per running attempt, with the progress recorded since the last call."""
+        entries = []
+        for attempt_id, running in self._running.items():
+            entry = pb.AttemptProgress(attempt_id=attempt_id, token=running.token)
+            details = running.ctx.take_progress()
+            if details is not None:
+                try:
+                    entry.details.CopyFrom(to_struct(details))
+                except (TypeError, ValueError) as exc:
+                    running.ctx.log.warning("heartbeat_details_not_json", error=str(exc))
+            entries.append(entry)
+        return entries
+
+    def shortest_lease(self) -> float | None:
+        """The smallest heartbeat timeout among the running attempts, if any is known."""
+        leases = [
+            r.ctx.heartbeat_timeout for r in self._running.values() if r.ctx.heartbeat_timeout
+        ]
+        return min(leases) if leases else None
+
+    async def _claim_and_run(
+        self, attempt_id: str, token: str, handler_name: str, attempt_log: Any
+    ) -> None:
+        decision = await self._stream.started(
+            pb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id=self._worker_id)
+        )
+        if not decision.accepted:
+            attempt_log.info("attempt_refused", reason=decision.refusal_reason)
+            return
+        attempt_log = attempt_log.bind(
+            run_id=decision.run_id, step=decision.step, attempt_number=decision.attempt_number
+        )
+        ctx = StepContext.from_decision(attempt_id, decision, attempt_log)
+        self._running[attempt_id] = _Running(ctx, token)
+        attempt_log.info("attempt_started")
+        began = time.monotonic()
+
+        handler = self._handlers.get(decision.handler or handler_name)
+        outcome: Outcome
+        if handler is None:
+            outcome = Failure.handler_not_found(decision.handler or handler_name)
+        else:
+            step_input = value_to_python(decision.input) if decision.HasField("input") else {}
+            outcome = await execute(handler, step_input, ctx, self._executor)
+        await self._report(attempt_id, token, outcome, attempt_log, time.monotonic() - began)
+
+    async def _report(
+        self, attempt_id: str, token: str, outcome: Outcome, attempt_log: Any, seconds: float
+    ) -> None:
+        duration_ms = round(seconds * 1000, 1)
+        if isinstance(outcome, Completed):
+            ack = await self._stream.completed(outcome.to_proto(attempt_id, token))
+            event = "attempt_completed"
+            fields: dict[str, Any] = {}
+        else:
+            ack = await self._stream.failed(outcome.to_proto(attempt_id, token))
+            event = "attempt_cancelled" if outcome.error_type == CANCELLED else "attempt_failed"
+            fields = {
+                "error_type": outcome.error_type,
+                "error": outcome.message,
+                "non_retryable": outcome.non_retryable,
+            }
+            if "traceback" in outcome.details:
+                fields["traceback"] = outcome.details["traceback"]
+        if ack.accepted:
+            attempt_log.info(event, duration_ms=duration_ms, **fields)
+        else:
+            attempt_log.info(
+                event, duration_ms=duration_ms, result_refused=ack.refusal_reason, **fields
+            )

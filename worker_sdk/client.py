@@ -1,0 +1,439 @@
+"""Typed clients of the workflow and run APIs: `Client` (blocking) and `AsyncClient`
+(asyncio). Both build their requests with the same functions (`_build`); errors are the
+gRPC errors (`grpc.RpcError`, whose `.code()` tells NOT_FOUND, INVALID_ARGUMENT...).
+
+    with Client("127.0.0.1:50051") as client:
+        run = client.start_run("payment", {"amount": 12.5})
+        final = client.wait_for_run(run.id, timeout=30)
+        print(run_status_name(final.status), struct_to_dict(final.context))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+from squidmesh.v1 import (
+    run_pb2,
+    run_service_pb2,
+    run_service_pb2_grpc,
+    workflow_pb2,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
+
+from worker_sdk.values import to_struct
+from worker_sdk.workflow import Workflow
+
+__all__ = [
+    "TERMINAL_RUN_STATUSES",
+    "AsyncClient",
+    "Client",
+    "RunStatusLike",
+    "is_terminal",
+    "run_status",
+    "run_status_name",
+]
+
+RunStatusLike = str | int
+"""A run status: its enum value or its short name ("completed", "running"...)."""
+
+TERMINAL_RUN_STATUSES = frozenset(
+    {run_pb2.RUN_STATUS_COMPLETED, run_pb2.RUN_STATUS_FAILED, run_pb2.RUN_STATUS_CANCELLED}
+)
+_PREFIX = "RUN_STATUS_"
+
+
+def run_status_name(status: int) -> str:
+    """RUN_STATUS_COMPLETED -> "completed"."""
+    return run_pb2.RunStatus.Name(run_pb2.RunStatus.ValueType(status)).removeprefix(_PREFIX).lower()
+
+
+def run_status(status: RunStatusLike) -> run_pb2.RunStatus.ValueType:
+    """ "completed" (or "RUN_STATUS_COMPLETED", or the number) -> RUN_STATUS_COMPLETED."""
+    if isinstance(status, str):
+        name = status.upper()
+        return run_pb2.RunStatus.Value(name if name.startswith(_PREFIX) else _PREFIX + name)
+    return run_pb2.RunStatus.ValueType(status)
+
+
+def is_terminal(status: int) -> bool:
+    return status in TERMINAL_RUN_STATUSES
+
+
+class _build:  # noqa: N801 - a namespace of request builders shared by both clients
+    @staticmethod
+    def register_workflow(
+        workflow: Workflow | workflow_pb2.WorkflowDefinition,
+    ) -> workflow_service_pb2.RegisterWorkflowRequest:
+        definition = workflow.definition() if isinstance(workflow, Workflow) else workflow
+        return workflow_service_pb2.RegisterWorkflowRequest(definition=definition)
+
+    @staticmethod
+    def start_run(
+        workflow: str, payload: Mapping[str, Any] | None, trigger: str, idempotency_key: str
+    ) -> run_service_pb2.StartRunRequest:
+        return run_service_pb2.StartRunRequest(
+            workflow=workflow,
+            trigger=trigger,
+            payload=to_struct(payload or {}),
+            idempotency_key=idempotency_key,
+        )
+
+    @staticmethod
+    def list_runs(
+        workflow: str,
+        statuses: Sequence[RunStatusLike],
+        trigger: str,
+        page_size: int,
+        page_token: str,
+    ) -> run_service_pb2.ListRunsRequest:
+        if isinstance(statuses, str):
+            statuses = [statuses]
+        return run_service_pb2.ListRunsRequest(
+            workflow=workflow,
+            statuses=[run_status(s) for s in statuses],
+            trigger=trigger,
+            page_size=page_size,
+            page_token=page_token,
+        )
+
+    @staticmethod
+    def watch_run(run_id: str, after_sequence: int | None) -> run_service_pb2.WatchRunRequest:
+        request = run_service_pb2.WatchRunRequest(run_id=run_id)
+        if after_sequence is not None:
+            request.after_sequence = after_sequence
+        return request
+
+    @staticmethod
+    def is_final(response: run_service_pb2.WatchRunResponse) -> bool:
+        """Whether a watch message shows the run terminal."""
+        kind = response.WhichOneof("message")
+        if kind == "snapshot":
+            return is_terminal(response.snapshot.status)
+        if kind == "event":
+            return is_terminal(response.event.run_status)
+        return False
+
+    @staticmethod
+    def sequence(response: run_service_pb2.WatchRunResponse) -> int | None:
+        """The sequence a watch message brings the reader to, if any."""
+        kind = response.WhichOneof("message")
+        if kind == "snapshot":
+            return response.snapshot.last_sequence
+        if kind == "event":
+            return response.event.sequence
+        return None
+
+
+def _status_code(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    return exc.code() if isinstance(exc, grpc.Call) else None
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+class Client:
+    """Blocking client. `timeout` (seconds) applies to each unary call."""
+
+    def __init__(
+        self, address: str = "127.0.0.1:50051", *, token: str | None = None, timeout: float = 30.0
+    ) -> None:
+        self.address = address
+        self._channel = grpc.insecure_channel(address)
+        self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
+        self._runs = run_service_pb2_grpc.RunServiceStub(self._channel)
+        self._metadata = _metadata(token)
+        self._timeout = timeout
+
+    # workflows
+
+    def register_workflow(
+        self, workflow: Workflow | workflow_pb2.WorkflowDefinition
+    ) -> workflow_pb2.Workflow:
+        request = _build.register_workflow(workflow)
+        return self._workflows.RegisterWorkflow(request, **self._opts()).workflow
+
+    def get_workflow(self, name: str, version: int = 0) -> workflow_pb2.Workflow:
+        request = workflow_service_pb2.GetWorkflowRequest(name=name, version=version)
+        return self._workflows.GetWorkflow(request, **self._opts()).workflow
+
+    def list_workflows(
+        self, page_size: int = 50, page_token: str = ""
+    ) -> workflow_service_pb2.ListWorkflowsResponse:
+        request = workflow_service_pb2.ListWorkflowsRequest(
+            page_size=page_size, page_token=page_token
+        )
+        return self._workflows.ListWorkflows(request, **self._opts())
+
+    # runs
+
+    def start_run(
+        self,
+        workflow: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        trigger: str = "",
+        idempotency_key: str = "",
+    ) -> run_pb2.Run:
+        request = _build.start_run(workflow, payload, trigger, idempotency_key)
+        return self._runs.StartRun(request, **self._opts()).run
+
+    def get_run(self, run_id: str) -> run_pb2.Run:
+        request = run_service_pb2.GetRunRequest(run_id=run_id)
+        return self._runs.GetRun(request, **self._opts()).run
+
+    def list_runs(
+        self,
+        workflow: str = "",
+        statuses: Sequence[RunStatusLike] = (),
+        trigger: str = "",
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> run_service_pb2.ListRunsResponse:
+        request = _build.list_runs(workflow, statuses, trigger, page_size, page_token)
+        return self._runs.ListRuns(request, **self._opts())
+
+    def iter_runs(
+        self,
+        workflow: str = "",
+        statuses: Sequence[RunStatusLike] = (),
+        trigger: str = "",
+        page_size: int = 50,
+    ) -> Iterator[run_pb2.Run]:
+        """Every matching run, newest first, following the page tokens."""
+        token = ""
+        while True:
+            page = self.list_runs(workflow, statuses, trigger, page_size, token)
+            yield from page.runs
+            token = page.next_page_token
+            if not token:
+                return
+
+    def watch_run(
+        self, run_id: str, after_sequence: int | None = None, *, timeout: float | None = None
+    ) -> Generator[run_service_pb2.WatchRunResponse, None, None]:
+        """The run's snapshot, then its events until it is terminal (see WatchRun). Close the
+        generator to stop watching early."""
+        call = self._runs.WatchRun(
+            _build.watch_run(run_id, after_sequence), metadata=self._metadata, timeout=timeout
+        )
+        try:
+            yield from call
+        finally:
+            call.cancel()
+
+    def cancel_run(
+        self, run_id: str, actor: str = "", reason: str = "", idempotency_key: str = ""
+    ) -> run_pb2.Run:
+        request = run_service_pb2.CancelRunRequest(
+            run_id=run_id, actor=actor, reason=reason, idempotency_key=idempotency_key
+        )
+        return self._runs.CancelRun(request, **self._opts()).run
+
+    def replay_run(
+        self, run_id: str, allow_irreversible: bool = False, idempotency_key: str = ""
+    ) -> run_pb2.Run:
+        request = run_service_pb2.ReplayRunRequest(
+            run_id=run_id, allow_irreversible=allow_irreversible, idempotency_key=idempotency_key
+        )
+        return self._runs.ReplayRun(request, **self._opts()).run
+
+    def wait_for_run(self, run_id: str, timeout: float | None = None) -> run_pb2.Run:
+        """Waits (watching) until the run is terminal and returns it. Raises TimeoutError.
+        A watch broken by a server restart is resumed where it stopped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after: int | None = None
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"run {run_id} is not terminal after {timeout} s")
+            try:
+                for response in self.watch_run(run_id, after, timeout=remaining):
+                    after = _build.sequence(response) or after
+                    if _build.is_final(response):
+                        return self.get_run(run_id)
+                run = self.get_run(run_id)  # the stream ended: terminal already?
+                if is_terminal(run.status):
+                    return run
+            except grpc.RpcError as exc:
+                code = _status_code(exc)
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise TimeoutError(f"run {run_id} is not terminal after {timeout} s") from exc
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+            time.sleep(0.2)
+
+    # lifecycle
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _opts(self) -> dict[str, Any]:
+        return {"metadata": self._metadata, "timeout": self._timeout}
+
+
+class AsyncClient:
+    """asyncio client with the same methods as `Client` (awaitable, async iterators)."""
+
+    def __init__(
+        self, address: str = "127.0.0.1:50051", *, token: str | None = None, timeout: float = 30.0
+    ) -> None:
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(address)
+        self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
+        self._runs = run_service_pb2_grpc.RunServiceStub(self._channel)
+        self._metadata = _metadata(token)
+        self._timeout = timeout
+
+    # workflows
+
+    async def register_workflow(
+        self, workflow: Workflow | workflow_pb2.WorkflowDefinition
+    ) -> workflow_pb2.Workflow:
+        request = _build.register_workflow(workflow)
+        return (await self._workflows.RegisterWorkflow(request, **self._opts())).workflow
+
+    async def get_workflow(self, name: str, version: int = 0) -> workflow_pb2.Workflow:
+        request = workflow_service_pb2.GetWorkflowRequest(name=name, version=version)
+        return (await self._workflows.GetWorkflow(request, **self._opts())).workflow
+
+    async def list_workflows(
+        self, page_size: int = 50, page_token: str = ""
+    ) -> workflow_service_pb2.ListWorkflowsResponse:
+        request = workflow_service_pb2.ListWorkflowsRequest(
+            page_size=page_size, page_token=page_token
+        )
+        return await self._workflows.ListWorkflows(request, **self._opts())
+
+    # runs
+
+    async def start_run(
+        self,
+        workflow: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        trigger: str = "",
+        idempotency_key: str = "",
+    ) -> run_pb2.Run:
+        request = _build.start_run(workflow, payload, trigger, idempotency_key)
+        return (await self._runs.StartRun(request, **self._opts())).run
+
+    async def get_run(self, run_id: str) -> run_pb2.Run:
+        request = run_service_pb2.GetRunRequest(run_id=run_id)
+        return (await self._runs.GetRun(request, **self._opts())).run
+
+    async def list_runs(
+        self,
+        workflow: str = "",
+        statuses: Sequence[RunStatusLike] = (),
+        trigger: str = "",
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> run_service_pb2.ListRunsResponse:
+        request = _build.list_runs(workflow, statuses, trigger, page_size, page_token)
+        return await self._runs.ListRuns(request, **self._opts())
+
+    async def iter_runs(
+        self,
+        workflow: str = "",
+        statuses: Sequence[RunStatusLike] = (),
+        trigger: str = "",
+        page_size: int = 50,
+    ) -> AsyncIterator[run_pb2.Run]:
+        """Every matching run, newest first, following the page tokens."""
+        token = ""
+        while True:
+            page = await self.list_runs(workflow, statuses, trigger, page_size, token)
+            for run in page.runs:
+                yield run
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def watch_run(
+        self, run_id: str, after_sequence: int | None = None
+    ) -> AsyncIterator[run_service_pb2.WatchRunResponse]:
+        """The run's snapshot, then its events until it is terminal (see WatchRun)."""
+        call = self._runs.WatchRun(
+            _build.watch_run(run_id, after_sequence), metadata=self._metadata
+        )
+        try:
+            async for response in call:
+                yield response
+        finally:
+            call.cancel()
+
+    async def cancel_run(
+        self, run_id: str, actor: str = "", reason: str = "", idempotency_key: str = ""
+    ) -> run_pb2.Run:
+        request = run_service_pb2.CancelRunRequest(
+            run_id=run_id, actor=actor, reason=reason, idempotency_key=idempotency_key
+        )
+        return (await self._runs.CancelRun(request, **self._opts())).run
+
+    async def replay_run(
+        self, run_id: str, allow_irreversible: bool = False, idempotency_key: str = ""
+    ) -> run_pb2.Run:
+        request = run_service_pb2.ReplayRunRequest(
+            run_id=run_id, allow_irreversible=allow_irreversible, idempotency_key=idempotency_key
+        )
+        return (await self._runs.ReplayRun(request, **self._opts())).run
+
+    async def wait_for_run(
+        self,
+        run_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - the signature of Client.wait_for_run
+    ) -> run_pb2.Run:
+        """Waits (watching) until the run is terminal and returns it. Raises TimeoutError.
+        A watch broken by a server restart is resumed where it stopped."""
+        async with asyncio.timeout(timeout):
+            after: int | None = None
+            while True:
+                try:
+                    async for response in self.watch_run(run_id, after):
+                        after = _build.sequence(response) or after
+                        if _build.is_final(response):
+                            return await self.get_run(run_id)
+                    run = await self.get_run(run_id)  # the stream ended: terminal already?
+                    if is_terminal(run.status):
+                        return run
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                await asyncio.sleep(0.2)
+
+    # lifecycle
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _opts(self) -> dict[str, Any]:
+        return {"metadata": self._metadata, "timeout": self._timeout}
