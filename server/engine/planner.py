@@ -47,6 +47,8 @@ def after_success(
     included (as completed)."""
     if defn.uses_dependencies:
         return _ready_steps(defn, statuses)
+    if not any(t.from_step == step and t.on == Outcome.OK for t in defn.transitions):
+        return Plan(complete=True)  # a step with no way on is an end of the workflow
     transition = choose_transition(defn.transitions, step, Outcome.OK, context)
     if transition is None:
         return Plan(

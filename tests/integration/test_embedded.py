@@ -231,6 +231,7 @@ def test_long_data_dir_moves_sockets_to_a_short_path(tmp_path: Path) -> None:
             assert _query(urls, "SELECT 7") == [(7,)]
             assert _redis(urls).ping()
         assert _server_pids(data_dir) == (set(), set())
+        assert not Path(redis_socket).parent.exists()  # the short socket directory is removed
     finally:
         stop_orphans(data_dir)
 

@@ -55,6 +55,11 @@ def test_no_match_on_ok_fails_with_reason() -> None:
     assert not plan.schedule and not plan.complete
 
 
+def test_a_step_without_ok_transitions_ends_the_run() -> None:
+    wf = flow(Transition("a", Outcome.OK, "b"), Transition("b", Outcome.ERROR, "c"))
+    assert planner.after_success(wf, "b", {}, {"b": StepStatus.COMPLETED}).complete
+
+
 def test_complete_ends_the_run() -> None:
     plan = planner.after_success(
         flow(Transition("a", Outcome.OK, COMPLETE)), "a", {}, {"a": StepStatus.COMPLETED}

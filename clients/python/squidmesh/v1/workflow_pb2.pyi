@@ -205,7 +205,8 @@ class WorkflowDefinition(_message.Message):
     @_builtins.property
     def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transition]:
         """Transitions between steps. A workflow uses either transitions or `Step.after`, not both.
-        With transitions the entry step is the first declared step.
+        With transitions the entry step is the first declared step, and a step with no ok
+        transition ends the run when it completes.
         """
 
     def __init__(
