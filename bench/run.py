@@ -124,6 +124,7 @@ def main() -> int:
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=64, help="StartRun calls in flight")
     parser.add_argument("--worker-concurrency", type=int, default=64)
+    parser.add_argument("--db-pool-size", type=int, default=20)
     parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "bench")
     args = parser.parse_args()
 
@@ -139,6 +140,7 @@ def main() -> int:
             "SQUIDMESH_REDIS_URL": urls.redis_url,
             "SQUIDMESH_STREAM_PREFIX": stream_prefix(),
             "SQUIDMESH_LOG_LEVEL": "warning",
+            "SQUIDMESH_DB_POOL_SIZE": str(args.db_pool_size),
         }
         server = ServerProcess(env, log_dir)
         processes.append(server)

@@ -26,6 +26,7 @@ from server.dispatch.publisher import Publisher
 from server.embedded import EmbeddedServices
 from server.engine.commands import Engine, EngineConfig
 from server.events.hub import EventHub
+from server.events.notifier import Notifier
 from server.settings import Settings
 from server.store.db import Database, libpq_url
 from server.store.migrate import upgrade_async
@@ -50,6 +51,7 @@ class App:
         self._db: Database | None = None
         self._publisher: Publisher | None = None
         self._hub: EventHub | None = None
+        self._notifier: Notifier | None = None
         self._timers: TimerLoop | None = None
         self._server: aio.Server | None = None
 
@@ -68,10 +70,14 @@ class App:
         await upgrade_async(settings.database_url)
 
         self._db = Database(settings.database_url, settings.db_pool_size)
+        await self._db.open()
         self._publisher = Publisher(settings.redis_url, settings.stream_prefix)
+        self._notifier = Notifier(libpq_url(settings.database_url))
+        self._notifier.start()
         engine = Engine(
             self._db,
             self._publisher.publish,
+            self._notifier,
             EngineConfig(
                 heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
                 max_payload_bytes=settings.max_payload_bytes,
@@ -132,6 +138,8 @@ class App:
             await self._timers.close()
         if self._hub is not None:
             await self._hub.close()
+        if self._notifier is not None:
+            await self._notifier.close()
         if self._publisher is not None:
             await self._publisher.close()
         if self._db is not None:

@@ -133,7 +133,7 @@ class AttemptRunner:
         )
         ctx = StepContext.from_decision(attempt_id, decision, attempt_log)
         self._running[attempt_id] = _Running(ctx, token)
-        attempt_log.info("attempt_started")
+        attempt_log.debug("attempt_started")
         began = time.monotonic()
 
         handler = self._handlers.get(decision.handler or handler_name)
@@ -164,7 +164,9 @@ class AttemptRunner:
             if "traceback" in outcome.details:
                 fields["traceback"] = outcome.details["traceback"]
         if ack.accepted:
-            attempt_log.info(event, duration_ms=duration_ms, **fields)
+            # Successes are the common case: debug, so a busy worker's log stays readable.
+            log_at = attempt_log.debug if isinstance(outcome, Completed) else attempt_log.info
+            log_at(event, duration_ms=duration_ms, **fields)
         else:
             attempt_log.info(
                 event, duration_ms=duration_ms, result_refused=ack.refusal_reason, **fields

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Protocol
 
 import structlog
 
@@ -36,21 +36,32 @@ from server.engine.model import (
 from server.engine.payload import payload_hash, validate_payload
 from server.engine.retry import DEFAULT_RETRY_POLICY, decide_retry
 from server.engine.views import (
+    AttemptView,
     Dispatch,
     HeartbeatResult,
     ResultDecision,
     RunView,
     StartDecision,
+    StepView,
     WorkflowVersion,
 )
 from server.store import attempts, changes, runs, workflows
 from server.store.changes import NewAttempt, NewEvent, NewStep, RunChange, StepUpdate
-from server.store.db import Database, dumps
+from server.store.db import Connection, Database, dumps
 from server.store.runs import LockedRun, NewRun, RunFilter
 
 log = structlog.get_logger("squidmesh.engine")
 
 Publish = Callable[[list[Dispatch]], Awaitable[None]]
+
+
+class Wakeups(Protocol):
+    """Tells watchers and timer loops (of every replica) that something committed."""
+
+    def run_changed(self, run_id: str) -> None: ...
+
+    def timers_changed(self) -> None: ...
+
 
 _LIVE_STEP_STATUSES = {
     StepStatus.SCHEDULED,
@@ -72,9 +83,12 @@ class EngineConfig:
 
 
 class Engine:
-    def __init__(self, db: Database, publish: Publish, config: EngineConfig) -> None:
+    def __init__(
+        self, db: Database, publish: Publish, wakeups: Wakeups, config: EngineConfig
+    ) -> None:
         self._db = db
         self._publish = publish
+        self._wakeups = wakeups
         self._config = config
         # Versions are immutable, so a definition once read never needs reading again.
         self._definitions: dict[int, WorkflowVersion] = {}
@@ -111,7 +125,7 @@ class Engine:
         async with self._db.connect() as conn:
             return await workflows.list_latest(conn, after_name, limit)
 
-    async def _definition(self, conn: Any, workflow_id: int) -> WorkflowDef:
+    async def _definition(self, conn: Connection, workflow_id: int) -> WorkflowDef:
         version = self._definitions.get(workflow_id)
         if version is None:
             version = await workflows.get_by_id(conn, workflow_id)
@@ -131,7 +145,7 @@ class Engine:
         source_workflow_id: int | None = None,
     ) -> tuple[RunView, bool]:
         self._check_size("payload", payload)
-        async with self._db.transaction() as conn:
+        async with self._db.connect() as conn:
             workflow_id = source_workflow_id or await workflows.latest_id(conn, workflow)
             if workflow_id is None:
                 raise NotFound(
@@ -140,45 +154,32 @@ class Engine:
                     metadata={"workflow": workflow},
                 )
             defn = await self._definition(conn, workflow_id)
-            version = self._definitions[workflow_id]
-            chosen = defn.trigger(trigger)
-            if chosen is None:
-                raise NotFound(
-                    f"workflow '{workflow}' has no trigger '{trigger}'",
-                    reason="TRIGGER_NOT_FOUND",
-                    metadata={"workflow": workflow, "trigger": trigger},
-                )
-            payload = validate_payload(chosen, payload, datetime.now(UTC))
-            run_id = uuid.uuid4()
-            digest = payload_hash(payload)
-            inserted = await runs.insert(
-                conn,
-                NewRun(
-                    id=run_id,
-                    workflow_id=workflow_id,
-                    workflow_name=defn.name,
-                    workflow_version=version.version,
-                    trigger=chosen.name,
-                    payload=payload,
-                    payload_hash=digest,
-                    idempotency_key=idempotency_key or None,
-                    source_run_id=source.id if source else None,
-                ),
+        version = self._definitions[workflow_id]
+        chosen = defn.trigger(trigger)
+        if chosen is None:
+            raise NotFound(
+                f"workflow '{workflow}' has no trigger '{trigger}'",
+                reason="TRIGGER_NOT_FOUND",
+                metadata={"workflow": workflow, "trigger": trigger},
             )
-            if inserted is None:
-                existing = await runs.find_by_idempotency_key(conn, defn.name, idempotency_key)
-                assert existing is not None
-                if existing[1] != digest:
-                    raise AlreadyExists(
-                        f"idempotency key '{idempotency_key}' was used with another payload",
-                        reason="IDEMPOTENCY_KEY_REUSED",
-                        metadata={"run_id": str(existing[0])},
-                    )
-                found = await runs.get(conn, existing[0])
-                assert found is not None
-                return found, False
+        payload = validate_payload(chosen, payload, datetime.now(UTC))
+        new = NewRun(
+            id=uuid.uuid4(),
+            workflow_id=workflow_id,
+            workflow_name=defn.name,
+            workflow_version=version.version,
+            trigger=chosen.name,
+            payload=payload,
+            payload_hash=payload_hash(payload),
+            idempotency_key=idempotency_key or None,
+            source_run_id=source.id if source else None,
+        )
+        async with self._db.transaction() as conn:
+            created_at = await runs.insert(conn, new)
+            if created_at is None:
+                return await self._existing_run(conn, new), False
             change = RunChange(
-                run_id,
+                new.id,
                 events=[
                     NewEvent(
                         "run_created",
@@ -195,11 +196,24 @@ class Engine:
             for name in planner.entry_steps(defn):
                 self._schedule(change, defn, name)
             await changes.apply(conn, change)
-            run = await runs.get(conn, run_id)
-            assert run is not None
-        await self._publish_new(change)
-        log.info("run_started", run_id=str(run_id), workflow=defn.name)
-        return run, True
+        await self._after_commit(change)
+        log.debug("run_started", run_id=str(new.id), workflow=defn.name)
+        return _started_view(new, change, created_at), True
+
+    async def _existing_run(self, conn: Connection, new: NewRun) -> RunView:
+        """The run an idempotency key already started, if the payload is the same."""
+        key = new.idempotency_key or ""
+        existing = await runs.find_by_idempotency_key(conn, new.workflow_name, key)
+        assert existing is not None
+        if existing[1] != new.payload_hash:
+            raise AlreadyExists(
+                f"idempotency key '{key}' was used with another payload",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                metadata={"run_id": str(existing[0])},
+            )
+        found = await runs.get(conn, existing[0])
+        assert found is not None
+        return found
 
     async def get_run(self, run_id: uuid.UUID) -> RunView:
         async with self._db.connect() as conn:
@@ -257,6 +271,7 @@ class Engine:
                 else:
                     self._end_cancelled(change)
                 await changes.apply(conn, change)
+        self._wakeups.run_changed(str(run_id))
         return await self.get_run(run_id)
 
     async def replay_run(
@@ -294,7 +309,7 @@ class Engine:
     async def claim_attempt(
         self, attempt_id: uuid.UUID, token: str, worker_id: str
     ) -> StartDecision:
-        async with self._db.transaction() as conn:
+        async with self._db.connect() as conn:  # one statement, its own transaction
             claimed = await attempts.claim(conn, attempt_id, token, worker_id)
             if claimed is None:
                 state = await attempts.state(conn, attempt_id)
@@ -309,6 +324,7 @@ class Engine:
                 else:
                     return StartDecision(accepted=False, refusal_reason="duplicate")
             defn = await self._definition(conn, claimed.workflow_id)
+        self._wakeups.run_changed(str(claimed.run_id))
         step = defn.step(claimed.step_name)
         return StartDecision(
             accepted=True,
@@ -363,7 +379,7 @@ class Engine:
                 plan = planner.after_success(defn, name, context, statuses)
                 self._apply_plan(change, defn, plan)
             await changes.apply(conn, change)
-        await self._publish_new(change)
+        await self._after_commit(change)
         return ResultDecision(accepted=True)
 
     async def fail_attempt(
@@ -435,13 +451,13 @@ class Engine:
                     plan = planner.after_failure(defn, name, failure, run.context)
                     self._apply_plan(change, defn, plan)
             await changes.apply(conn, change)
-        await self._publish_new(change)
+        await self._after_commit(change)
         return ResultDecision(accepted=True)
 
     async def heartbeat(
         self, worker_id: str, beats: list[tuple[uuid.UUID, str, JSON]]
     ) -> HeartbeatResult:
-        async with self._db.transaction() as conn:
+        async with self._db.connect() as conn:
             alive = await attempts.heartbeat(conn, worker_id, beats)
         kept = {attempt_id for attempt_id, _ in alive}
         return HeartbeatResult(
@@ -482,7 +498,7 @@ class Engine:
 
     async def kick_due(self, dispatch_timeout_ms: int) -> int:
         """Publishes due timers and re-publishes dispatches that were never claimed."""
-        async with self._db.transaction() as conn:
+        async with self._db.connect() as conn:
             due = await attempts.kick_due(conn, dispatch_timeout_ms)
         if due:
             await self._publish(due)
@@ -494,7 +510,7 @@ class Engine:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    async def _lock(self, conn: Any, run_id: uuid.UUID) -> LockedRun:
+    async def _lock(self, conn: Connection, run_id: uuid.UUID) -> LockedRun:
         run = await runs.lock(conn, run_id)
         if run is None:
             raise NotFound(
@@ -505,7 +521,7 @@ class Engine:
         return run
 
     async def _refusal(
-        self, conn: Any, attempt_id: uuid.UUID, token: str, outcome: AttemptStatus
+        self, conn: Connection, attempt_id: uuid.UUID, token: str, outcome: AttemptStatus
     ) -> ResultDecision:
         state = await attempts.state(conn, attempt_id)
         if state is None:
@@ -571,7 +587,7 @@ class Engine:
                 )
             )
 
-    async def _settle_cancel(self, conn: Any, change: RunChange) -> None:
+    async def _settle_cancel(self, conn: Connection, change: RunChange) -> None:
         """A cancelling run becomes cancelled once no attempt of it runs any more."""
         if not await attempts.running_count(conn, change.run_id):
             self._end_cancelled(change)
@@ -583,7 +599,11 @@ class Engine:
         change.cancel_scheduled_attempts = True
         change.events.append(NewEvent("run_cancelled"))
 
-    async def _publish_new(self, change: RunChange) -> None:
+    async def _after_commit(self, change: RunChange) -> None:
+        """Publishes the attempts due now and wakes watchers and timer loops."""
+        self._wakeups.run_changed(str(change.run_id))
+        if any(a.delay_ms for a in change.new_attempts):
+            self._wakeups.timers_changed()
         due = [
             Dispatch(a.id, a.token, change.run_id, a.step_name, a.handler, a.queue)
             for a in change.new_attempts
@@ -600,3 +620,48 @@ class Engine:
                 reason=f"{what.upper()}_TOO_LARGE",
                 metadata={"size": str(size), "limit": str(self._config.max_payload_bytes)},
             )
+
+
+def _started_view(new: NewRun, change: RunChange, created_at: datetime) -> RunView:
+    """The run StartRun just wrote, built from what it wrote rather than read back."""
+    return RunView(
+        id=new.id,
+        workflow_name=new.workflow_name,
+        workflow_version=new.workflow_version,
+        trigger=new.trigger,
+        status=RunStatus.PENDING,
+        payload=new.payload,
+        context=new.payload,
+        error=None,
+        idempotency_key=new.idempotency_key,
+        source_run_id=new.source_run_id,
+        last_seq=len(change.events),
+        created_at=created_at,
+        started_at=None,
+        ended_at=None,
+        updated_at=created_at,
+        steps=tuple(
+            StepView(
+                name=a.step_name,
+                status=StepStatus.SCHEDULED,
+                output=None,
+                error=None,
+                created_at=created_at,
+                ended_at=None,
+                attempts=(
+                    AttemptView(
+                        id=a.id,
+                        number=a.number,
+                        status=AttemptStatus.SCHEDULED,
+                        worker_id=None,
+                        output=None,
+                        error=None,
+                        created_at=created_at,
+                        started_at=None,
+                        ended_at=None,
+                    ),
+                ),
+            )
+            for a in change.new_attempts
+        ),
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ class KeepAlive:
 
 WatchItem = RunView | EventView | KeepAlive
 
+POLL_S = 1.0
+
 
 async def watch(
     engine: Engine,
@@ -32,6 +35,7 @@ async def watch(
     after_seq: int | None,
     keepalive_s: float,
 ) -> AsyncIterator[WatchItem]:
+    last_sent = time.monotonic()
     with hub.subscribe(str(run_id)) as wake:
         if after_seq is None:
             snapshot = await engine.get_run(run_id)
@@ -47,6 +51,7 @@ async def watch(
             for item in batch:
                 yield item
                 cursor = item.seq
+                last_sent = time.monotonic()
             if batch:
                 continue  # read until caught up before deciding anything
             if position is None:
@@ -58,8 +63,10 @@ async def watch(
             status, last_seq = position
             if status.terminal and cursor >= last_seq:
                 return
+            # Notifications are hints sent after commit; polling now and then covers a lost one.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(keepalive_s):
+                async with asyncio.timeout(min(POLL_S, keepalive_s)):
                     await wake.wait()
-                continue
-            yield KeepAlive()
+            if not wake.is_set() and time.monotonic() - last_sent >= keepalive_s:
+                yield KeepAlive()
+                last_sent = time.monotonic()

@@ -7,13 +7,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from server.engine.model import ACTIVE_RUN_STATUSES, JSON, AttemptStatus, RunStatus
 from server.engine.views import Dispatch
-from server.store.changes import EVENTS_CHANNEL
-from server.store.db import dumps
+from server.store.db import Connection, dumps
 from server.store.runs import LockedRun, _locked
 
 _ACTIVE = [s.value for s in ACTIVE_RUN_STATUSES]
@@ -32,9 +28,8 @@ class Claimed:
 
 
 # One round trip: claim the attempt (only while scheduled and its run active), mark its step
-# and run running, append the attempt_started event and notify watchers.
-_CLAIM = text(
-    f"""
+# and run running, and append the attempt_started event.
+_CLAIM = """
 WITH a AS (
   UPDATE attempts SET status = 'running', worker_id = :worker_id, started_at = now(),
     lease_expires_at = now() + heartbeat_timeout_ms * interval '1 millisecond'
@@ -59,15 +54,13 @@ WITH a AS (
   RETURNING 1
 )
 SELECT a.run_id, r.workflow_id, r.workflow_name, a.step_name, a.number, a.handler,
-  a.heartbeat_timeout_ms, r.context, (SELECT count(*) FROM s) + (SELECT count(*) FROM e) AS n,
-  pg_notify('{EVENTS_CHANNEL}', CAST(a.run_id AS text)) AS notified
+  a.heartbeat_timeout_ms, r.context, (SELECT count(*) FROM s) + (SELECT count(*) FROM e) AS n
 FROM a, r
 """
-)
 
 
 async def claim(
-    conn: AsyncConnection, attempt_id: uuid.UUID, token: str, worker_id: str
+    conn: Connection, attempt_id: uuid.UUID, token: str, worker_id: str
 ) -> Claimed | None:
     row = (
         await conn.execute(
@@ -100,11 +93,11 @@ class AttemptState:
     claimed: Claimed
 
 
-async def state(conn: AsyncConnection, attempt_id: uuid.UUID) -> AttemptState | None:
+async def state(conn: Connection, attempt_id: uuid.UUID) -> AttemptState | None:
     """Why a claim or result did not apply (off the hot path)."""
     row = (
         await conn.execute(
-            text(
+            (
                 "SELECT a.token, a.status, a.worker_id, a.run_id, a.step_name, a.number, "
                 "a.handler, a.heartbeat_timeout_ms, r.status AS run_status, r.workflow_id, "
                 "r.workflow_name, r.context, NOT EXISTS (SELECT 1 FROM attempts b "
@@ -135,7 +128,7 @@ class Finished:
 
 
 async def finish(
-    conn: AsyncConnection,
+    conn: Connection,
     attempt_id: uuid.UUID,
     token: str,
     status: AttemptStatus,
@@ -148,7 +141,7 @@ async def finish(
     lease = "AND lease_expires_at < now()" if only_if_lease_expired else ""
     row = (
         await conn.execute(
-            text(
+            (
                 "WITH a AS (UPDATE attempts SET status = :status, ended_at = now(), "
                 "output = CAST(:output AS jsonb), error = CAST(:error AS jsonb), "
                 "lease_expires_at = NULL "
@@ -172,12 +165,12 @@ async def finish(
 
 
 async def heartbeat(
-    conn: AsyncConnection, worker_id: str, beats: list[tuple[uuid.UUID, str, JSON]]
+    conn: Connection, worker_id: str, beats: list[tuple[uuid.UUID, str, JSON]]
 ) -> list[tuple[str, bool]]:
     """Renews the leases of running attempts; returns (attempt id, run is cancelling) for the
     attempts that are still this worker's."""
     rows = await conn.execute(
-        text(
+        (
             "WITH w AS (UPDATE workers SET last_seen_at = now() WHERE id = :worker_id "
             "RETURNING 1) "
             "UPDATE attempts a SET lease_expires_at = now() + a.heartbeat_timeout_ms "
@@ -196,14 +189,12 @@ async def heartbeat(
     return [(str(r.id), bool(r.cancel)) for r in rows]
 
 
-async def kick_due(
-    conn: AsyncConnection, dispatch_timeout_ms: int, limit: int = 500
-) -> list[Dispatch]:
+async def kick_due(conn: Connection, dispatch_timeout_ms: int, limit: int = 500) -> list[Dispatch]:
     """Marks as published the scheduled attempts that are due and either never published (a
     retry whose backoff ended) or published longer ago than the dispatch timeout without being
     claimed (lost in Redis, or in a crashed server between commit and publish)."""
     rows = await conn.execute(
-        text(
+        (
             "UPDATE attempts SET kicked_at = now(), kick_count = kick_count + 1 "
             "WHERE id IN (SELECT id FROM attempts WHERE status = 'scheduled' "
             "AND due_at <= now() AND (kicked_at IS NULL OR kicked_at < now() - "
@@ -227,21 +218,20 @@ def _dispatch(row: Any) -> Dispatch:
     )
 
 
-async def next_timer_due_ms(conn: AsyncConnection) -> float | None:
+async def next_timer_due_ms(conn: Connection) -> float | None:
     """Milliseconds until the earliest unpublished scheduled attempt is due."""
-    return (
+    due = (
         await conn.execute(
-            text(
-                "SELECT extract(epoch FROM min(due_at) - now()) * 1000 FROM attempts "
-                "WHERE status = 'scheduled' AND kicked_at IS NULL"
-            )
+            "SELECT extract(epoch FROM min(due_at) - now()) * 1000 FROM attempts "
+            "WHERE status = 'scheduled' AND kicked_at IS NULL"
         )
     ).scalar()
+    return float(due) if due is not None else None
 
 
-async def expired_leases(conn: AsyncConnection, limit: int = 200) -> list[tuple[uuid.UUID, str]]:
+async def expired_leases(conn: Connection, limit: int = 200) -> list[tuple[uuid.UUID, str]]:
     rows = await conn.execute(
-        text(
+        (
             "SELECT id, token FROM attempts WHERE status = 'running' "
             "AND lease_expires_at < now() ORDER BY lease_expires_at LIMIT :limit"
         ),
@@ -250,11 +240,11 @@ async def expired_leases(conn: AsyncConnection, limit: int = 200) -> list[tuple[
     return [(r.id, r.token) for r in rows]
 
 
-async def running_count(conn: AsyncConnection, run_id: uuid.UUID) -> int:
+async def running_count(conn: Connection, run_id: uuid.UUID) -> int:
     return int(
         (
             await conn.execute(
-                text("SELECT count(*) FROM attempts WHERE run_id = :id AND status = 'running'"),
+                ("SELECT count(*) FROM attempts WHERE run_id = :id AND status = 'running'"),
                 {"id": run_id},
             )
         ).scalar_one()
@@ -262,7 +252,7 @@ async def running_count(conn: AsyncConnection, run_id: uuid.UUID) -> int:
 
 
 async def register_worker(
-    conn: AsyncConnection,
+    conn: Connection,
     worker_id: str,
     queues: list[str],
     handlers: list[str],
@@ -270,7 +260,7 @@ async def register_worker(
     labels: dict[str, str],
 ) -> None:
     await conn.execute(
-        text(
+        (
             "INSERT INTO workers (id, queues, handlers, concurrency, labels) "
             "VALUES (:id, :queues, :handlers, :concurrency, CAST(:labels AS jsonb)) "
             "ON CONFLICT (id) DO UPDATE SET queues = EXCLUDED.queues, "

@@ -3,7 +3,7 @@ steps and attempts, the run's new status and context, and its events (with NOTIF
 
 Commands compute a `RunChange` in Python (pure engine logic) and write it here in a single
 round trip; the event sequence is allocated under the run row's lock, so each run's log is
-gap-free and commit-ordered."""
+gap-free and commit-ordered. Watchers are woken after commit by `events.notifier`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from server.engine.model import JSON, RunStatus
-from server.store.db import dumps
+from server.store.db import Connection, dumps
 
 EVENTS_CHANNEL = "squidmesh_run_events"
 TIMERS_CHANNEL = "squidmesh_timers"
@@ -73,8 +70,7 @@ class RunChange:
     events: list[NewEvent] = field(default_factory=list)
 
 
-_APPLY = text(
-    """
+_APPLY = """
 WITH su AS (
   UPDATE steps SET
     status = x.status,
@@ -125,38 +121,28 @@ WITH su AS (
 )
 SELECT r.last_seq,
   (SELECT count(*) FROM su) + (SELECT count(*) FROM ns) + (SELECT count(*) FROM na)
-    + (SELECT count(*) FROM ca) + (SELECT count(*) FROM e) AS touched,
-  CASE WHEN :n_events > 0 THEN pg_notify(:channel, CAST(:run_id AS text)) END AS notified
+    + (SELECT count(*) FROM ca) + (SELECT count(*) FROM e) AS touched
 FROM r
 """
-)
 
 
-async def apply(conn: AsyncConnection, change: RunChange) -> int:
-    """Writes `change`; returns the run's last event sequence number."""
+async def apply(conn: Connection, change: RunChange) -> None:
+    """Queues `change`; inside `Database.transaction()` it is sent together with the COMMIT."""
     events = [{"ord": i + 1, **asdict(e)} for i, e in enumerate(change.events)]
-    row = (
-        await conn.execute(
-            _APPLY,
-            {
-                "run_id": change.run_id,
-                "status": change.status.value if change.status else None,
-                "context": dumps(change.context) if change.context is not None else None,
-                "error": dumps(change.error) if change.error is not None else None,
-                "started": change.started,
-                "ended": change.ended,
-                "cancel_scheduled": change.cancel_scheduled_attempts,
-                "step_updates": dumps([asdict(s) for s in change.step_updates]),
-                "new_steps": dumps([asdict(s) for s in change.new_steps]),
-                "new_attempts": dumps(
-                    [{**asdict(a), "id": str(a.id)} for a in change.new_attempts]
-                ),
-                "events": dumps(events),
-                "n_events": len(events),
-                "channel": EVENTS_CHANNEL,
-            },
-        )
-    ).one()
-    if any(a.delay_ms for a in change.new_attempts):
-        await conn.execute(text("SELECT pg_notify(:c, '')"), {"c": TIMERS_CHANNEL})
-    return int(row.last_seq)
+    await conn.send(
+        _APPLY,
+        {
+            "run_id": change.run_id,
+            "status": change.status.value if change.status else None,
+            "context": dumps(change.context) if change.context is not None else None,
+            "error": dumps(change.error) if change.error is not None else None,
+            "started": change.started,
+            "ended": change.ended,
+            "cancel_scheduled": change.cancel_scheduled_attempts,
+            "step_updates": dumps([asdict(s) for s in change.step_updates]),
+            "new_steps": dumps([asdict(s) for s in change.new_steps]),
+            "new_attempts": dumps([{**asdict(a), "id": str(a.id)} for a in change.new_attempts]),
+            "events": dumps(events),
+            "n_events": len(events),
+        },
+    )

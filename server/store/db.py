@@ -1,17 +1,35 @@
-"""The async SQLAlchemy engine on psycopg 3 and the transaction helper every command uses."""
+"""Postgres access on the hot path: a psycopg 3 async connection pool.
+
+SQLAlchemy Core defines the schema (`schema.py`) and Alembic migrates it, but commands talk to
+psycopg directly: through SQLAlchemy's async adapter each statement cost about twice the CPU
+(STACK_NOTES.md: 0.7-0.8k vs 1.3-1.7k transactions/s), and on two cores the server's CPU is
+the throughput limit. Queries keep SQLAlchemy's `:name` parameter style.
+
+- `connect()` gives an autocommit connection: each statement is its own transaction, one round
+  trip (claims, heartbeats, reads).
+- `transaction()` gives a pipelined transaction: BEGIN travels with the first statement and
+  statements sent with `send()` travel with COMMIT, so a read-decide-write command costs two
+  round trips.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+import psycopg
+from psycopg.rows import namedtuple_row
+from psycopg_pool import AsyncConnectionPool
+
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
 def sqlalchemy_url(url: str) -> str:
-    """postgres://... or postgresql://... as the psycopg 3 async dialect URL."""
+    """postgres://... or postgresql://... as the psycopg 3 dialect URL (Alembic)."""
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
@@ -19,7 +37,7 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def libpq_url(url: str) -> str:
-    """The same URL as plain libpq conninfo, for psycopg connections outside SQLAlchemy."""
+    """The same URL as plain libpq conninfo, for psycopg."""
     return "postgresql://" + sqlalchemy_url(url)[len("postgresql+psycopg://") :]
 
 
@@ -27,29 +45,85 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+@functools.lru_cache(maxsize=512)
+def _psycopg_query(query: str) -> str:
+    """`:name` parameters as psycopg's `%(name)s` (`::type` casts are left alone)."""
+    return _PARAM.sub(r"%(\1)s", query.replace("%", "%%"))
+
+
+class Result:
+    """The rows of one statement, read like SQLAlchemy results."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+    def first(self) -> Any | None:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> Any:
+        if len(self._rows) != 1:
+            raise LookupError(f"expected one row, got {len(self._rows)}")
+        return self._rows[0]
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+
+class Connection:
+    def __init__(
+        self, conn: psycopg.AsyncConnection[Any], pipeline: psycopg.AsyncPipeline | None = None
+    ) -> None:
+        self._conn = conn
+        self._pipeline = pipeline
+
+    async def execute(self, query: str, params: Mapping[str, Any] | None = None) -> Result:
+        cursor = await self._conn.execute(_psycopg_query(query), params)
+        if self._pipeline is not None:
+            await self._pipeline.sync()  # results (and errors) arrive at a sync point
+        rows = await cursor.fetchall() if cursor.description is not None else []
+        return Result(rows)
+
+    async def send(self, query: str, params: Mapping[str, Any] | None = None) -> None:
+        """Queues a statement whose rows are not needed; in a transaction it is sent with the
+        COMMIT, and any error it raises surfaces there."""
+        await self._conn.execute(_psycopg_query(query), params)
+
+
 class Database:
-    """Owns the connection pool. `transaction()` yields a connection inside BEGIN ... COMMIT."""
+    """Owns the connection pool of one server process."""
 
     def __init__(self, url: str, pool_size: int = 10) -> None:
-        self.url = sqlalchemy_url(url)
-        self.engine: AsyncEngine = create_async_engine(
+        self.url = libpq_url(url)
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             self.url,
-            pool_size=pool_size,
-            max_overflow=pool_size,
-            pool_pre_ping=True,
-            json_serializer=dumps,
+            min_size=pool_size,
+            max_size=pool_size * 2,
+            kwargs={"autocommit": True, "row_factory": namedtuple_row},
+            open=False,
         )
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.begin() as conn:
-            yield conn
+    async def open(self) -> None:
+        await self._pool.open(wait=True, timeout=30)
 
     @asynccontextmanager
-    async def connect(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads; each statement runs in its own implicit transaction."""
-        async with self.engine.connect() as conn:
-            yield conn
+    async def connect(self) -> AsyncIterator[Connection]:
+        async with self._pool.connection() as conn:
+            yield Connection(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with (
+            self._pool.connection() as conn,
+            conn.pipeline() as pipeline,
+            conn.transaction(),
+        ):
+            yield Connection(conn, pipeline)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self._pool.close()

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from server.engine.model import RunStatus
 from server.engine.views import EventView
+from server.store.db import Connection
 
 
 async def read_after(
-    conn: AsyncConnection, run_id: uuid.UUID, after_seq: int, limit: int = 500
+    conn: Connection, run_id: uuid.UUID, after_seq: int, limit: int = 500
 ) -> list[EventView]:
     rows = await conn.execute(
-        text(
+        (
             "SELECT run_id, seq, type, run_status, step_name, attempt_number, data, created_at "
             "FROM run_events WHERE run_id = :id AND seq > :after ORDER BY seq LIMIT :limit"
         ),
@@ -36,9 +34,9 @@ async def read_after(
     ]
 
 
-async def run_position(conn: AsyncConnection, run_id: uuid.UUID) -> tuple[RunStatus, int] | None:
+async def run_position(conn: Connection, run_id: uuid.UUID) -> tuple[RunStatus, int] | None:
     """(status, last event sequence) of a run."""
     row = (
-        await conn.execute(text("SELECT status, last_seq FROM runs WHERE id = :id"), {"id": run_id})
+        await conn.execute(("SELECT status, last_seq FROM runs WHERE id = :id"), {"id": run_id})
     ).first()
     return (RunStatus(row.status), int(row.last_seq)) if row is not None else None

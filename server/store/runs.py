@@ -7,12 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from server.engine.model import JSON, AttemptStatus, Failure, RunStatus, StepStatus
 from server.engine.views import AttemptView, RunView, StepView
-from server.store.db import dumps
+from server.store.db import Connection, dumps
 
 _RUN_COLUMNS = (
     "id, workflow_name, workflow_version, trigger, status, payload, context, error, "
@@ -44,18 +41,19 @@ class LockedRun:
     context: dict[str, JSON]
 
 
-async def insert(conn: AsyncConnection, run: NewRun) -> uuid.UUID | None:
-    """Inserts a pending run. Returns None when its idempotency key is already taken."""
-    return (
+async def insert(conn: Connection, run: NewRun) -> datetime | None:
+    """Inserts a pending run and returns its creation time; None when its idempotency key is
+    already taken."""
+    created_at = (
         await conn.execute(
-            text(
+            (
                 "INSERT INTO runs (id, workflow_id, workflow_name, workflow_version, trigger, "
                 "status, payload, context, payload_hash, idempotency_key, source_run_id) "
                 "VALUES (:id, :workflow_id, :workflow_name, :workflow_version, :trigger, "
                 "'pending', CAST(:payload AS jsonb), CAST(:payload AS jsonb), :payload_hash, "
                 ":idempotency_key, :source_run_id) "
                 "ON CONFLICT (workflow_name, idempotency_key) "
-                "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"
+                "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING created_at"
             ),
             {
                 "id": run.id,
@@ -70,15 +68,16 @@ async def insert(conn: AsyncConnection, run: NewRun) -> uuid.UUID | None:
             },
         )
     ).scalar()
+    return created_at if isinstance(created_at, datetime) else None
 
 
 async def find_by_idempotency_key(
-    conn: AsyncConnection, workflow_name: str, key: str
+    conn: Connection, workflow_name: str, key: str
 ) -> tuple[uuid.UUID, str] | None:
     """(run id, payload hash) of the run started with this key."""
     row = (
         await conn.execute(
-            text(
+            (
                 "SELECT id, payload_hash FROM runs "
                 "WHERE workflow_name = :name AND idempotency_key = :key"
             ),
@@ -88,10 +87,10 @@ async def find_by_idempotency_key(
     return (row.id, row.payload_hash) if row is not None else None
 
 
-async def lock(conn: AsyncConnection, run_id: uuid.UUID) -> LockedRun | None:
+async def lock(conn: Connection, run_id: uuid.UUID) -> LockedRun | None:
     row = (
         await conn.execute(
-            text(
+            (
                 "SELECT id, workflow_id, workflow_name, status, context FROM runs "
                 "WHERE id = :id FOR UPDATE"
             ),
@@ -111,27 +110,23 @@ def _locked(row: Any) -> LockedRun:
     )
 
 
-async def step_statuses(conn: AsyncConnection, run_id: uuid.UUID) -> dict[str, StepStatus]:
-    rows = await conn.execute(
-        text("SELECT name, status FROM steps WHERE run_id = :id"), {"id": run_id}
-    )
+async def step_statuses(conn: Connection, run_id: uuid.UUID) -> dict[str, StepStatus]:
+    rows = await conn.execute(("SELECT name, status FROM steps WHERE run_id = :id"), {"id": run_id})
     return {r.name: StepStatus(r.status) for r in rows}
 
 
-async def completed_steps(conn: AsyncConnection, run_id: uuid.UUID) -> list[str]:
+async def completed_steps(conn: Connection, run_id: uuid.UUID) -> list[str]:
     rows = await conn.execute(
-        text("SELECT name FROM steps WHERE run_id = :id AND status = 'completed'"),
+        ("SELECT name FROM steps WHERE run_id = :id AND status = 'completed'"),
         {"id": run_id},
     )
     return [r.name for r in rows]
 
 
-async def get(
-    conn: AsyncConnection, run_id: uuid.UUID, *, with_steps: bool = True
-) -> RunView | None:
+async def get(conn: Connection, run_id: uuid.UUID, *, with_steps: bool = True) -> RunView | None:
     row = (
         await conn.execute(
-            text(f"SELECT {_RUN_COLUMNS}, workflow_id FROM runs WHERE id = :id"), {"id": run_id}
+            (f"SELECT {_RUN_COLUMNS}, workflow_id FROM runs WHERE id = :id"), {"id": run_id}
         )
     ).first()
     if row is None:
@@ -139,14 +134,14 @@ async def get(
     if not with_steps:
         return _run(row, ())
     step_rows = await conn.execute(
-        text(
+        (
             "SELECT name, status, output, error, created_at, ended_at FROM steps "
             "WHERE run_id = :id ORDER BY position, created_at"
         ),
         {"id": run_id},
     )
     attempt_rows = await conn.execute(
-        text(
+        (
             "SELECT id, step_name, number, status, worker_id, output, error, created_at, "
             "started_at, ended_at FROM attempts WHERE run_id = :id ORDER BY step_name, number"
         ),
@@ -203,10 +198,11 @@ def _run(row: Any, steps: tuple[StepView, ...]) -> RunView:
     )
 
 
-async def workflow_id_of(conn: AsyncConnection, run_id: uuid.UUID) -> int | None:
-    return (
-        await conn.execute(text("SELECT workflow_id FROM runs WHERE id = :id"), {"id": run_id})
+async def workflow_id_of(conn: Connection, run_id: uuid.UUID) -> int | None:
+    workflow_id = (
+        await conn.execute(("SELECT workflow_id FROM runs WHERE id = :id"), {"id": run_id})
     ).scalar()
+    return int(workflow_id) if workflow_id is not None else None
 
 
 @dataclass(frozen=True)
@@ -219,7 +215,7 @@ class RunFilter:
 
 
 async def list_page(
-    conn: AsyncConnection,
+    conn: Connection,
     where: RunFilter,
     cursor: tuple[datetime, uuid.UUID] | None,
     limit: int,
@@ -246,7 +242,7 @@ async def list_page(
         clauses.append("(created_at, id) < (:cursor_time, :cursor_id)")
         params["cursor_time"], params["cursor_id"] = cursor
     rows = await conn.execute(
-        text(
+        (
             f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} "
             "ORDER BY created_at DESC, id DESC LIMIT :limit"
         ),

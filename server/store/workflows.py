@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from server.engine.model import WorkflowDef
 from server.engine.views import WorkflowVersion
-from server.store.db import dumps
+from server.store.db import Connection, dumps
 
 _COLUMNS = "id, name, version, content_hash, definition, created_at"
 
@@ -25,16 +22,14 @@ def _version(row: Any) -> WorkflowVersion:
     )
 
 
-async def register(conn: AsyncConnection, defn: WorkflowDef) -> tuple[WorkflowVersion, bool]:
+async def register(conn: Connection, defn: WorkflowDef) -> tuple[WorkflowVersion, bool]:
     """Stores `defn` as a new version unless the latest version has the same content."""
     # Serialise registrations of one name so version numbers never race.
-    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": defn.name})
+    await conn.execute(("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": defn.name})
     content_hash = defn.content_hash()
     latest = (
         await conn.execute(
-            text(
-                f"SELECT {_COLUMNS} FROM workflows WHERE name = :name ORDER BY version DESC LIMIT 1"
-            ),
+            (f"SELECT {_COLUMNS} FROM workflows WHERE name = :name ORDER BY version DESC LIMIT 1"),
             {"name": defn.name},
         )
     ).first()
@@ -42,7 +37,7 @@ async def register(conn: AsyncConnection, defn: WorkflowDef) -> tuple[WorkflowVe
         return _version(latest), False
     row = (
         await conn.execute(
-            text(
+            (
                 "INSERT INTO workflows (name, version, content_hash, definition) "
                 "VALUES (:name, :version, :hash, CAST(:definition AS jsonb)) "
                 f"RETURNING {_COLUMNS}"
@@ -58,38 +53,39 @@ async def register(conn: AsyncConnection, defn: WorkflowDef) -> tuple[WorkflowVe
     return _version(row), True
 
 
-async def get(conn: AsyncConnection, name: str, version: int = 0) -> WorkflowVersion | None:
+async def get(conn: Connection, name: str, version: int = 0) -> WorkflowVersion | None:
     """One version, or the latest when `version` is 0."""
     if version:
         sql = f"SELECT {_COLUMNS} FROM workflows WHERE name = :name AND version = :version"
     else:
         sql = f"SELECT {_COLUMNS} FROM workflows WHERE name = :name ORDER BY version DESC LIMIT 1"
-    row = (await conn.execute(text(sql), {"name": name, "version": version})).first()
+    row = (await conn.execute((sql), {"name": name, "version": version})).first()
     return _version(row) if row is not None else None
 
 
-async def get_by_id(conn: AsyncConnection, workflow_id: int) -> WorkflowVersion:
+async def get_by_id(conn: Connection, workflow_id: int) -> WorkflowVersion:
     row = (
         await conn.execute(
-            text(f"SELECT {_COLUMNS} FROM workflows WHERE id = :id"), {"id": workflow_id}
+            (f"SELECT {_COLUMNS} FROM workflows WHERE id = :id"), {"id": workflow_id}
         )
     ).one()
     return _version(row)
 
 
-async def latest_id(conn: AsyncConnection, name: str) -> int | None:
+async def latest_id(conn: Connection, name: str) -> int | None:
     """Id of the latest version: cheap, so StartRun reads definitions from the cache."""
-    return (
+    workflow_id = (
         await conn.execute(
-            text("SELECT id FROM workflows WHERE name = :name ORDER BY version DESC LIMIT 1"),
+            "SELECT id FROM workflows WHERE name = :name ORDER BY version DESC LIMIT 1",
             {"name": name},
         )
     ).scalar()
+    return int(workflow_id) if workflow_id is not None else None
 
 
-async def list_latest(conn: AsyncConnection, after_name: str, limit: int) -> list[WorkflowVersion]:
+async def list_latest(conn: Connection, after_name: str, limit: int) -> list[WorkflowVersion]:
     rows = await conn.execute(
-        text(
+        (
             f"SELECT DISTINCT ON (name) {_COLUMNS} FROM workflows WHERE name > :after "
             "ORDER BY name, version DESC LIMIT :limit"
         ),
