@@ -49,9 +49,10 @@ def test_redis_restarted_empty_mid_run(cluster: Cluster, tmp_path: Path) -> None
     try:
         cluster.env["SQUIDMESH_REDIS_URL"] = redis.url
         cluster.start_server(SQUIDMESH_DISPATCH_TIMEOUT_MS="2000")
-        cluster.start_worker(concurrency=4)
+        cluster.start_worker(concurrency=2)
         with cluster.client() as client:
             cluster.wait_registered(client, "e2e_slow")
+            # Six runs on two slots: four step tasks wait in Redis when it is wiped.
             runs = [client.start_run("e2e_slow", {"seconds": 0.5}).id for _ in range(6)]
             redis.restart_empty()
             finals = [client.wait_for_run(r, timeout=90) for r in runs]
@@ -59,6 +60,8 @@ def test_redis_restarted_empty_mid_run(cluster: Cluster, tmp_path: Path) -> None
         redis.stop()
     for final in finals:
         assert final.status == run_pb2.RUN_STATUS_COMPLETED, final
+    republished = asyncio.run(_count(cluster, "SELECT count(*) FROM attempts WHERE kick_count > 0"))
+    assert republished > 0, "the reconciler re-published nothing: Redis lost no task?"
 
 
 def test_server_killed_and_restarted_mid_run(cluster: Cluster, tmp_path: Path) -> None:
@@ -127,3 +130,33 @@ async def _publish_again(cluster: Cluster, run_id: str, attempt_id: str) -> None
     )
     await publisher.publish([dispatch, dispatch])
     await publisher.close()
+
+
+def test_worker_drains_in_flight_attempts_on_sigterm(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_server()
+    worker = cluster.start_worker(concurrency=2)
+    with cluster.client() as client:
+        cluster.wait_registered(client, "e2e_slow")
+        run = client.start_run("e2e_slow", {"seconds": 2, "marks": str(tmp_path)})
+        wait_for(lambda: _marks(tmp_path, "first", run.id), 30, "first attempt to start")
+        assert worker.terminate(timeout=30) == 0  # returns once the handler finished
+        first = client.get_run(run.id).steps[0]
+        assert first.status == run_pb2.STEP_STATUS_COMPLETED
+        assert [a.status for a in first.attempts] == [run_pb2.ATTEMPT_STATUS_SUCCEEDED]
+        cluster.start_worker()
+        final = client.wait_for_run(run.id, timeout=30)
+    assert final.status == run_pb2.RUN_STATUS_COMPLETED
+    assert len(_marks(tmp_path, "first", run.id)) == 1
+
+
+async def _count(cluster: Cluster, query: str) -> int:
+    import psycopg
+
+    from server.store.db import libpq_url
+
+    async with await psycopg.AsyncConnection.connect(
+        libpq_url(cluster.env["SQUIDMESH_DATABASE_URL"])
+    ) as conn:
+        row = await (await conn.execute(query)).fetchone()
+    assert row is not None
+    return int(row[0])
