@@ -90,6 +90,7 @@ class App:
             self._hub,
             dispatch_timeout_ms=settings.dispatch_timeout_ms,
             reconcile_interval_ms=settings.reconcile_interval_ms,
+            lease_grace_ms=settings.heartbeat_timeout_ms,
         )
         self._timers.start()
 

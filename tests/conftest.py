@@ -40,6 +40,9 @@ def server_env(services: EmbeddedUrls, database_url: str) -> dict[str, str]:
         "SQUIDMESH_REDIS_URL": services.redis_url,
         "SQUIDMESH_STREAM_PREFIX": stream_prefix(),
         "SQUIDMESH_LOG_LEVEL": "info",
+        # Short default leases keep crash tests quick (a restarted server waits one lease
+        # period before expiring leases).
+        "SQUIDMESH_HEARTBEAT_TIMEOUT_MS": "3000",
     }
 
 

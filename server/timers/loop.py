@@ -5,7 +5,9 @@ FOR UPDATE SKIP LOCKED, so replicas never fire the same timer twice):
   NOTIFY when any replica schedules one;
 - lost dispatches: attempts published but not claimed within the dispatch timeout (Redis lost
   them, or a server died between commit and publish) are published again;
-- leases: running attempts whose worker stopped heartbeating fail as worker_lost."""
+- leases: running attempts whose worker stopped heartbeating fail as worker_lost. A process
+  that just started waits one lease period first: after an outage every lease looks expired,
+  and the workers need a moment to reconnect and heartbeat."""
 
 from __future__ import annotations
 
@@ -29,11 +31,13 @@ class TimerLoop:
         *,
         dispatch_timeout_ms: int,
         reconcile_interval_ms: int,
+        lease_grace_ms: int,
     ) -> None:
         self._engine = engine
         self._hub = hub
         self._dispatch_timeout_ms = dispatch_timeout_ms
         self._interval_s = reconcile_interval_ms / 1000
+        self._lease_grace_s = lease_grace_ms / 1000
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -46,7 +50,7 @@ class TimerLoop:
                 await self._task
 
     async def _run(self) -> None:
-        next_leases = 0.0
+        next_leases = time.monotonic() + self._lease_grace_s
         while True:
             try:
                 self._hub.timers.clear()
