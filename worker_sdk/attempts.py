@@ -24,7 +24,7 @@ from squidmesh.v1 import worker_service_pb2 as pb
 
 from worker_sdk.attempt_stream import AttemptStream
 from worker_sdk.context import StepContext
-from worker_sdk.errors import CANCELLED, Failure
+from worker_sdk.errors import CANCELLED
 from worker_sdk.execution import Completed, Outcome, execute
 from worker_sdk.values import to_struct, value_to_python
 from worker_sdk.workflow import Handler
@@ -122,6 +122,12 @@ class AttemptRunner:
     async def _claim_and_run(
         self, attempt_id: str, token: str, handler_name: str, attempt_log: Any
     ) -> None:
+        handler = self._handlers.get(handler_name)
+        if handler is None:
+            # Not ours to run (e.g. a newer version's handler during a rolling deploy): leave
+            # the attempt unclaimed; the server publishes it again for a worker that has it.
+            attempt_log.warning("attempt_handler_unknown", handler=handler_name)
+            return
         decision = await self._stream.started(
             pb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id=self._worker_id)
         )
@@ -136,13 +142,8 @@ class AttemptRunner:
         attempt_log.debug("attempt_started")
         began = time.monotonic()
 
-        handler = self._handlers.get(decision.handler or handler_name)
-        outcome: Outcome
-        if handler is None:
-            outcome = Failure.handler_not_found(decision.handler or handler_name)
-        else:
-            step_input = value_to_python(decision.input) if decision.HasField("input") else {}
-            outcome = await execute(handler, step_input, ctx, self._executor)
+        step_input = value_to_python(decision.input) if decision.HasField("input") else {}
+        outcome: Outcome = await execute(handler, step_input, ctx, self._executor)
         await self._report(attempt_id, token, outcome, attempt_log, time.monotonic() - began)
 
     async def _report(

@@ -22,7 +22,6 @@ from worker_sdk.values import to_duration, to_struct
 
 __all__ = [
     "CANCELLED",
-    "HANDLER_NOT_FOUND",
     "OUTPUT_NOT_SERIALIZABLE",
     "AttemptCancelledError",
     "Failure",
@@ -31,7 +30,6 @@ __all__ = [
 ]
 
 CANCELLED = "Cancelled"
-HANDLER_NOT_FOUND = "HandlerNotFound"
 OUTPUT_NOT_SERIALIZABLE = "OutputNotSerializable"
 TRACEBACK_LIMIT = 4000
 """Characters of traceback kept in the details (the innermost frames)."""
@@ -111,15 +109,6 @@ class Failure:
     @classmethod
     def cancelled(cls, message: str = "attempt cancelled") -> Failure:
         return cls(error_type=CANCELLED, message=message)
-
-    @classmethod
-    def handler_not_found(cls, handler: str) -> Failure:
-        return cls(
-            error_type=HANDLER_NOT_FOUND,
-            message=f"this worker has no handler {handler!r}",
-            details={"handler": handler},
-            non_retryable=True,
-        )
 
     @classmethod
     def output_not_serializable(cls, exc: Exception) -> Failure:
