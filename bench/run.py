@@ -157,12 +157,17 @@ def main() -> int:
         with Client(server.address) as client:
             wait_for(lambda: _registered(client), 60, "bench workflows registered", every=0.2)
 
+        cpu_before = [_cpu_seconds(p.proc.pid) for p in processes]
         elapsed = asyncio.run(throughput(server.address, database_url, args.runs, args.concurrency))
+        cpu = [_cpu_seconds(p.proc.pid) - b for p, b in zip(processes, cpu_before, strict=True)]
         runs_per_s = args.runs / elapsed
         steps_per_s = 3 * runs_per_s
+        steps = 3 * args.runs
         print(
             f"(a) throughput: {args.runs} runs x 3 steps in {elapsed:.2f}s: "
-            f"{runs_per_s:.0f} runs/s, {steps_per_s:.0f} steps/s"
+            f"{runs_per_s:.0f} runs/s, {steps_per_s:.0f} steps/s "
+            f"(CPU per step: server {cpu[0] * 1000 / steps:.2f} ms, "
+            f"workers {sum(cpu[1:]) * 1000 / steps:.2f} ms)"
         )
 
         samples = latency(server.address, args.latency_samples)
@@ -189,6 +194,12 @@ def main() -> int:
         for p in reversed(processes):
             p.close()
         services.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _registered(client: Client) -> bool:

@@ -127,7 +127,7 @@ FROM r
 
 
 async def apply(conn: Connection, change: RunChange) -> None:
-    """Queues `change`; inside `Database.transaction()` it is sent together with the COMMIT."""
+    """Writes `change` (its rows are not read back)."""
     events = [{"ord": i + 1, **asdict(e)} for i, e in enumerate(change.events)]
     await conn.send(
         _APPLY,
