@@ -7,12 +7,14 @@ import asyncio
 import importlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -32,12 +34,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"squidmesh: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:
-        code, details = getattr(exc, "code", None), getattr(exc, "details", None)
-        name = code().name if callable(code) else "ERROR"
-        print(f"squidmesh: {name}: {details() if callable(details) else exc}", file=sys.stderr)
+        print(f"squidmesh: {_describe_rpc_error(exc)}", file=sys.stderr)
         return 1
+    except (OSError, ValueError) as exc:  # bad files, JSON, YAML or option values
+        print(f"squidmesh: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _describe_rpc_error(exc: grpc.RpcError) -> str:
+    """The status, message, reason and field violations of a failed call."""
+    if not isinstance(exc, grpc.Call):
+        return str(exc)
+    text = f"{exc.code().name}: {exc.details()}"
+    from google.rpc import error_details_pb2, status_pb2
+
+    raw = dict(exc.trailing_metadata() or ()).get("grpc-status-details-bin")
+    if isinstance(raw, bytes):
+        for detail in status_pb2.Status.FromString(raw).details:
+            info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+            if detail.Unpack(info):
+                text += f" [{info.reason}]"
+            elif detail.Unpack(bad):
+                text += "".join(f"\n  {v.field}: {v.description}" for v in bad.field_violations)
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -226,11 +247,13 @@ def _workflows_get(args: argparse.Namespace) -> int:
 
 
 def _workflows_register(args: argparse.Namespace) -> int:
-    import yaml
     from squidmesh.v1 import workflow_pb2
 
-    data = yaml.safe_load(args.file.read_text())
-    definition = json_format.ParseDict(data, workflow_pb2.WorkflowDefinition())
+    data = yaml.load(args.file.read_text(), Loader=_YamlLoader)
+    try:
+        definition = json_format.ParseDict(data, workflow_pb2.WorkflowDefinition())
+    except json_format.ParseError as exc:
+        raise ValueError(f"{args.file} is not a workflow definition: {exc}") from None
     with _client(args) as client:
         wf = client.register_workflow(definition)
     if args.json:
@@ -240,8 +263,24 @@ def _workflows_register(args: argparse.Namespace) -> int:
     return 0
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML without the 1.1 booleans on/off/yes/no: `on: error` in a transition stays a key."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def _runs_start(args: argparse.Namespace) -> int:
-    payload = json.loads(args.payload)
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--payload is not JSON: {exc}") from None
     with _client(args) as client:
         run = client.start_run(
             args.workflow, payload, trigger=args.trigger, idempotency_key=args.idempotency_key

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from squidmesh.v1 import run_pb2, workflow_pb2
+
+from worker_sdk import struct_to_dict, value_to_python
 
 
 def _name(enum_value_name: str, prefix: str) -> str:
@@ -59,7 +61,7 @@ def format_run(run: run_pb2.Run) -> str:
             lines.append(
                 f"    #{attempt.number} {a_status:<9} worker={attempt.worker_id or '-'}{detail}"
             )
-    lines.append(f"context   {_compact(json_format.MessageToDict(run.context))}")
+    lines.append(f"context   {_compact(struct_to_dict(run.context))}")
     return "\n".join(lines)
 
 
@@ -70,7 +72,7 @@ def format_event(event: run_pb2.RunEvent) -> str:
         where = f" {event.step}"
         if event.attempt_number:
             where += f"#{event.attempt_number}"
-    data = json_format.MessageToDict(event.data)
+    data = struct_to_dict(event.data)
     extra = f" {_compact(data)}" if data else ""
     return f"[{event.sequence:>3}] {_time(event.time)} {kind:<18}{where}{extra}"
 
@@ -99,7 +101,7 @@ def format_workflow(wf: workflow_pb2.Workflow) -> str:
                     workflow_pb2.ConditionOperator.Name(t.condition.operator),
                     "CONDITION_OPERATOR_",
                 )
-                value = json_format.MessageToDict(t.condition.value)
+                value = value_to_python(t.condition.value)
                 cond = f" when {t.condition.path} {op} {_compact(value)}"
             lines.append(f"  {t.from_step} --{on}--> {t.to}{cond}")
     return "\n".join(lines)

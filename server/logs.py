@@ -22,6 +22,8 @@ def configure_logging(level: str = "info") -> None:
         else structlog.processors.JSONRenderer()
     )
     logging.basicConfig(level=_LEVELS[level], stream=sys.stderr, format="%(message)s")
+    # Alembic narrates every start ("Context impl ..."); only its problems are worth a line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

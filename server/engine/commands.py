@@ -18,6 +18,7 @@ from server.engine.context import merge_output, select_input
 from server.engine.errors import (
     AlreadyExists,
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -76,6 +77,33 @@ _UNCLAIMABLE = {AttemptStatus.SCHEDULED, AttemptStatus.CANCELLED}
 _CANCELLED_RUN = TERMINAL_RUN_STATUSES | {RunStatus.CANCELLING}
 
 
+def unsupported_features(defn: WorkflowDef) -> list[FieldViolation]:
+    """Parts of the contract this server accepts but does not run yet: refused at registration
+    rather than stored and silently ignored."""
+    problems = [
+        FieldViolation(f"definition.triggers[{i}].cron", "cron triggers are not supported yet")
+        for i, t in enumerate(defn.triggers)
+        if t.cron is not None
+    ]
+    for i, s in enumerate(defn.steps):
+        where = f"definition.steps[{i}]"
+        if s.kind != StepKind.TASK:
+            problems.append(
+                FieldViolation(
+                    f"{where}.{s.kind.value}", f"{s.kind.value} steps are not supported yet"
+                )
+            )
+        if s.attempt_timeout_ms is not None:
+            problems.append(
+                FieldViolation(f"{where}.attempt_timeout", "attempt timeouts are not supported yet")
+            )
+        if s.compensate:
+            problems.append(
+                FieldViolation(f"{where}.compensate", "compensation is not supported yet")
+            )
+    return problems
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     heartbeat_timeout_ms: int = 10_000
@@ -96,14 +124,12 @@ class Engine:
     # --- workflows ---------------------------------------------------------------------------
 
     async def register_workflow(self, defn: WorkflowDef) -> tuple[WorkflowVersion, bool]:
-        unsupported = [s.name for s in defn.steps if s.kind not in (StepKind.TASK,)]
+        unsupported = unsupported_features(defn)
         if unsupported:
             raise InvalidArgument(
-                "this server runs task steps only; wait, log, pause and approval steps are not "
-                "supported yet",
-                [],
-                reason="STEP_KIND_UNSUPPORTED",
-                metadata={"steps": ",".join(unsupported)},
+                f"the definition uses {len(unsupported)} feature(s) this server does not run yet",
+                unsupported,
+                reason="FEATURE_UNSUPPORTED",
             )
         async with self._db.transaction() as conn:
             version, created = await workflows.register(conn, defn)

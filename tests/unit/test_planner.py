@@ -93,3 +93,23 @@ def test_dependencies_run_as_soon_as_own_prerequisites_completed() -> None:
     assert after_c.schedule == ("d",)
     done = {n: StepStatus.COMPLETED for n in "abcd"}
     assert planner.after_success(wf, "d", {}, done).complete
+
+
+def test_features_not_run_yet_are_refused_with_field_violations() -> None:
+    from server.engine.commands import unsupported_features
+
+    wf = WorkflowDef(
+        name="wf",
+        triggers=(Trigger("manual"), Trigger("nightly", cron="0 3 * * *")),
+        steps=(
+            Step(name="a", kind=StepKind.TASK, handler="h.a", attempt_timeout_ms=5, compensate="u"),
+            Step(name="w", kind=StepKind.WAIT, wait_ms=10),
+        ),
+    )
+    assert [v.field for v in unsupported_features(wf)] == [
+        "definition.triggers[1].cron",
+        "definition.steps[0].attempt_timeout",
+        "definition.steps[0].compensate",
+        "definition.steps[1].wait",
+    ]
+    assert unsupported_features(flow(Transition("a", Outcome.OK, "b"))) == []
