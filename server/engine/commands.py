@@ -242,7 +242,7 @@ class Engine:
         return found
 
     async def get_run(self, run_id: uuid.UUID) -> RunView:
-        async with self._db.connect() as conn:
+        async with self._db.snapshot() as conn:
             run = await runs.get(conn, run_id)
         if run is None:
             raise NotFound(

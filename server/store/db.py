@@ -114,5 +114,13 @@ class Database:
         async with self._pool.connection() as conn, conn.transaction():
             yield Connection(conn)
 
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Connection]:
+        """A read-only transaction whose statements all see one snapshot (a run read together
+        with its steps and attempts)."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield Connection(conn)
+
     async def close(self) -> None:
         await self._pool.close()
