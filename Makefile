@@ -16,7 +16,7 @@ TEST_DIRS := $(wildcard tests/unit tests/integration tests/e2e)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PIP_NO_INPUT := 1
 
-.PHONY: install dev tools gen gen-check lint test clean
+.PHONY: install dev tools gen gen-check lint test demo bench clean
 
 ## install: the virtualenv with squidmesh installed in editable mode (.venv/bin/squidmesh)
 install: $(VENV)/.stamp-install
@@ -72,9 +72,13 @@ lint: dev tools
 test: dev
 	$(BIN)/pytest -q $(TEST_DIRS)
 
-# TODO(lead): demo — run the server on the embedded services plus a worker and an example;
-# stop them with `stop_orphans` on exit (see `clean`).
-# TODO(lead): bench — run bench/ and write results to bench/results/.
+## demo: the embedded server, the payment example's worker, one run watched to the end
+demo: install
+	$(BIN)/python scripts/demo.py
+
+## bench: throughput, latency and the raw taskiq baseline (see bench/run.py; logs in bench/results)
+bench: dev
+	$(BIN)/python -m bench.run
 
 ## clean: stop the embedded services of $(DATA_DIR), remove it and the caches
 clean:
