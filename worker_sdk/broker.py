@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import Executor
+from typing import Any
 
 import redis.exceptions
 import structlog
+from redis.asyncio import Redis
 from taskiq import AckableMessage
 from taskiq.receiver import Receiver
 from taskiq_redis import RedisStreamBroker
@@ -32,6 +35,7 @@ __all__ = ["QueueConsumer", "StepTaskBroker"]
 
 log = structlog.get_logger("squidmesh.worker.broker")
 
+AUTOCLAIM_EVERY_S = 10.0
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 2.0
 _TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -50,18 +54,55 @@ class StepTaskBroker(RedisStreamBroker):
             consumer_name=consumer_name,
             consumer_id="0",  # a group created after messages were added still gets them
             idle_timeout=60_000,
-            # A worker killed while holding the autoclaim lock must not block the others.
-            unacknowledged_lock_timeout=5,
             xread_block=1000,  # below redis-py's 5 s socket timeout
             # One message per read: a busy worker does not sit on messages an idle one could
             # run (reading 8 at a time measured no faster on the benchmark).
             xread_count=1,
         )
 
+    async def _messages(self) -> AsyncGenerator[AckableMessage, None]:
+        """New messages one at a time, and now and then the messages other consumers left
+        unacked for longer than `idle_timeout` (a worker killed mid-step).
+
+        taskiq-redis's own loop runs XAUTOCLAIM under a lock after every read: four more round
+        trips per message. XAUTOCLAIM is atomic, and the server re-publishes attempts that are
+        not claimed anyway, so once every AUTOCLAIM_EVERY_S is plenty."""
+        async with Redis(connection_pool=self.connection_pool) as redis_conn:
+            next_autoclaim = 0.0
+            while True:
+                if time.monotonic() >= next_autoclaim:
+                    next_autoclaim = time.monotonic() + AUTOCLAIM_EVERY_S
+                    # redis-py types stream replies loosely: (next id, [(id, fields)], ...).
+                    reply: Any = await redis_conn.xautoclaim(
+                        self.queue_name,
+                        self.consumer_group_name,
+                        self.consumer_name,
+                        min_idle_time=self.idle_timeout,
+                        count=self.unacknowledged_batch_size,
+                    )
+                    for msg_id, fields in reply[1]:
+                        if fields:  # None: the entry was trimmed from the stream
+                            yield self._message(msg_id, fields)
+                fetched: Any = await redis_conn.xreadgroup(
+                    self.consumer_group_name,
+                    self.consumer_name,
+                    {self.queue_name: ">"},
+                    block=self.block,
+                    count=self.count,
+                )
+                for _stream, entries in fetched or ():
+                    for msg_id, fields in entries:
+                        yield self._message(msg_id, fields)
+
+    def _message(self, msg_id: Any, fields: Any) -> AckableMessage:
+        return AckableMessage(
+            data=fields[b"data"], ack=self._ack_generator(id=msg_id, queue_name=self.queue_name)
+        )
+
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
         backoff = MIN_BACKOFF
         while True:
-            messages = super().listen()
+            messages = self._messages()
             try:
                 async for message in messages:
                     backoff = MIN_BACKOFF
