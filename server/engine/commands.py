@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from server.engine.errors import (
     ResourceExhausted,
 )
 from server.engine.model import (
+    ACTIVE_RUN_STATUSES,
     JSON,
     TERMINAL_RUN_STATUSES,
     AttemptStatus,
@@ -71,6 +73,8 @@ _LIVE_STEP_STATUSES = {
     StepStatus.PAUSED,
 }
 
+
+_CLAIMS_REMEMBERED = 10_000
 
 _UNCLAIMABLE = {AttemptStatus.SCHEDULED, AttemptStatus.CANCELLED}
 """A scheduled attempt whose claim failed belongs to a run that is no longer active."""
@@ -120,6 +124,8 @@ class Engine:
         self._config = config
         # Versions are immutable, so a definition once read never needs reading again.
         self._definitions: dict[int, WorkflowVersion] = {}
+        # Attempts this process claimed, as the claim saw their run (see _complete_as_claimed).
+        self._claims: OrderedDict[uuid.UUID, attempts.Claimed] = OrderedDict()
 
     # --- workflows ---------------------------------------------------------------------------
 
@@ -351,6 +357,9 @@ class Engine:
                     return StartDecision(accepted=False, refusal_reason="duplicate")
             defn = await self._definition(conn, claimed.workflow_id)
         self._wakeups.run_changed(str(claimed.run_id))
+        self._claims[attempt_id] = claimed
+        if len(self._claims) > _CLAIMS_REMEMBERED:
+            self._claims.popitem(last=False)  # results that never came (lost workers)
         step = defn.step(claimed.step_name)
         return StartDecision(
             accepted=True,
@@ -377,6 +386,11 @@ class Engine:
                 non_retryable=True,
             )
             return await self.fail_attempt(attempt_id, token, failure, None)
+        claimed = self._claims.pop(attempt_id, None)
+        if claimed is not None and await self._complete_as_claimed(
+            attempt_id, token, output, claimed
+        ):
+            return ResultDecision(accepted=True)
         async with self._db.transaction() as conn:
             finished = await attempts.finish(
                 conn, attempt_id, token, AttemptStatus.SUCCEEDED, output=output
@@ -385,28 +399,73 @@ class Engine:
                 return await self._refusal(conn, attempt_id, token, AttemptStatus.SUCCEEDED)
             run, name, number = finished.run, finished.step_name, finished.number
             defn = await self._definition(conn, run.workflow_id)
-            context = merge_output(run.context, defn.step(name), output)
-            change = RunChange(
-                run.id,
-                step_updates=[StepUpdate(name, StepStatus.COMPLETED, output=output, ended=True)],
-                events=[NewEvent("step_completed", name, number, {"output": output})],
-            )
-            if run.status == RunStatus.CANCELLING:
-                change.context = context
-                await self._settle_cancel(conn, change)
-            elif run.status in TERMINAL_RUN_STATUSES:
-                pass  # a parallel branch already ended the run; keep the record only
-            else:
-                change.context = context
+            if run.status in ACTIVE_RUN_STATUSES:
                 statuses: dict[str, StepStatus] = {}
                 if defn.uses_dependencies:
                     statuses = await runs.step_statuses(conn, run.id)
-                statuses[name] = StepStatus.COMPLETED
-                plan = planner.after_success(defn, name, context, statuses)
-                self._apply_plan(change, defn, plan)
+                change = self._success(defn, run.id, name, number, run.context, output, statuses)
+            else:
+                change = RunChange(
+                    run.id,
+                    step_updates=[
+                        StepUpdate(name, StepStatus.COMPLETED, output=output, ended=True)
+                    ],
+                    events=[NewEvent("step_completed", name, number, {"output": output})],
+                )
+                if run.status == RunStatus.CANCELLING:
+                    change.context = merge_output(run.context, defn.step(name), output)
+                    await self._settle_cancel(conn, change)
+                # else a parallel branch already ended the run: keep the record only
             await changes.apply(conn, change)
         await self._after_commit(change)
         return ResultDecision(accepted=True)
+
+    async def _complete_as_claimed(
+        self, attempt_id: uuid.UUID, token: str, output: JSON, claimed: attempts.Claimed
+    ) -> bool:
+        """The common case in one statement: nothing happened to the run since this process
+        claimed the attempt, so the decision can be made from the run as the claim saw it.
+        False when that no longer holds (nothing written)."""
+        defn = self._definitions[claimed.workflow_id].definition
+        if defn.uses_dependencies:
+            return False  # readiness depends on the other steps' states
+        change = self._success(
+            defn, claimed.run_id, claimed.step_name, claimed.number, claimed.context, output, {}
+        )
+        async with self._db.connect() as conn:
+            applied = await changes.apply_if_current(
+                conn,
+                change,
+                attempt_id=attempt_id,
+                token=token,
+                output=output,
+                expected_seq=claimed.last_seq,
+            )
+        if applied:
+            await self._after_commit(change)
+        return applied
+
+    def _success(
+        self,
+        defn: WorkflowDef,
+        run_id: uuid.UUID,
+        name: str,
+        number: int,
+        context: dict[str, JSON],
+        output: JSON,
+        statuses: dict[str, StepStatus],
+    ) -> RunChange:
+        """The change that follows a succeeded attempt of an active run."""
+        context = merge_output(context, defn.step(name), output)
+        change = RunChange(
+            run_id,
+            context=context,
+            step_updates=[StepUpdate(name, StepStatus.COMPLETED, output=output, ended=True)],
+            events=[NewEvent("step_completed", name, number, {"output": output})],
+        )
+        statuses[name] = StepStatus.COMPLETED
+        self._apply_plan(change, defn, planner.after_success(defn, name, context, statuses))
+        return change
 
     async def fail_attempt(
         self,
@@ -417,6 +476,7 @@ class Engine:
         *,
         lease_expired: bool = False,
     ) -> ResultDecision:
+        self._claims.pop(attempt_id, None)
         async with self._db.transaction() as conn:
             finished = await attempts.finish(
                 conn,

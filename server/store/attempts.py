@@ -25,6 +25,8 @@ class Claimed:
     handler: str
     heartbeat_timeout_ms: int
     context: dict[str, JSON]
+    last_seq: int
+    """The run's event sequence right after the claim."""
 
 
 # One round trip: claim the attempt (only while scheduled and its run active), mark its step
@@ -54,7 +56,8 @@ WITH a AS (
   RETURNING 1
 )
 SELECT a.run_id, r.workflow_id, r.workflow_name, a.step_name, a.number, a.handler,
-  a.heartbeat_timeout_ms, r.context, (SELECT count(*) FROM s) + (SELECT count(*) FROM e) AS n
+  a.heartbeat_timeout_ms, r.context, r.last_seq,
+  (SELECT count(*) FROM s) + (SELECT count(*) FROM e) AS n
 FROM a, r
 """
 
@@ -80,6 +83,7 @@ def _claimed(row: Any) -> Claimed:
         handler=row.handler,
         heartbeat_timeout_ms=row.heartbeat_timeout_ms,
         context=row.context,
+        last_seq=row.last_seq,
     )
 
 
@@ -100,7 +104,7 @@ async def state(conn: Connection, attempt_id: uuid.UUID) -> AttemptState | None:
             (
                 "SELECT a.token, a.status, a.worker_id, a.run_id, a.step_name, a.number, "
                 "a.handler, a.heartbeat_timeout_ms, r.status AS run_status, r.workflow_id, "
-                "r.workflow_name, r.context, NOT EXISTS (SELECT 1 FROM attempts b "
+                "r.workflow_name, r.context, r.last_seq, NOT EXISTS (SELECT 1 FROM attempts b "
                 "WHERE b.run_id = a.run_id AND b.step_name = a.step_name "
                 "AND b.number > a.number) AS is_latest "
                 "FROM attempts a JOIN runs r ON r.id = a.run_id WHERE a.id = :id"

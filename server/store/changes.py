@@ -11,7 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from server.engine.model import JSON, RunStatus
+from server.engine.model import ACTIVE_RUN_STATUSES, JSON, RunStatus
 from server.store.db import Connection, dumps
 
 EVENTS_CHANNEL = "squidmesh_run_events"
@@ -70,8 +70,9 @@ class RunChange:
     events: list[NewEvent] = field(default_factory=list)
 
 
-_APPLY = """
-WITH su AS (
+# The body of every run change; {guard} gates each part (see `apply_if_current`).
+_CHANGE_CTES = """
+su AS (
   UPDATE steps SET
     status = x.status,
     output = coalesce(x.output, steps.output),
@@ -79,12 +80,13 @@ WITH su AS (
     ended_at = CASE WHEN x.ended THEN now() ELSE steps.ended_at END
   FROM jsonb_to_recordset(CAST(:step_updates AS jsonb))
     AS x(name text, status text, output jsonb, error jsonb, ended bool)
-  WHERE steps.run_id = :run_id AND steps.name = x.name
+  WHERE steps.run_id = :run_id AND steps.name = x.name AND {guard}
   RETURNING 1
 ), ns AS (
   INSERT INTO steps (run_id, name, position, status)
   SELECT :run_id, x.name, x.position, x.status
   FROM jsonb_to_recordset(CAST(:new_steps AS jsonb)) AS x(name text, position int, status text)
+  WHERE {guard}
   RETURNING 1
 ), na AS (
   INSERT INTO attempts (id, run_id, step_name, number, token, status, queue, handler,
@@ -95,10 +97,11 @@ WITH su AS (
   FROM jsonb_to_recordset(CAST(:new_attempts AS jsonb)) AS x(
     id uuid, step_name text, number int, token text, queue text, handler text,
     heartbeat_timeout_ms int, delay_ms bigint)
+  WHERE {guard}
   RETURNING 1
 ), ca AS (
   UPDATE attempts SET status = 'cancelled', ended_at = now()
-  WHERE :cancel_scheduled AND run_id = :run_id AND status = 'scheduled'
+  WHERE :cancel_scheduled AND run_id = :run_id AND status = 'scheduled' AND {guard}
   RETURNING 1
 ), r AS (
   UPDATE runs SET
@@ -109,7 +112,7 @@ WITH su AS (
     ended_at = CASE WHEN :ended THEN now() ELSE ended_at END,
     last_seq = last_seq + :n_events,
     updated_at = now()
-  WHERE id = :run_id
+  WHERE id = :run_id AND {guard}
   RETURNING last_seq, status
 ), e AS (
   INSERT INTO run_events (run_id, seq, type, run_status, step_name, attempt_number, data)
@@ -118,31 +121,71 @@ WITH su AS (
   FROM r, jsonb_to_recordset(CAST(:events AS jsonb))
     AS x(ord int, type text, step_name text, attempt_number int, data jsonb)
   RETURNING 1
+)"""
+
+_APPLY = "WITH " + _CHANGE_CTES.replace("{guard}", "TRUE") + " SELECT count(*) FROM e"
+
+# A whole "attempt succeeded" command in one statement, decided from the run as the claim saw
+# it: the run row is locked and must still be at the claim's event sequence (nothing else
+# happened to the run since), and the attempt must still be running with this token.
+# Otherwise nothing is written and the caller takes the general path.
+_APPLY_IF_CURRENT = (
+    """WITH r0 AS (
+  SELECT id FROM runs
+  WHERE id = :run_id AND last_seq = :expected_seq AND status = ANY(:active)
+  FOR UPDATE
+), fin AS (
+  UPDATE attempts SET status = 'succeeded', ended_at = now(), output = CAST(:output AS jsonb),
+    lease_expires_at = NULL
+  WHERE id = :attempt_id AND token = :token AND status = 'running'
+    AND EXISTS (SELECT 1 FROM r0)
+  RETURNING 1
+), """
+    + _CHANGE_CTES.replace("{guard}", "EXISTS (SELECT 1 FROM fin)")
+    + " SELECT (SELECT count(*) FROM fin) AS applied, (SELECT count(*) FROM e) AS events"
 )
-SELECT r.last_seq,
-  (SELECT count(*) FROM su) + (SELECT count(*) FROM ns) + (SELECT count(*) FROM na)
-    + (SELECT count(*) FROM ca) + (SELECT count(*) FROM e) AS touched
-FROM r
-"""
 
 
 async def apply(conn: Connection, change: RunChange) -> None:
-    """Writes `change` (its rows are not read back)."""
+    """Writes `change` in one statement."""
+    await conn.send(_APPLY, _params(change))
+
+
+async def apply_if_current(
+    conn: Connection,
+    change: RunChange,
+    *,
+    attempt_id: uuid.UUID,
+    token: str,
+    output: JSON,
+    expected_seq: int,
+) -> bool:
+    """Records a succeeded attempt and writes `change` in one statement, if the run is still at
+    `expected_seq` and active and the attempt still running; False (nothing written) otherwise."""
+    params = _params(change) | {
+        "attempt_id": attempt_id,
+        "token": token,
+        "output": dumps(output),
+        "expected_seq": expected_seq,
+        "active": [s.value for s in ACTIVE_RUN_STATUSES],
+    }
+    row = (await conn.execute(_APPLY_IF_CURRENT, params)).one()
+    return bool(row.applied)
+
+
+def _params(change: RunChange) -> dict[str, Any]:
     events = [{"ord": i + 1, **asdict(e)} for i, e in enumerate(change.events)]
-    await conn.send(
-        _APPLY,
-        {
-            "run_id": change.run_id,
-            "status": change.status.value if change.status else None,
-            "context": dumps(change.context) if change.context is not None else None,
-            "error": dumps(change.error) if change.error is not None else None,
-            "started": change.started,
-            "ended": change.ended,
-            "cancel_scheduled": change.cancel_scheduled_attempts,
-            "step_updates": dumps([asdict(s) for s in change.step_updates]),
-            "new_steps": dumps([asdict(s) for s in change.new_steps]),
-            "new_attempts": dumps([{**asdict(a), "id": str(a.id)} for a in change.new_attempts]),
-            "events": dumps(events),
-            "n_events": len(events),
-        },
-    )
+    return {
+        "run_id": change.run_id,
+        "status": change.status.value if change.status else None,
+        "context": dumps(change.context) if change.context is not None else None,
+        "error": dumps(change.error) if change.error is not None else None,
+        "started": change.started,
+        "ended": change.ended,
+        "cancel_scheduled": change.cancel_scheduled_attempts,
+        "step_updates": dumps([asdict(s) for s in change.step_updates]),
+        "new_steps": dumps([asdict(s) for s in change.new_steps]),
+        "new_attempts": dumps([{**asdict(a), "id": str(a.id)} for a in change.new_attempts]),
+        "events": dumps(events),
+        "n_events": len(events),
+    }
