@@ -23,6 +23,7 @@ from server.engine.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    run_not_found,
 )
 from server.engine.model import (
     ACTIVE_RUN_STATUSES,
@@ -48,7 +49,7 @@ from server.engine.views import (
     StepView,
     WorkflowVersion,
 )
-from server.store import attempts, changes, runs, workflows
+from server.store import attempts, changes, runs, workers, workflows
 from server.store.changes import NewAttempt, NewEvent, NewStep, RunChange, StepUpdate
 from server.store.db import Connection, Database, dumps
 from server.store.runs import LockedRun, NewRun, RunFilter
@@ -251,11 +252,7 @@ class Engine:
         async with self._db.snapshot() as conn:
             run = await runs.get(conn, run_id)
         if run is None:
-            raise NotFound(
-                f"run '{run_id}' does not exist",
-                reason="RUN_NOT_FOUND",
-                metadata={"run_id": str(run_id)},
-            )
+            raise run_not_found(run_id)
         return run
 
     async def list_runs(
@@ -560,7 +557,7 @@ class Engine:
         labels: dict[str, str],
     ) -> None:
         async with self._db.transaction() as conn:
-            await attempts.register_worker(conn, worker_id, queues, handlers, concurrency, labels)
+            await workers.register(conn, worker_id, queues, handlers, concurrency, labels)
 
     # --- timers and reconciliation -----------------------------------------------------------
 
@@ -599,11 +596,7 @@ class Engine:
     async def _lock(self, conn: Connection, run_id: uuid.UUID) -> LockedRun:
         run = await runs.lock(conn, run_id)
         if run is None:
-            raise NotFound(
-                f"run '{run_id}' does not exist",
-                reason="RUN_NOT_FOUND",
-                metadata={"run_id": str(run_id)},
-            )
+            raise run_not_found(run_id)
         return run
 
     async def _refusal(

@@ -50,6 +50,12 @@ class NotFound(DomainError):
         self.reason = reason
 
 
+def run_not_found(run_id: object) -> NotFound:
+    return NotFound(
+        f"run '{run_id}' does not exist", reason="RUN_NOT_FOUND", metadata={"run_id": str(run_id)}
+    )
+
+
 class FailedPrecondition(DomainError):
     """The move is illegal in the current state."""
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from server.engine.commands import Engine
-from server.engine.errors import NotFound
+from server.engine.errors import run_not_found
 from server.engine.views import EventView, RunView
 from server.events.hub import EventHub
 from server.store import events
@@ -55,11 +55,7 @@ async def watch(
             if batch:
                 continue  # read until caught up before deciding anything
             if position is None:
-                raise NotFound(
-                    f"run '{run_id}' does not exist",
-                    reason="RUN_NOT_FOUND",
-                    metadata={"run_id": str(run_id)},
-                )
+                raise run_not_found(run_id)
             status, last_seq = position
             if status.terminal and cursor >= last_seq:
                 return

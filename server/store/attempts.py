@@ -253,29 +253,3 @@ async def running_count(conn: Connection, run_id: uuid.UUID) -> int:
             )
         ).scalar_one()
     )
-
-
-async def register_worker(
-    conn: Connection,
-    worker_id: str,
-    queues: list[str],
-    handlers: list[str],
-    concurrency: int,
-    labels: dict[str, str],
-) -> None:
-    await conn.execute(
-        (
-            "INSERT INTO workers (id, queues, handlers, concurrency, labels) "
-            "VALUES (:id, :queues, :handlers, :concurrency, CAST(:labels AS jsonb)) "
-            "ON CONFLICT (id) DO UPDATE SET queues = EXCLUDED.queues, "
-            "handlers = EXCLUDED.handlers, concurrency = EXCLUDED.concurrency, "
-            "labels = EXCLUDED.labels, last_seen_at = now()"
-        ),
-        {
-            "id": worker_id,
-            "queues": queues,
-            "handlers": handlers,
-            "concurrency": concurrency,
-            "labels": dumps(labels),
-        },
-    )
