@@ -207,28 +207,27 @@ class Engine:
             idempotency_key=idempotency_key or None,
             source_run_id=source.id if source else None,
         )
-        async with self._db.transaction() as conn:
-            created_at = await runs.insert(conn, new)
+        change = RunChange(
+            new.id,
+            events=[
+                NewEvent(
+                    "run_created",
+                    data={
+                        "workflow": defn.name,
+                        "workflow_version": version.version,
+                        "trigger": chosen.name,
+                        "idempotency_key": idempotency_key,
+                        "source_run_id": str(source.id) if source else "",
+                    },
+                )
+            ],
+        )
+        for name in planner.entry_steps(defn):
+            self._schedule(change, defn, name)
+        async with self._db.connect() as conn:
+            created_at = await changes.start(conn, new, change)
             if created_at is None:
                 return await self._existing_run(conn, new), False
-            change = RunChange(
-                new.id,
-                events=[
-                    NewEvent(
-                        "run_created",
-                        data={
-                            "workflow": defn.name,
-                            "workflow_version": version.version,
-                            "trigger": chosen.name,
-                            "idempotency_key": idempotency_key,
-                            "source_run_id": str(source.id) if source else "",
-                        },
-                    )
-                ],
-            )
-            for name in planner.entry_steps(defn):
-                self._schedule(change, defn, name)
-            await changes.apply(conn, change)
         await self._after_commit(change)
         log.debug("run_started", run_id=str(new.id), workflow=defn.name)
         return _started_view(new, change, created_at), True

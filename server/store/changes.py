@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from server.engine.model import ACTIVE_RUN_STATUSES, JSON, RunStatus
 from server.store.db import Connection, dumps
+from server.store.runs import NewRun
 
 EVENTS_CHANNEL = "squidmesh_run_events"
 TIMERS_CHANNEL = "squidmesh_timers"
@@ -70,19 +72,9 @@ class RunChange:
     events: list[NewEvent] = field(default_factory=list)
 
 
-# The body of every run change; {guard} gates each part (see `apply_if_current`).
-_CHANGE_CTES = """
-su AS (
-  UPDATE steps SET
-    status = x.status,
-    output = coalesce(x.output, steps.output),
-    error = coalesce(x.error, steps.error),
-    ended_at = CASE WHEN x.ended THEN now() ELSE steps.ended_at END
-  FROM jsonb_to_recordset(CAST(:step_updates AS jsonb))
-    AS x(name text, status text, output jsonb, error jsonb, ended bool)
-  WHERE steps.run_id = :run_id AND steps.name = x.name AND {guard}
-  RETURNING 1
-), ns AS (
+# The parts of a run change as CTEs; {guard} gates each (see `apply_if_current`, `start`).
+_NEW_ROWS = """
+ns AS (
   INSERT INTO steps (run_id, name, position, status)
   SELECT :run_id, x.name, x.position, x.status
   FROM jsonb_to_recordset(CAST(:new_steps AS jsonb)) AS x(name text, position int, status text)
@@ -99,7 +91,23 @@ su AS (
     heartbeat_timeout_ms int, delay_ms bigint)
   WHERE {guard}
   RETURNING 1
-), ca AS (
+)"""
+
+_CHANGE_CTES = (
+    """
+su AS (
+  UPDATE steps SET
+    status = x.status,
+    output = coalesce(x.output, steps.output),
+    error = coalesce(x.error, steps.error),
+    ended_at = CASE WHEN x.ended THEN now() ELSE steps.ended_at END
+  FROM jsonb_to_recordset(CAST(:step_updates AS jsonb))
+    AS x(name text, status text, output jsonb, error jsonb, ended bool)
+  WHERE steps.run_id = :run_id AND steps.name = x.name AND {guard}
+  RETURNING 1
+),"""
+    + _NEW_ROWS
+    + """, ca AS (
   UPDATE attempts SET status = 'cancelled', ended_at = now()
   WHERE :cancel_scheduled AND run_id = :run_id AND status = 'scheduled' AND {guard}
   RETURNING 1
@@ -122,6 +130,32 @@ su AS (
     AS x(ord int, type text, step_name text, attempt_number int, data jsonb)
   RETURNING 1
 )"""
+)
+
+# A new run with its first change (entry steps, events) in one statement. The run row is
+# inserted here, so the change's rows are inserted outright rather than applied to it; an
+# idempotency key already taken writes nothing.
+_START = (
+    """WITH ins AS (
+  INSERT INTO runs (id, workflow_id, workflow_name, workflow_version, trigger, status, payload,
+                    context, payload_hash, idempotency_key, source_run_id, last_seq)
+  VALUES (:run_id, :workflow_id, :workflow_name, :workflow_version, :trigger, 'pending',
+          CAST(:payload AS jsonb), CAST(:payload AS jsonb), :payload_hash, :idempotency_key,
+          :source_run_id, :n_events)
+  ON CONFLICT (workflow_name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+  RETURNING created_at
+),"""
+    + _NEW_ROWS.replace("{guard}", "EXISTS (SELECT 1 FROM ins)")
+    + """, e AS (
+  INSERT INTO run_events (run_id, seq, type, run_status, step_name, attempt_number, data)
+  SELECT :run_id, x.ord, x.type, 'pending', x.step_name, x.attempt_number,
+         coalesce(x.data, '{}'::jsonb)
+  FROM ins, jsonb_to_recordset(CAST(:events AS jsonb))
+    AS x(ord int, type text, step_name text, attempt_number int, data jsonb)
+  RETURNING 1
+)
+SELECT created_at FROM ins"""
+)
 
 _APPLY = "WITH " + _CHANGE_CTES.replace("{guard}", "TRUE") + " SELECT count(*) FROM e"
 
@@ -171,6 +205,23 @@ async def apply_if_current(
     }
     row = (await conn.execute(_APPLY_IF_CURRENT, params)).one()
     return bool(row.applied)
+
+
+async def start(conn: Connection, run: NewRun, change: RunChange) -> datetime | None:
+    """Inserts a pending run with its first change; returns its creation time, or None when
+    its idempotency key is already taken (nothing written)."""
+    params = _params(change) | {
+        "workflow_id": run.workflow_id,
+        "workflow_name": run.workflow_name,
+        "workflow_version": run.workflow_version,
+        "trigger": run.trigger,
+        "payload": dumps(run.payload),
+        "payload_hash": run.payload_hash,
+        "idempotency_key": run.idempotency_key,
+        "source_run_id": run.source_run_id,
+    }
+    row = (await conn.execute(_START, params)).first()
+    return row.created_at if row is not None else None
 
 
 def _params(change: RunChange) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from server.engine.model import JSON, AttemptStatus, Failure, RunStatus, StepStatus
 from server.engine.views import AttemptView, RunView, StepView
-from server.store.db import Connection, dumps
+from server.store.db import Connection
 
 _RUN_COLUMNS = (
     "id, workflow_name, workflow_version, trigger, status, payload, context, error, "
@@ -39,36 +39,6 @@ class LockedRun:
     workflow_name: str
     status: RunStatus
     context: dict[str, JSON]
-
-
-async def insert(conn: Connection, run: NewRun) -> datetime | None:
-    """Inserts a pending run and returns its creation time; None when its idempotency key is
-    already taken."""
-    created_at = (
-        await conn.execute(
-            (
-                "INSERT INTO runs (id, workflow_id, workflow_name, workflow_version, trigger, "
-                "status, payload, context, payload_hash, idempotency_key, source_run_id) "
-                "VALUES (:id, :workflow_id, :workflow_name, :workflow_version, :trigger, "
-                "'pending', CAST(:payload AS jsonb), CAST(:payload AS jsonb), :payload_hash, "
-                ":idempotency_key, :source_run_id) "
-                "ON CONFLICT (workflow_name, idempotency_key) "
-                "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING created_at"
-            ),
-            {
-                "id": run.id,
-                "workflow_id": run.workflow_id,
-                "workflow_name": run.workflow_name,
-                "workflow_version": run.workflow_version,
-                "trigger": run.trigger,
-                "payload": dumps(run.payload),
-                "payload_hash": run.payload_hash,
-                "idempotency_key": run.idempotency_key,
-                "source_run_id": run.source_run_id,
-            },
-        )
-    ).scalar()
-    return created_at if isinstance(created_at, datetime) else None
 
 
 async def find_by_idempotency_key(
