@@ -398,3 +398,46 @@ async def test_list_runs_pages_newest_first(channel: aio.Channel) -> None:
     with pytest.raises(aio.AioRpcError) as raised:
         await runs.ListRuns(run_service_pb2.ListRunsRequest(page_token="garbage!"))
     assert raised.value.code() == StatusCode.INVALID_ARGUMENT
+
+
+async def test_result_after_cancel_ends_the_run_cancelled(
+    channel: aio.Channel, database_url: str
+) -> None:
+    """A claimed attempt's result arriving after CancelRun does not advance the run (the
+    one-statement result path sees the run changed since the claim and steps aside)."""
+    await WorkflowServiceStub(channel).RegisterWorkflow(
+        workflow_service_pb2.RegisterWorkflowRequest(definition=definition())
+    )
+    runs = RunServiceStub(channel)
+    run = (
+        await runs.StartRun(
+            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=5))
+        )
+    ).run
+    protocol = Protocol(channel)
+    attempt_id, token = await scheduled_attempt(database_url, run.id, "reserve")
+    claim = wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id="w1")
+    assert (await protocol.send(started=claim)).start.accepted
+
+    cancelling = (
+        await runs.CancelRun(run_service_pb2.CancelRunRequest(run_id=run.id, reason="stop"))
+    ).run
+    assert cancelling.status == run_pb2.RUN_STATUS_CANCELLING
+    beat = await protocol.send(
+        heartbeat=wpb.WorkerHeartbeat(
+            worker_id="w1", attempts=[wpb.AttemptProgress(attempt_id=attempt_id, token=token)]
+        )
+    )
+    assert list(beat.heartbeat.cancel_attempt_ids) == [attempt_id]
+
+    done = await protocol.send(
+        completed=wpb.AttemptCompleted(
+            attempt_id=attempt_id, token=token, output=struct_pb2.Value(string_value="held")
+        )
+    )
+    assert done.result.accepted
+    protocol.call.cancel()
+    final = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=run.id))).run
+    assert final.status == run_pb2.RUN_STATUS_CANCELLED
+    assert [s.name for s in final.steps] == ["reserve"]  # "ship" never scheduled
+    assert await count_rows(database_url, "attempts") == 1
