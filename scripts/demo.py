@@ -9,10 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.embedded import stop_orphans
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "squidmesh"
@@ -25,10 +29,10 @@ def say(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
-def wait_until(check: object, timeout: float, what: str) -> None:
+def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return
         time.sleep(0.2)
     raise SystemExit(f"demo: timed out waiting for {what}")
@@ -54,15 +58,34 @@ def registered() -> bool:
     return result.returncode == 0
 
 
-def stop(proc: subprocess.Popen[bytes], name: str) -> None:
+def stop(proc: subprocess.Popen[bytes], name: str, log: Path) -> bool:
+    """SIGTERM, then wait; True when the process stopped by itself with status 0."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            print(f"demo: {name} did not stop in time; killing it", file=sys.stderr)
+            print(f"demo: the {name} did not stop in time; killing it", file=sys.stderr)
             proc.kill()
             proc.wait()
+            return False
+    if proc.returncode != 0:
+        print(f"demo: the {name} exited with status {proc.returncode}; see {log}", file=sys.stderr)
+        return False
+    return True
+
+
+def embedded_left() -> list[str]:
+    """Embedded Postgres/Redis processes of DATA_DIR still running after the server stopped."""
+    left = []
+    for proc in psutil.process_iter(["name", "cmdline", "cwd"]):
+        if proc.info["name"] not in ("postgres", "redis-server"):
+            continue
+        cwd = proc.info["cwd"] or ""
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(DATA_DIR) in cmdline or cwd.startswith(str(DATA_DIR)):
+            left.append(f"{proc.pid} {cmdline}")
+    return left
 
 
 def main() -> int:
@@ -114,12 +137,22 @@ def main() -> int:
             check=False,
         )
         say("stopping the worker and the server")
-        return result.returncode
+        status = result.returncode
     finally:
+        clean = True
         if worker is not None:
-            stop(worker, "worker")
-        stop(server, "server")
+            clean = stop(worker, "worker", logs / "worker.log") and clean
+        clean = stop(server, "server", logs / "server.log") and clean
+        if left := embedded_left():
+            print("demo: embedded services still running after the server stopped:", file=sys.stderr)
+            print("\n".join(f"  {line}" for line in left), file=sys.stderr)
+            stop_orphans(DATA_DIR)
+            clean = False
         print(f"logs: {logs}", flush=True)
+    if not clean:
+        return status or 1
+    say("done: the run completed and everything stopped" if status == 0 else "the run failed")
+    return status
 
 
 if __name__ == "__main__":

@@ -187,8 +187,11 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from worker_sdk import Worker, Workflow
+    from worker_sdk import Worker, Workflow, configure_logging
 
+    # Before the module and the Worker exist: loggers bound earlier would keep structlog's
+    # default console format, and the log would mix it with the JSON lines of later ones.
+    configure_logging()
     sys.path.insert(0, os.getcwd())
     module = importlib.import_module(args.module)
     found = [v for v in vars(module).values() if isinstance(v, Workflow)]

@@ -74,7 +74,7 @@ def format_event(event: run_pb2.RunEvent) -> str:
             where += f"#{event.attempt_number}"
     data = struct_to_dict(event.data)
     extra = f" {_compact(data)}" if data else ""
-    return f"[{event.sequence:>3}] {_time(event.time)} {kind:<18}{where}{extra}"
+    return f"[{event.sequence:>3}] {_time(event.time)} {kind:<18}{where}{extra}".rstrip()
 
 
 def format_workflow(wf: workflow_pb2.Workflow) -> str:

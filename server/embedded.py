@@ -74,7 +74,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 
 __all__ = ["EmbeddedServices", "EmbeddedStartError", "EmbeddedUrls", "stop_orphans"]
 

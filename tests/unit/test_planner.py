@@ -96,7 +96,7 @@ def test_dependencies_run_as_soon_as_own_prerequisites_completed() -> None:
 
 
 def test_features_not_run_yet_are_refused_with_field_violations() -> None:
-    from server.engine.commands import unsupported_features
+    from server.engine.run_commands import unsupported_features
 
     wf = WorkflowDef(
         name="wf",

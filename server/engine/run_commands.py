@@ -1,0 +1,327 @@
+"""Commands on workflows and runs: register, start, read, cancel, replay. Each is one
+statement or one transaction; dispatches are published after commit."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import structlog
+
+from server.engine import planner
+from server.engine.core import EngineCore
+from server.engine.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    run_not_found,
+)
+from server.engine.model import (
+    JSON,
+    TERMINAL_RUN_STATUSES,
+    AttemptStatus,
+    RunStatus,
+    StepKind,
+    StepStatus,
+    WorkflowDef,
+)
+from server.engine.payload import payload_hash, validate_payload
+from server.engine.views import (
+    AttemptView,
+    RunView,
+    StepView,
+    WorkflowVersion,
+)
+from server.store import attempts, changes, runs, workflows
+from server.store.changes import NewEvent, RunChange, StepUpdate
+from server.store.db import Connection
+from server.store.runs import LockedRun, NewRun, RunFilter
+
+log = structlog.get_logger("squidmesh.engine")
+
+
+_LIVE_STEP_STATUSES = {
+    StepStatus.SCHEDULED,
+    StepStatus.RETRYING,
+    StepStatus.WAITING,
+    StepStatus.PAUSED,
+}
+
+
+def unsupported_features(defn: WorkflowDef) -> list[FieldViolation]:
+    """Parts of the contract this server accepts but does not run yet: refused at registration
+    rather than stored and silently ignored."""
+    problems = [
+        FieldViolation(f"definition.triggers[{i}].cron", "cron triggers are not supported yet")
+        for i, t in enumerate(defn.triggers)
+        if t.cron is not None
+    ]
+    for i, s in enumerate(defn.steps):
+        where = f"definition.steps[{i}]"
+        if s.kind != StepKind.TASK:
+            problems.append(
+                FieldViolation(
+                    f"{where}.{s.kind.value}", f"{s.kind.value} steps are not supported yet"
+                )
+            )
+        if s.attempt_timeout_ms is not None:
+            problems.append(
+                FieldViolation(f"{where}.attempt_timeout", "attempt timeouts are not supported yet")
+            )
+        if s.compensate:
+            problems.append(
+                FieldViolation(f"{where}.compensate", "compensation is not supported yet")
+            )
+    return problems
+
+
+class RunCommands(EngineCore):
+    # --- workflows ---------------------------------------------------------------------------
+
+    async def register_workflow(self, defn: WorkflowDef) -> tuple[WorkflowVersion, bool]:
+        unsupported = unsupported_features(defn)
+        if unsupported:
+            raise InvalidArgument(
+                f"the definition uses {len(unsupported)} feature(s) this server does not run yet",
+                unsupported,
+                reason="FEATURE_UNSUPPORTED",
+            )
+        async with self._db.transaction() as conn:
+            version, created = await workflows.register(conn, defn)
+        if created:
+            log.info("workflow_registered", workflow=version.name, version=version.version)
+        return version, created
+
+    async def get_workflow(self, name: str, version: int = 0) -> WorkflowVersion:
+        async with self._db.connect() as conn:
+            found = await workflows.get(conn, name, version)
+        if found is None:
+            what = f"workflow '{name}'" + (f" version {version}" if version else "")
+            raise NotFound(
+                f"{what} does not exist", reason="WORKFLOW_NOT_FOUND", metadata={"workflow": name}
+            )
+        return found
+
+    async def list_workflows(self, after_name: str, limit: int) -> list[WorkflowVersion]:
+        async with self._db.connect() as conn:
+            return await workflows.list_latest(conn, after_name, limit)
+
+    # --- runs --------------------------------------------------------------------------------
+
+    async def start_run(
+        self,
+        workflow: str,
+        trigger: str,
+        payload: dict[str, JSON],
+        idempotency_key: str = "",
+        *,
+        source: RunView | None = None,
+        source_workflow_id: int | None = None,
+    ) -> tuple[RunView, bool]:
+        self._check_size("payload", payload)
+        async with self._db.connect() as conn:
+            workflow_id = source_workflow_id or await workflows.latest_id(conn, workflow)
+            if workflow_id is None:
+                raise NotFound(
+                    f"workflow '{workflow}' does not exist",
+                    reason="WORKFLOW_NOT_FOUND",
+                    metadata={"workflow": workflow},
+                )
+            defn = await self._definition(conn, workflow_id)
+        version = self._definitions[workflow_id]
+        chosen = defn.trigger(trigger)
+        if chosen is None:
+            raise NotFound(
+                f"workflow '{workflow}' has no trigger '{trigger}'",
+                reason="TRIGGER_NOT_FOUND",
+                metadata={"workflow": workflow, "trigger": trigger},
+            )
+        payload = validate_payload(chosen, payload, datetime.now(UTC))
+        new = NewRun(
+            id=uuid.uuid4(),
+            workflow_id=workflow_id,
+            workflow_name=defn.name,
+            workflow_version=version.version,
+            trigger=chosen.name,
+            payload=payload,
+            payload_hash=payload_hash(payload),
+            idempotency_key=idempotency_key or None,
+            source_run_id=source.id if source else None,
+        )
+        change = RunChange(
+            new.id,
+            events=[
+                NewEvent(
+                    "run_created",
+                    data={
+                        "workflow": defn.name,
+                        "workflow_version": version.version,
+                        "trigger": chosen.name,
+                        "idempotency_key": idempotency_key,
+                        "source_run_id": str(source.id) if source else "",
+                    },
+                )
+            ],
+        )
+        for name in planner.entry_steps(defn):
+            self._schedule(change, defn, name)
+        async with self._db.connect() as conn:
+            created_at = await changes.start(conn, new, change)
+            if created_at is None:
+                return await self._existing_run(conn, new), False
+        await self._after_commit(change)
+        log.debug("run_started", run_id=str(new.id), workflow=defn.name)
+        return _started_view(new, change, created_at), True
+
+    async def _existing_run(self, conn: Connection, new: NewRun) -> RunView:
+        """The run an idempotency key already started, if the payload is the same."""
+        key = new.idempotency_key or ""
+        existing = await runs.find_by_idempotency_key(conn, new.workflow_name, key)
+        assert existing is not None
+        if existing[1] != new.payload_hash:
+            raise AlreadyExists(
+                f"idempotency key '{key}' was used with another payload",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                metadata={"run_id": str(existing[0])},
+            )
+        found = await runs.get(conn, existing[0])
+        assert found is not None
+        return found
+
+    async def get_run(self, run_id: uuid.UUID) -> RunView:
+        async with self._db.snapshot() as conn:
+            run = await runs.get(conn, run_id)
+        if run is None:
+            raise run_not_found(run_id)
+        return run
+
+    async def list_runs(
+        self, where: RunFilter, cursor: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[RunView]:
+        async with self._db.connect() as conn:
+            return await runs.list_page(conn, where, cursor, limit)
+
+    async def cancel_run(
+        self, run_id: uuid.UUID, actor: str, reason: str, idempotency_key: str = ""
+    ) -> RunView:
+        async with self._db.transaction() as conn:
+            run = await self._lock(conn, run_id)
+            if run.status in (RunStatus.CANCELLED, RunStatus.CANCELLING):
+                pass  # idempotent: already cancelled or on its way
+            elif run.status in TERMINAL_RUN_STATUSES:
+                raise FailedPrecondition(
+                    f"run '{run_id}' is {run.status.value} and cannot be cancelled",
+                    reason="RUN_TERMINAL",
+                    metadata={"run_id": str(run_id), "status": run.status.value},
+                )
+            else:
+                statuses = await runs.step_statuses(conn, run_id)
+                change = RunChange(
+                    run_id,
+                    cancel_scheduled_attempts=True,
+                    step_updates=[
+                        StepUpdate(name, StepStatus.CANCELLED, ended=True)
+                        for name, status in statuses.items()
+                        if status in _LIVE_STEP_STATUSES
+                    ],
+                    events=[
+                        NewEvent(
+                            "cancel_requested",
+                            data={
+                                "actor": actor,
+                                "reason": reason,
+                                "idempotency_key": idempotency_key,
+                            },
+                        )
+                    ],
+                )
+                if await attempts.running_count(conn, run_id):
+                    change.status = RunStatus.CANCELLING
+                else:
+                    self._end_cancelled(change)
+                await changes.apply(conn, change)
+        self._wakeups.run_changed(str(run_id))
+        return await self.get_run(run_id)
+
+    async def replay_run(
+        self, run_id: uuid.UUID, allow_irreversible: bool, idempotency_key: str = ""
+    ) -> RunView:
+        source = await self.get_run(run_id)
+        async with self._db.connect() as conn:
+            workflow_id = await runs.workflow_id_of(conn, run_id)
+            assert workflow_id is not None
+            defn = await self._definition(conn, workflow_id)
+        irreversible = [
+            s.name
+            for s in source.steps
+            if s.status == StepStatus.COMPLETED and defn.step(s.name).irreversible
+        ]
+        if irreversible and not allow_irreversible:
+            raise FailedPrecondition(
+                f"run '{run_id}' completed irreversible steps ({', '.join(irreversible)}); "
+                "set allow_irreversible to replay it anyway",
+                reason="IRREVERSIBLE_STEPS_COMPLETED",
+                metadata={"steps": ",".join(irreversible)},
+            )
+        run, _ = await self.start_run(
+            source.workflow_name,
+            source.trigger,
+            source.payload,
+            idempotency_key,
+            source=source,
+            source_workflow_id=workflow_id,
+        )
+        return run
+
+    async def _lock(self, conn: Connection, run_id: uuid.UUID) -> LockedRun:
+        run = await runs.lock(conn, run_id)
+        if run is None:
+            raise run_not_found(run_id)
+        return run
+
+
+def _started_view(new: NewRun, change: RunChange, created_at: datetime) -> RunView:
+    """The run StartRun just wrote, built from what it wrote rather than read back."""
+    return RunView(
+        id=new.id,
+        workflow_name=new.workflow_name,
+        workflow_version=new.workflow_version,
+        trigger=new.trigger,
+        status=RunStatus.PENDING,
+        payload=new.payload,
+        context=new.payload,
+        error=None,
+        idempotency_key=new.idempotency_key,
+        source_run_id=new.source_run_id,
+        last_seq=len(change.events),
+        created_at=created_at,
+        started_at=None,
+        ended_at=None,
+        updated_at=created_at,
+        steps=tuple(
+            StepView(
+                name=a.step_name,
+                status=StepStatus.SCHEDULED,
+                output=None,
+                error=None,
+                created_at=created_at,
+                ended_at=None,
+                attempts=(
+                    AttemptView(
+                        id=a.id,
+                        number=a.number,
+                        status=AttemptStatus.SCHEDULED,
+                        worker_id=None,
+                        output=None,
+                        error=None,
+                        created_at=created_at,
+                        started_at=None,
+                        ended_at=None,
+                    ),
+                ),
+            )
+            for a in change.new_attempts
+        ),
+    )
