@@ -144,7 +144,9 @@ def main() -> int:
             clean = stop(worker, "worker", logs / "worker.log") and clean
         clean = stop(server, "server", logs / "server.log") and clean
         if left := embedded_left():
-            print("demo: embedded services still running after the server stopped:", file=sys.stderr)
+            print(
+                "demo: embedded services still running after the server stopped:", file=sys.stderr
+            )
             print("\n".join(f"  {line}" for line in left), file=sys.stderr)
             stop_orphans(DATA_DIR)
             clean = False
