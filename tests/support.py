@@ -98,7 +98,8 @@ class Process:
         return self.proc.returncode
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def close(self) -> None:
@@ -107,7 +108,9 @@ class Process:
 
 
 class ServerProcess(Process):
-    def __init__(self, env: Mapping[str, str], log_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, env: Mapping[str, str], log_dir: Path, port: int | None = None, *, wait: bool = True
+    ) -> None:
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self._env = dict(env)
@@ -117,7 +120,8 @@ class ServerProcess(Process):
             {**env, "SQUIDMESH_ADDRESS": self.address},
             log_dir,
         )
-        self.wait_healthy()
+        if wait:
+            self.wait_healthy()
 
     def wait_healthy(self, timeout: float = 60) -> None:
         def healthy() -> bool:

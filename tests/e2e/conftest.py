@@ -22,8 +22,9 @@ class Cluster:
 
     def start_server(self, **extra_env: str) -> ServerProcess:
         port = self.server.port if self.server is not None else None
-        self.server = ServerProcess({**self.env, **extra_env}, self.log_dir, port=port)
-        self.processes.append(self.server)
+        self.server = ServerProcess({**self.env, **extra_env}, self.log_dir, port=port, wait=False)
+        self.processes.append(self.server)  # stopped and its log shown even if it never serves
+        self.server.wait_healthy()
         return self.server
 
     def start_worker(self, module: str = "tests.e2e.flows", **kwargs: object) -> WorkerProcess:
@@ -50,9 +51,13 @@ class Cluster:
             p.close()
 
     def logs(self) -> str:
-        return "\n".join(
-            f"===== {p.name} ({p.log_path})\n{p.output()[-6000:]}" for p in self.processes
-        )
+        """Each process's exit status and the end of its log (call after close())."""
+        parts = []
+        for p in self.processes:
+            code = p.proc.returncode
+            status = "running" if code is None else f"exit status {code}"
+            parts.append(f"===== {p.name} ({status}; {p.log_path})\n{p.output()[-6000:]}")
+        return "\n".join(parts)
 
 
 @pytest.fixture
@@ -63,10 +68,11 @@ def cluster(
     try:
         yield c
     finally:
-        failed = getattr(request.node, "rep_call", None)
-        if failed is not None and failed.failed:
+        c.close()  # first, so the logs show how each process stopped
+        report = getattr(request.node, "rep_call", None)
+        if report is None or report.failed:  # failed, or never got to run (setup error)
+            # pytest shows this under "Captured stdout teardown" in the failure's report.
             print(c.logs())
-        c.close()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

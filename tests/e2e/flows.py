@@ -104,3 +104,31 @@ async def v1_step(input: dict[str, Any], ctx: StepContext) -> str:
 
 
 versioned.transition("v1_step", "complete")
+
+
+# --- dependencies -------------------------------------------------------------------------------
+
+diamond = Workflow("e2e_diamond", description="a -> (b, c) -> d with `after`")
+diamond.trigger("manual", payload=[Field("seconds", "number", default=0.3)])
+
+
+@diamond.task(output_key="a")
+def fan_out(input: dict[str, Any], ctx: StepContext) -> int:
+    return 1
+
+
+@diamond.task(output_key="b", after=["fan_out"])
+async def left(input: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    await asyncio.sleep(input["seconds"])
+    return {"pid": os.getpid(), "at": time.time()}
+
+
+@diamond.task(output_key="c", after=["fan_out"])
+async def right(input: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    await asyncio.sleep(input["seconds"])
+    return {"pid": os.getpid(), "at": time.time()}
+
+
+@diamond.task(output_key="d", after=["left", "right"])
+def join(input: dict[str, Any], ctx: StepContext) -> list[int]:
+    return [input["a"], input["b"]["pid"], input["c"]["pid"]]

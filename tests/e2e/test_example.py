@@ -72,3 +72,27 @@ def test_conditional_transitions_and_no_match(cluster: Cluster) -> None:
     assert none_run.error.reason == "no_matching_transition"
     assert "score" in none_run.error.message
     assert [s.name for s in none_run.steps] == ["score"]
+
+
+def test_dependencies_run_independent_steps_in_parallel(cluster: Cluster) -> None:
+    cluster.start_server()
+    cluster.start_worker(concurrency=1)
+    cluster.start_worker(concurrency=1)
+    with cluster.client() as client:
+        cluster.wait_registered(client, "e2e_diamond")
+        run = client.start_run("e2e_diamond", {"seconds": 1.0})
+        final = client.wait_for_run(run.id, timeout=30)
+
+    assert final.status == run_pb2.RUN_STATUS_COMPLETED, final
+    steps = {s.name: s for s in final.steps}
+    assert set(steps) == {"fan_out", "left", "right", "join"}
+    context = json_format.MessageToDict(final.context)
+    left, right = context["b"], context["c"]
+    # Each worker runs one attempt at a time, so the two 1 s branches overlapping means they
+    # ran concurrently on the two workers.
+    assert left["pid"] != right["pid"]
+    assert abs(left["at"] - right["at"]) < 0.8
+    assert context["d"] == [1, left["pid"], right["pid"]]  # the join saw both outputs
+    join_start = steps["join"].attempts[0].start_time.ToDatetime()
+    for branch in ("left", "right"):
+        assert steps[branch].end_time.ToDatetime() <= join_start
