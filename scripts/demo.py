@@ -103,6 +103,7 @@ def main() -> int:
         cwd=REPO,
         stdout=(logs / "server.log").open("wb"),
         stderr=subprocess.STDOUT,
+        process_group=0,  # Ctrl-C reaches this script only; it stops each process once
     )
     worker = None
     try:
@@ -117,9 +118,12 @@ def main() -> int:
             cwd=REPO,
             stdout=(logs / "worker.log").open("wb"),
             stderr=subprocess.STDOUT,
+            process_group=0,
         )
         wait_until(registered, 60, "the payment workflow to be registered")
-        subprocess.run([BIN, "workflows", "get", "payment", "--server", ADDRESS], check=True)
+        subprocess.run(
+            [BIN, "workflows", "get", "payment", "--server", ADDRESS], check=True, process_group=0
+        )
         say(f"starting a payment run and watching it: {json.dumps(PAYLOAD)}")
         result = subprocess.run(
             [
@@ -135,9 +139,13 @@ def main() -> int:
             ],
             env=env,
             check=False,
+            process_group=0,
         )
         say("stopping the worker and the server")
         status = result.returncode
+    except KeyboardInterrupt:
+        say("interrupted: stopping the worker and the server")
+        status = 130
     finally:
         clean = True
         if worker is not None:
@@ -153,7 +161,10 @@ def main() -> int:
         print(f"logs: {logs}", flush=True)
     if not clean:
         return status or 1
-    say("done: the run completed and everything stopped" if status == 0 else "the run failed")
+    if status == 0:
+        say("done: the run completed and everything stopped")
+    elif status != 130:
+        say("the run did not complete; everything stopped")
     return status
 
 

@@ -157,11 +157,15 @@ class App:
 async def serve(settings: Settings) -> None:
     """Runs the server until SIGTERM or SIGINT, then stops it gracefully."""
     app = App(settings)
-    await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before start(): a signal while starting (embedded services, migrations) stops the server
+    # once it has started, instead of killing it and orphaning the embedded Postgres and Redis.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping")
-    await app.stop()
+    try:
+        await app.start()
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await app.stop()  # also after a failed start: stops what had started

@@ -292,8 +292,8 @@ def _runs_start(args: argparse.Namespace) -> int:
             _print_json(run)
             return 0
         print(f"run {run.id} started ({run.workflow} v{run.workflow_version})")
-        if args.watch:
-            return _watch(client, run.id, None, args.json)
+        if args.watch:  # the whole history (from sequence 0), not a snapshot taken mid-step
+            return _watch(client, run.id, 0, args.json)
     return 0
 
 

@@ -72,7 +72,7 @@ def format_event(event: run_pb2.RunEvent) -> str:
         where = f" {event.step}"
         if event.attempt_number:
             where += f"#{event.attempt_number}"
-    data = struct_to_dict(event.data)
+    data = {k: v for k, v in struct_to_dict(event.data).items() if v not in ("", None)}
     extra = f" {_compact(data)}" if data else ""
     return f"[{event.sequence:>3}] {_time(event.time)} {kind:<18}{where}{extra}".rstrip()
 
