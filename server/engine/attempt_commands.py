@@ -4,10 +4,12 @@ status."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import replace
 
 from server.engine import planner
+from server.engine.batcher import Batcher
 from server.engine.context import merge_output, select_input
 from server.engine.core import EngineCore
 from server.engine.errors import ResourceExhausted
@@ -45,21 +47,21 @@ class AttemptCommands(EngineCore):
     async def claim_attempt(
         self, attempt_id: uuid.UUID, token: str, worker_id: str
     ) -> StartDecision:
-        async with self._db.connect() as conn:  # one statement, its own transaction
-            claimed = await attempts.claim(conn, attempt_id, token, worker_id)
-            if claimed is None:
+        claimed = await self._claim_batcher.submit((attempt_id, token, worker_id))
+        if claimed is None:
+            async with self._db.connect() as conn:
                 state = await attempts.state(conn, attempt_id)
-                if state is None:
-                    return StartDecision(accepted=False, refusal_reason="unknown")
-                if state.token != token:
-                    return StartDecision(accepted=False, refusal_reason="stale")
-                if state.status == AttemptStatus.RUNNING and state.worker_id == worker_id:
-                    claimed = state.claimed  # the same worker resending after a reconnect
-                elif state.status in _UNCLAIMABLE or state.run_status in _CANCELLED_RUN:
-                    return StartDecision(accepted=False, refusal_reason="cancelled")
-                else:
-                    return StartDecision(accepted=False, refusal_reason="duplicate")
-            defn = await self._definition(conn, claimed.workflow_id)
+            if state is None:
+                return StartDecision(accepted=False, refusal_reason="unknown")
+            if state.token != token:
+                return StartDecision(accepted=False, refusal_reason="stale")
+            if state.status == AttemptStatus.RUNNING and state.worker_id == worker_id:
+                claimed = state.claimed  # the same worker resending after a reconnect
+            elif state.status in _UNCLAIMABLE or state.run_status in _CANCELLED_RUN:
+                return StartDecision(accepted=False, refusal_reason="cancelled")
+            else:
+                return StartDecision(accepted=False, refusal_reason="duplicate")
+        defn = await self._cached_definition(claimed.workflow_id)
         self._wakeups.run_changed(str(claimed.run_id))
         self._claims[attempt_id] = claimed
         if len(self._claims) > _CLAIMS_REMEMBERED:
@@ -76,6 +78,18 @@ class AttemptCommands(EngineCore):
             idempotency_key=f"{claimed.run_id}:{claimed.step_name}",
             heartbeat_timeout_ms=claimed.heartbeat_timeout_ms,
         )
+
+    @functools.cached_property
+    def _claim_batcher(self) -> Batcher[tuple[uuid.UUID, str, str], attempts.Claimed | None]:
+        return Batcher(self._claim_batch)
+
+    async def _claim_batch(
+        self, requests: list[tuple[uuid.UUID, str, str]]
+    ) -> list[attempts.Claimed | None]:
+        """One statement (its own transaction) for every claim that arrived together."""
+        async with self._db.connect() as conn:
+            claimed = await attempts.claim(conn, requests)
+        return [claimed.get((attempt_id, worker)) for attempt_id, _, worker in requests]
 
     async def complete_attempt(
         self, attempt_id: uuid.UUID, token: str, output: JSON

@@ -60,6 +60,14 @@ class EngineCore:
         # Attempts this process claimed, as the claim saw their run (see _complete_as_claimed).
         self._claims: OrderedDict[uuid.UUID, attempts.Claimed] = OrderedDict()
 
+    async def _cached_definition(self, workflow_id: int) -> WorkflowDef:
+        """The definition of a version, reading it only the first time."""
+        version = self._definitions.get(workflow_id)
+        if version is not None:
+            return version.definition
+        async with self._db.connect() as conn:
+            return await self._definition(conn, workflow_id)
+
     async def _definition(self, conn: Connection, workflow_id: int) -> WorkflowDef:
         version = self._definitions.get(workflow_id)
         if version is None:

@@ -29,48 +29,64 @@ class Claimed:
     """The run's event sequence right after the claim."""
 
 
-# One round trip: claim the attempt (only while scheduled and its run active), mark its step
-# and run running, and append the attempt_started event.
+# One round trip for a batch of claims: claim each attempt (only while scheduled and its run
+# active), mark its step and run running, and append one attempt_started event per claim with
+# sequence numbers allocated per run. The worker id of each row tells which request won when
+# two workers claim the same attempt in one batch.
 _CLAIM = """
-WITH a AS (
-  UPDATE attempts SET status = 'running', worker_id = :worker_id, started_at = now(),
+WITH req AS (
+  SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS text[]), CAST(:workers AS text[]))
+    AS q(id, token, worker_id)
+), a AS (
+  UPDATE attempts SET status = 'running', worker_id = req.worker_id, started_at = now(),
     lease_expires_at = now() + heartbeat_timeout_ms * interval '1 millisecond'
-  WHERE id = :id AND token = :token AND status = 'scheduled'
+  FROM req
+  WHERE attempts.id = req.id AND attempts.token = req.token AND attempts.status = 'scheduled'
     AND EXISTS (SELECT 1 FROM runs WHERE runs.id = attempts.run_id
                 AND runs.status = ANY(:active))
-  RETURNING run_id, step_name, number, handler, heartbeat_timeout_ms
+  RETURNING attempts.id, attempts.run_id, attempts.step_name, attempts.number,
+    attempts.handler, attempts.heartbeat_timeout_ms, req.worker_id
 ), s AS (
   UPDATE steps SET status = 'running' FROM a
   WHERE steps.run_id = a.run_id AND steps.name = a.step_name
   RETURNING 1
+), per_run AS (
+  SELECT run_id, count(*) AS k FROM a GROUP BY run_id
 ), r AS (
   UPDATE runs SET status = 'running', started_at = coalesce(started_at, now()),
-    last_seq = last_seq + 1, updated_at = now()
-  FROM a WHERE runs.id = a.run_id
-  RETURNING runs.id, runs.workflow_id, runs.workflow_name, runs.context, runs.last_seq
+    last_seq = last_seq + per_run.k, updated_at = now()
+  FROM per_run WHERE runs.id = per_run.run_id
+  RETURNING runs.id, runs.workflow_id, runs.workflow_name, runs.context, runs.last_seq, per_run.k
+), o AS (
+  SELECT a.*, row_number() OVER (PARTITION BY a.run_id ORDER BY a.id) AS i FROM a
 ), e AS (
   INSERT INTO run_events (run_id, seq, type, run_status, step_name, attempt_number, data)
-  SELECT r.id, r.last_seq, 'attempt_started', 'running', a.step_name, a.number,
-    jsonb_build_object('worker_id', CAST(:worker_id AS text))
-  FROM a, r
+  SELECT r.id, r.last_seq - r.k + o.i, 'attempt_started', 'running', o.step_name, o.number,
+    jsonb_build_object('worker_id', o.worker_id)
+  FROM o JOIN r ON r.id = o.run_id
   RETURNING 1
 )
-SELECT a.run_id, r.workflow_id, r.workflow_name, a.step_name, a.number, a.handler,
-  a.heartbeat_timeout_ms, r.context, r.last_seq,
+SELECT o.id, o.worker_id, o.run_id, r.workflow_id, r.workflow_name, o.step_name, o.number,
+  o.handler, o.heartbeat_timeout_ms, r.context, r.last_seq,
   (SELECT count(*) FROM s) + (SELECT count(*) FROM e) AS n
-FROM a, r
+FROM o JOIN r ON r.id = o.run_id
 """
 
 
 async def claim(
-    conn: Connection, attempt_id: uuid.UUID, token: str, worker_id: str
-) -> Claimed | None:
-    row = (
-        await conn.execute(
-            _CLAIM, {"id": attempt_id, "token": token, "worker_id": worker_id, "active": _ACTIVE}
-        )
-    ).first()
-    return _claimed(row) if row is not None else None
+    conn: Connection, requests: list[tuple[uuid.UUID, str, str]]
+) -> dict[tuple[uuid.UUID, str], Claimed]:
+    """Claims (attempt id, token, worker id) requests; the claimed ones by (attempt id, worker)."""
+    rows = await conn.execute(
+        _CLAIM,
+        {
+            "ids": [attempt_id for attempt_id, _, _ in requests],
+            "tokens": [token for _, token, _ in requests],
+            "workers": [worker for _, _, worker in requests],
+            "active": _ACTIVE,
+        },
+    )
+    return {(row.id, row.worker_id): _claimed(row) for row in rows}
 
 
 def _claimed(row: Any) -> Claimed:
