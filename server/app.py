@@ -96,6 +96,8 @@ class App:
 
         server = aio.server(
             options=[
+                # Fail rather than silently share the port with another server.
+                ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),

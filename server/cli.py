@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import structlog
 import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -168,8 +169,29 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.log_level)
-    _run_async(serve(settings))
+    try:
+        _run_async(serve(settings))
+    except _startup_errors() as exc:  # unreachable or failing services: one line, no traceback
+        structlog.get_logger("squidmesh.server").error(
+            "server_failed", error=f"{type(exc).__name__}: {exc}".strip()
+        )
+        return 1
     return 0
+
+
+def _startup_errors() -> tuple[type[BaseException], ...]:
+    import psycopg
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    from server.embedded import EmbeddedStartError
+
+    return (
+        EmbeddedStartError,
+        sqlalchemy.exc.OperationalError,
+        psycopg.OperationalError,
+        redis.exceptions.ConnectionError,
+    )
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -37,7 +37,6 @@ from worker_sdk.workflow import Handler, Workflow
 
 __all__ = ["CHANNEL_OPTIONS", "Worker", "default_worker_id"]
 
-log = structlog.get_logger("squidmesh.worker")
 
 SDK_VERSION = "0.1.0"
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
@@ -98,7 +97,8 @@ class Worker:
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
-        self._log = log.bind(worker_id=self.worker_id)
+        # Bound lazily, so logging configured after this (run_sync) still applies.
+        self._log = structlog.get_logger("squidmesh.worker", worker_id=self.worker_id)
         self._stop_requested = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -141,6 +141,10 @@ class Worker:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(128 + signum)
+
+        # Until the loop runs, a signal still asks for a graceful stop (stop() records it).
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda received, _frame: on_signal(received))
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
