@@ -150,18 +150,28 @@ class AttemptCommands(EngineCore):
         change = self._success(
             defn, claimed.run_id, claimed.step_name, claimed.number, claimed.context, output, {}
         )
-        async with self._db.connect() as conn:
-            applied = await changes.apply_if_current(
-                conn,
-                change,
-                attempt_id=attempt_id,
-                token=token,
-                output=output,
-                expected_seq=claimed.last_seq,
-            )
+        applied = await self._result_batcher.submit(
+            changes.Succeeded(change, attempt_id, token, output, claimed.last_seq)
+        )
         if applied:
             await self._after_commit(change)
         return applied
+
+    @functools.cached_property
+    def _result_batcher(self) -> Batcher[changes.Succeeded, bool]:
+        return Batcher(self._result_batch)
+
+    async def _result_batch(self, items: list[changes.Succeeded]) -> list[bool]:
+        """One statement for the results that arrived together, at most one per run (another
+        one for the same run takes the general path)."""
+        first: dict[uuid.UUID, changes.Succeeded] = {}
+        for item in items:
+            first.setdefault(item.change.run_id, item)
+        unique = list(first.values())
+        async with self._db.connect() as conn:
+            written = await changes.apply_if_current(conn, unique)
+        applied = {item.attempt_id for item, ok in zip(unique, written, strict=True) if ok}
+        return [item.attempt_id in applied for item in items]
 
     def _success(
         self,

@@ -72,28 +72,32 @@ class RunChange:
     events: list[NewEvent] = field(default_factory=list)
 
 
-# The parts of a run change as CTEs; {guard} gates each (see `apply_if_current`, `start`).
+# Changes travel as JSON documents, one per run: a relation of documents ({rel}) drives every
+# part below, so one statement writes one change or a whole batch of them.
+_DOCUMENT = """jsonb_to_recordset(CAST(:changes AS jsonb)) AS d(
+    run_id uuid, attempt_id uuid, token text, output jsonb, expected_seq bigint, status text,
+    context jsonb, error jsonb, started bool, ended bool, cancel_scheduled bool, n_events int,
+    step_updates jsonb, new_steps jsonb, new_attempts jsonb, events jsonb)"""
+
 _NEW_ROWS = """
 ns AS (
   INSERT INTO steps (run_id, name, position, status)
-  SELECT :run_id, x.name, x.position, x.status
-  FROM jsonb_to_recordset(CAST(:new_steps AS jsonb)) AS x(name text, position int, status text)
-  WHERE {guard}
+  SELECT {rel}.run_id, x.name, x.position, x.status
+  FROM {rel}, jsonb_to_recordset({rel}.new_steps) AS x(name text, position int, status text)
   RETURNING 1
 ), na AS (
   INSERT INTO attempts (id, run_id, step_name, number, token, status, queue, handler,
                         heartbeat_timeout_ms, due_at, kicked_at)
-  SELECT x.id, :run_id, x.step_name, x.number, x.token, 'scheduled', x.queue, x.handler,
+  SELECT x.id, {rel}.run_id, x.step_name, x.number, x.token, 'scheduled', x.queue, x.handler,
          x.heartbeat_timeout_ms, now() + x.delay_ms * interval '1 millisecond',
          CASE WHEN x.delay_ms = 0 THEN now() END
-  FROM jsonb_to_recordset(CAST(:new_attempts AS jsonb)) AS x(
+  FROM {rel}, jsonb_to_recordset({rel}.new_attempts) AS x(
     id uuid, step_name text, number int, token text, queue text, handler text,
     heartbeat_timeout_ms int, delay_ms bigint)
-  WHERE {guard}
   RETURNING 1
 )"""
 
-_CHANGE_CTES = (
+_CHANGE = (
     """
 su AS (
   UPDATE steps SET
@@ -101,116 +105,148 @@ su AS (
     output = coalesce(x.output, steps.output),
     error = coalesce(x.error, steps.error),
     ended_at = CASE WHEN x.ended THEN now() ELSE steps.ended_at END
-  FROM jsonb_to_recordset(CAST(:step_updates AS jsonb))
+  FROM {rel}, jsonb_to_recordset({rel}.step_updates)
     AS x(name text, status text, output jsonb, error jsonb, ended bool)
-  WHERE steps.run_id = :run_id AND steps.name = x.name AND {guard}
+  WHERE steps.run_id = {rel}.run_id AND steps.name = x.name
   RETURNING 1
 ),"""
     + _NEW_ROWS
     + """, ca AS (
   UPDATE attempts SET status = 'cancelled', ended_at = now()
-  WHERE :cancel_scheduled AND run_id = :run_id AND status = 'scheduled' AND {guard}
+  FROM {rel}
+  WHERE {rel}.cancel_scheduled AND attempts.run_id = {rel}.run_id
+    AND attempts.status = 'scheduled'
   RETURNING 1
 ), r AS (
   UPDATE runs SET
-    status = coalesce(:status, status),
-    context = coalesce(CAST(:context AS jsonb), context),
-    error = coalesce(CAST(:error AS jsonb), error),
-    started_at = CASE WHEN :started THEN coalesce(started_at, now()) ELSE started_at END,
-    ended_at = CASE WHEN :ended THEN now() ELSE ended_at END,
-    last_seq = last_seq + :n_events,
+    status = coalesce({rel}.status, runs.status),
+    context = coalesce({rel}.context, runs.context),
+    error = coalesce({rel}.error, runs.error),
+    started_at = CASE WHEN {rel}.started THEN coalesce(runs.started_at, now())
+                 ELSE runs.started_at END,
+    ended_at = CASE WHEN {rel}.ended THEN now() ELSE runs.ended_at END,
+    last_seq = runs.last_seq + {rel}.n_events,
     updated_at = now()
-  WHERE id = :run_id AND {guard}
-  RETURNING last_seq, status
+  FROM {rel} WHERE runs.id = {rel}.run_id
+  RETURNING runs.id, runs.last_seq, runs.status, {rel}.n_events, {rel}.events
 ), e AS (
   INSERT INTO run_events (run_id, seq, type, run_status, step_name, attempt_number, data)
-  SELECT :run_id, r.last_seq - :n_events + x.ord, x.type, r.status, x.step_name,
+  SELECT r.id, r.last_seq - r.n_events + x.ord, x.type, r.status, x.step_name,
          x.attempt_number, coalesce(x.data, '{}'::jsonb)
-  FROM r, jsonb_to_recordset(CAST(:events AS jsonb))
+  FROM r, jsonb_to_recordset(r.events)
     AS x(ord int, type text, step_name text, attempt_number int, data jsonb)
   RETURNING 1
 )"""
+)
+
+_APPLY = (
+    "WITH doc AS (SELECT * FROM "
+    + _DOCUMENT
+    + "),"
+    + _CHANGE.replace("{rel}", "doc")
+    + " SELECT count(*) FROM e"
+)
+
+# Whole "attempt succeeded" commands, each decided from its run as the claim saw it: the run
+# row is locked and must still be at the claim's event sequence (nothing else happened to the
+# run since), and the attempt must still be running with this token. A change for which that
+# no longer holds writes nothing, and its caller takes the general path. At most one per run.
+_APPLY_IF_CURRENT = (
+    "WITH doc AS (SELECT * FROM "
+    + _DOCUMENT
+    + """), r0 AS (
+  SELECT runs.id FROM runs JOIN doc ON doc.run_id = runs.id
+  WHERE runs.last_seq = doc.expected_seq AND runs.status = ANY(:active)
+  ORDER BY runs.id
+  FOR UPDATE OF runs
+), fin AS (
+  UPDATE attempts SET status = 'succeeded', ended_at = now(), output = doc.output,
+    lease_expires_at = NULL
+  FROM doc JOIN r0 ON r0.id = doc.run_id
+  WHERE attempts.id = doc.attempt_id AND attempts.token = doc.token
+    AND attempts.status = 'running'
+  RETURNING attempts.id, attempts.run_id
+), ok AS (
+  SELECT doc.* FROM doc JOIN fin ON fin.run_id = doc.run_id
+),"""
+    + _CHANGE.replace("{rel}", "ok")
+    + " SELECT fin.id, (SELECT count(*) FROM e) AS events FROM fin"
 )
 
 # A new run with its first change (entry steps, events) in one statement. The run row is
 # inserted here, so the change's rows are inserted outright rather than applied to it; an
 # idempotency key already taken writes nothing.
 _START = (
-    """WITH ins AS (
+    "WITH doc AS (SELECT * FROM "
+    + _DOCUMENT
+    + """), ins AS (
   INSERT INTO runs (id, workflow_id, workflow_name, workflow_version, trigger, status, payload,
                     context, payload_hash, idempotency_key, source_run_id, last_seq)
-  VALUES (:run_id, :workflow_id, :workflow_name, :workflow_version, :trigger, 'pending',
-          CAST(:payload AS jsonb), CAST(:payload AS jsonb), :payload_hash, :idempotency_key,
-          :source_run_id, :n_events)
+  SELECT doc.run_id, :workflow_id, :workflow_name, :workflow_version, :trigger, 'pending',
+         CAST(:payload AS jsonb), CAST(:payload AS jsonb), :payload_hash, :idempotency_key,
+         :source_run_id, doc.n_events
+  FROM doc
   ON CONFLICT (workflow_name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-  RETURNING created_at
+  RETURNING id, created_at
+), ok AS (
+  SELECT doc.* FROM doc JOIN ins ON ins.id = doc.run_id
 ),"""
-    + _NEW_ROWS.replace("{guard}", "EXISTS (SELECT 1 FROM ins)")
+    + _NEW_ROWS.replace("{rel}", "ok")
     + """, e AS (
   INSERT INTO run_events (run_id, seq, type, run_status, step_name, attempt_number, data)
-  SELECT :run_id, x.ord, x.type, 'pending', x.step_name, x.attempt_number,
+  SELECT ok.run_id, x.ord, x.type, 'pending', x.step_name, x.attempt_number,
          coalesce(x.data, '{}'::jsonb)
-  FROM ins, jsonb_to_recordset(CAST(:events AS jsonb))
+  FROM ok, jsonb_to_recordset(ok.events)
     AS x(ord int, type text, step_name text, attempt_number int, data jsonb)
   RETURNING 1
 )
 SELECT created_at FROM ins"""
 )
 
-_APPLY = "WITH " + _CHANGE_CTES.replace("{guard}", "TRUE") + " SELECT count(*) FROM e"
 
-# A whole "attempt succeeded" command in one statement, decided from the run as the claim saw
-# it: the run row is locked and must still be at the claim's event sequence (nothing else
-# happened to the run since), and the attempt must still be running with this token.
-# Otherwise nothing is written and the caller takes the general path.
-_APPLY_IF_CURRENT = (
-    """WITH r0 AS (
-  SELECT id FROM runs
-  WHERE id = :run_id AND last_seq = :expected_seq AND status = ANY(:active)
-  FOR UPDATE
-), fin AS (
-  UPDATE attempts SET status = 'succeeded', ended_at = now(), output = CAST(:output AS jsonb),
-    lease_expires_at = NULL
-  WHERE id = :attempt_id AND token = :token AND status = 'running'
-    AND EXISTS (SELECT 1 FROM r0)
-  RETURNING 1
-), """
-    + _CHANGE_CTES.replace("{guard}", "EXISTS (SELECT 1 FROM fin)")
-    + " SELECT (SELECT count(*) FROM fin) AS applied, (SELECT count(*) FROM e) AS events"
-)
+@dataclass(frozen=True)
+class Succeeded:
+    """A succeeded attempt and the change it leads to, decided from its run as claimed."""
+
+    change: RunChange
+    attempt_id: uuid.UUID
+    token: str
+    output: JSON
+    expected_seq: int
 
 
 async def apply(conn: Connection, change: RunChange) -> None:
     """Writes `change` in one statement."""
-    await conn.send(_APPLY, _params(change))
+    await conn.send(_APPLY, {"changes": dumps([_document(change)])})
 
 
-async def apply_if_current(
-    conn: Connection,
-    change: RunChange,
-    *,
-    attempt_id: uuid.UUID,
-    token: str,
-    output: JSON,
-    expected_seq: int,
-) -> bool:
-    """Records a succeeded attempt and writes `change` in one statement, if the run is still at
-    `expected_seq` and active and the attempt still running; False (nothing written) otherwise."""
-    params = _params(change) | {
-        "attempt_id": attempt_id,
-        "token": token,
-        "output": dumps(output),
-        "expected_seq": expected_seq,
-        "active": [s.value for s in ACTIVE_RUN_STATUSES],
-    }
-    row = (await conn.execute(_APPLY_IF_CURRENT, params)).one()
-    return bool(row.applied)
+async def apply_if_current(conn: Connection, items: list[Succeeded]) -> list[bool]:
+    """Writes each item, all in one statement, if its run is still at `expected_seq` and
+    active and its attempt still running; says per item whether it was written. At most one
+    item per run."""
+    documents = [
+        _document(
+            item.change,
+            attempt_id=str(item.attempt_id),
+            token=item.token,
+            output=item.output,
+            expected_seq=item.expected_seq,
+        )
+        for item in items
+    ]
+    rows = await conn.execute(
+        _APPLY_IF_CURRENT,
+        {"changes": dumps(documents), "active": [s.value for s in ACTIVE_RUN_STATUSES]},
+    )
+    written = {row.id for row in rows}
+    return [item.attempt_id in written for item in items]
 
 
 async def start(conn: Connection, run: NewRun, change: RunChange) -> datetime | None:
     """Inserts a pending run with its first change; returns its creation time, or None when
     its idempotency key is already taken (nothing written)."""
-    params = _params(change) | {
+    params = {
+        "changes": dumps([_document(change)]),
         "workflow_id": run.workflow_id,
         "workflow_name": run.workflow_name,
         "workflow_version": run.workflow_version,
@@ -224,19 +260,19 @@ async def start(conn: Connection, run: NewRun, change: RunChange) -> datetime | 
     return row.created_at if row is not None else None
 
 
-def _params(change: RunChange) -> dict[str, Any]:
-    events = [{"ord": i + 1, **asdict(e)} for i, e in enumerate(change.events)]
+def _document(change: RunChange, **extra: JSON) -> dict[str, JSON]:
     return {
-        "run_id": change.run_id,
+        "run_id": str(change.run_id),
         "status": change.status.value if change.status else None,
-        "context": dumps(change.context) if change.context is not None else None,
-        "error": dumps(change.error) if change.error is not None else None,
+        "context": change.context,
+        "error": change.error,
         "started": change.started,
         "ended": change.ended,
         "cancel_scheduled": change.cancel_scheduled_attempts,
-        "step_updates": dumps([asdict(s) for s in change.step_updates]),
-        "new_steps": dumps([asdict(s) for s in change.new_steps]),
-        "new_attempts": dumps([{**asdict(a), "id": str(a.id)} for a in change.new_attempts]),
-        "events": dumps(events),
-        "n_events": len(events),
+        "n_events": len(change.events),
+        "step_updates": [asdict(s) for s in change.step_updates],
+        "new_steps": [asdict(s) for s in change.new_steps],
+        "new_attempts": [{**asdict(a), "id": str(a.id)} for a in change.new_attempts],
+        "events": [{"ord": i + 1, **asdict(e)} for i, e in enumerate(change.events)],
+        **extra,
     }
