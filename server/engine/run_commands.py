@@ -3,12 +3,14 @@ statement or one transaction; dispatches are published after commit."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime
 
 import structlog
 
 from server.engine import planner
+from server.engine.batcher import Batcher
 from server.engine.core import EngineCore
 from server.engine.errors import (
     AlreadyExists,
@@ -167,13 +169,24 @@ class RunCommands(EngineCore):
         )
         for name in planner.entry_steps(defn):
             self._schedule(change, defn, name)
-        async with self._db.connect() as conn:
-            created_at = await changes.start(conn, new, change)
-            if created_at is None:
+        created_at = await self._start_batcher.submit((new, change))
+        if created_at is None:
+            async with self._db.connect() as conn:
                 return await self._existing_run(conn, new), False
         await self._after_commit(change)
         log.debug("run_started", run_id=str(new.id), workflow=defn.name)
         return _started_view(new, change, created_at), True
+
+    @functools.cached_property
+    def _start_batcher(self) -> Batcher[tuple[NewRun, RunChange], datetime | None]:
+        return Batcher(self._start_batch)
+
+    async def _start_batch(
+        self, runs_to_start: list[tuple[NewRun, RunChange]]
+    ) -> list[datetime | None]:
+        """One statement for the runs started together."""
+        async with self._db.connect() as conn:
+            return await changes.start(conn, runs_to_start)
 
     async def _existing_run(self, conn: Connection, new: NewRun) -> RunView:
         """The run an idempotency key already started, if the payload is the same."""

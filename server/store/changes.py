@@ -77,7 +77,9 @@ class RunChange:
 _DOCUMENT = """jsonb_to_recordset(CAST(:changes AS jsonb)) AS d(
     run_id uuid, attempt_id uuid, token text, output jsonb, expected_seq bigint, status text,
     context jsonb, error jsonb, started bool, ended bool, cancel_scheduled bool, n_events int,
-    step_updates jsonb, new_steps jsonb, new_attempts jsonb, events jsonb)"""
+    step_updates jsonb, new_steps jsonb, new_attempts jsonb, events jsonb,
+    workflow_id bigint, workflow_name text, workflow_version int, trigger text, payload jsonb,
+    payload_hash text, idempotency_key text, source_run_id uuid)"""
 
 _NEW_ROWS = """
 ns AS (
@@ -173,18 +175,18 @@ _APPLY_IF_CURRENT = (
     + " SELECT fin.id, (SELECT count(*) FROM e) AS events FROM fin"
 )
 
-# A new run with its first change (entry steps, events) in one statement. The run row is
-# inserted here, so the change's rows are inserted outright rather than applied to it; an
-# idempotency key already taken writes nothing.
+# New runs with their first changes (entry steps, events) in one statement. The run rows are
+# inserted here, so the changes' rows are inserted outright rather than applied to them; a run
+# whose idempotency key is already taken writes nothing.
 _START = (
     "WITH doc AS (SELECT * FROM "
     + _DOCUMENT
     + """), ins AS (
   INSERT INTO runs (id, workflow_id, workflow_name, workflow_version, trigger, status, payload,
                     context, payload_hash, idempotency_key, source_run_id, last_seq)
-  SELECT doc.run_id, :workflow_id, :workflow_name, :workflow_version, :trigger, 'pending',
-         CAST(:payload AS jsonb), CAST(:payload AS jsonb), :payload_hash, :idempotency_key,
-         :source_run_id, doc.n_events
+  SELECT doc.run_id, doc.workflow_id, doc.workflow_name, doc.workflow_version, doc.trigger,
+         'pending', doc.payload, doc.payload, doc.payload_hash, doc.idempotency_key,
+         doc.source_run_id, doc.n_events
   FROM doc
   ON CONFLICT (workflow_name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING id, created_at
@@ -200,7 +202,7 @@ _START = (
     AS x(ord int, type text, step_name text, attempt_number int, data jsonb)
   RETURNING 1
 )
-SELECT created_at FROM ins"""
+SELECT id, created_at FROM ins"""
 )
 
 
@@ -242,22 +244,26 @@ async def apply_if_current(conn: Connection, items: list[Succeeded]) -> list[boo
     return [item.attempt_id in written for item in items]
 
 
-async def start(conn: Connection, run: NewRun, change: RunChange) -> datetime | None:
-    """Inserts a pending run with its first change; returns its creation time, or None when
-    its idempotency key is already taken (nothing written)."""
-    params = {
-        "changes": dumps([_document(change)]),
-        "workflow_id": run.workflow_id,
-        "workflow_name": run.workflow_name,
-        "workflow_version": run.workflow_version,
-        "trigger": run.trigger,
-        "payload": dumps(run.payload),
-        "payload_hash": run.payload_hash,
-        "idempotency_key": run.idempotency_key,
-        "source_run_id": run.source_run_id,
-    }
-    row = (await conn.execute(_START, params)).first()
-    return row.created_at if row is not None else None
+async def start(conn: Connection, runs: list[tuple[NewRun, RunChange]]) -> list[datetime | None]:
+    """Inserts pending runs with their first changes; per run its creation time, or None when
+    its idempotency key is already taken (nothing written for it)."""
+    documents = [
+        _document(
+            change,
+            workflow_id=run.workflow_id,
+            workflow_name=run.workflow_name,
+            workflow_version=run.workflow_version,
+            trigger=run.trigger,
+            payload=run.payload,
+            payload_hash=run.payload_hash,
+            idempotency_key=run.idempotency_key,
+            source_run_id=str(run.source_run_id) if run.source_run_id else None,
+        )
+        for run, change in runs
+    ]
+    rows = await conn.execute(_START, {"changes": dumps(documents)})
+    created = {row.id: row.created_at for row in rows}
+    return [created.get(run.id) for run, _ in runs]
 
 
 def _document(change: RunChange, **extra: JSON) -> dict[str, JSON]:

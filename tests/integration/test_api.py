@@ -4,6 +4,7 @@ WorkerService, the way the SDK drives it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -440,4 +441,21 @@ async def test_result_after_cancel_ends_the_run_cancelled(
     final = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=run.id))).run
     assert final.status == run_pb2.RUN_STATUS_CANCELLED
     assert [s.name for s in final.steps] == ["reserve"]  # "ship" never scheduled
+    assert await count_rows(database_url, "attempts") == 1
+
+
+async def test_concurrent_starts_with_one_idempotency_key_make_one_run(
+    channel: aio.Channel, database_url: str
+) -> None:
+    await WorkflowServiceStub(channel).RegisterWorkflow(
+        workflow_service_pb2.RegisterWorkflowRequest(definition=definition())
+    )
+    runs = RunServiceStub(channel)
+    request = run_service_pb2.StartRunRequest(
+        workflow="orders", payload=payload(amount=3), idempotency_key="same"
+    )
+    responses = await asyncio.gather(*(runs.StartRun(request) for _ in range(8)))
+    assert len({r.run.id for r in responses}) == 1
+    assert sum(r.created for r in responses) == 1
+    assert await count_rows(database_url, "runs") == 1
     assert await count_rows(database_url, "attempts") == 1
