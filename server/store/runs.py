@@ -85,14 +85,6 @@ async def step_statuses(conn: Connection, run_id: uuid.UUID) -> dict[str, StepSt
     return {r.name: StepStatus(r.status) for r in rows}
 
 
-async def completed_steps(conn: Connection, run_id: uuid.UUID) -> list[str]:
-    rows = await conn.execute(
-        ("SELECT name FROM steps WHERE run_id = :id AND status = 'completed'"),
-        {"id": run_id},
-    )
-    return [r.name for r in rows]
-
-
 async def get(conn: Connection, run_id: uuid.UUID, *, with_steps: bool = True) -> RunView | None:
     row = (
         await conn.execute(
