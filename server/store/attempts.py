@@ -10,7 +10,7 @@ from typing import Any
 from server.engine.model import ACTIVE_RUN_STATUSES, JSON, AttemptStatus, RunStatus
 from server.engine.views import Dispatch
 from server.store.db import Connection, dumps
-from server.store.runs import LockedRun, _locked
+from server.store.runs import LockedRun, locked_run
 
 _ACTIVE = [s.value for s in ACTIVE_RUN_STATUSES]
 
@@ -181,7 +181,7 @@ async def finish(
     ).first()
     if row is None:
         return None
-    return Finished(run=_locked(row), step_name=row.step_name, number=row.number)
+    return Finished(run=locked_run(row), step_name=row.step_name, number=row.number)
 
 
 async def heartbeat(

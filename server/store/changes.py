@@ -219,7 +219,7 @@ class Succeeded:
 
 async def apply(conn: Connection, change: RunChange) -> None:
     """Writes `change` in one statement."""
-    await conn.send(_APPLY, {"changes": dumps([_document(change)])})
+    await conn.execute(_APPLY, {"changes": dumps([_document(change)])})
 
 
 async def apply_if_current(conn: Connection, items: list[Succeeded]) -> list[bool]:

@@ -83,10 +83,6 @@ class Connection:
         rows = await cursor.fetchall() if cursor.description is not None else []
         return Result(rows)
 
-    async def send(self, query: str, params: Mapping[str, Any] | None = None) -> None:
-        """Runs a statement whose rows are not needed."""
-        await self._conn.execute(_psycopg_query(query), params)
-
 
 class Database:
     """Owns the connection pool of one server process."""

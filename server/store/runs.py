@@ -67,10 +67,10 @@ async def lock(conn: Connection, run_id: uuid.UUID) -> LockedRun | None:
             {"id": run_id},
         )
     ).first()
-    return _locked(row) if row is not None else None
+    return locked_run(row) if row is not None else None
 
 
-def _locked(row: Any) -> LockedRun:
+def locked_run(row: Any) -> LockedRun:
     return LockedRun(
         id=row.id,
         workflow_id=row.workflow_id,

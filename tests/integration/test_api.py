@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -22,6 +22,9 @@ from squidmesh.v1.worker_service_pb2_grpc import WorkerServiceStub
 from squidmesh.v1.workflow_service_pb2_grpc import WorkflowServiceStub
 
 from server.store.db import libpq_url
+
+if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+    from squidmesh.v1.run_service_pb2_grpc import RunServiceAsyncStub
 
 
 def definition(name: str = "orders", handler_suffix: str = "") -> workflow_pb2.WorkflowDefinition:
@@ -47,6 +50,14 @@ def definition(name: str = "orders", handler_suffix: str = "") -> workflow_pb2.W
     d.transitions.add(from_step="reserve", to="ship")
     d.transitions.add(from_step="ship", to="complete")
     return d
+
+
+async def register_orders(channel: aio.Channel) -> RunServiceAsyncStub:
+    """Registers the `orders` workflow; returns a RunService stub to start its runs."""
+    await WorkflowServiceStub(channel).RegisterWorkflow(
+        workflow_service_pb2.RegisterWorkflowRequest(definition=definition())
+    )
+    return RunServiceStub(channel)
 
 
 def details(error: aio.AioRpcError) -> tuple[str, list[tuple[str, str]]]:
@@ -243,10 +254,7 @@ async def scheduled_attempt(database_url: str, run_id: str, step: str) -> tuple[
 async def test_fenced_attempt_protocol_cancel_and_replay(
     channel: aio.Channel, database_url: str
 ) -> None:
-    await WorkflowServiceStub(channel).RegisterWorkflow(
-        workflow_service_pb2.RegisterWorkflowRequest(definition=definition())
-    )
-    runs = RunServiceStub(channel)
+    runs = await register_orders(channel)
     run = (
         await runs.StartRun(
             run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=5))
@@ -369,10 +377,7 @@ async def test_fenced_attempt_protocol_cancel_and_replay(
 
 
 async def test_list_runs_pages_newest_first(channel: aio.Channel) -> None:
-    await WorkflowServiceStub(channel).RegisterWorkflow(
-        workflow_service_pb2.RegisterWorkflowRequest(definition=definition())
-    )
-    runs = RunServiceStub(channel)
+    runs = await register_orders(channel)
     started = [
         (
             await runs.StartRun(
@@ -406,10 +411,7 @@ async def test_result_after_cancel_ends_the_run_cancelled(
 ) -> None:
     """A claimed attempt's result arriving after CancelRun does not advance the run (the
     one-statement result path sees the run changed since the claim and steps aside)."""
-    await WorkflowServiceStub(channel).RegisterWorkflow(
-        workflow_service_pb2.RegisterWorkflowRequest(definition=definition())
-    )
-    runs = RunServiceStub(channel)
+    runs = await register_orders(channel)
     run = (
         await runs.StartRun(
             run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=5))
@@ -447,10 +449,7 @@ async def test_result_after_cancel_ends_the_run_cancelled(
 async def test_concurrent_starts_with_one_idempotency_key_make_one_run(
     channel: aio.Channel, database_url: str
 ) -> None:
-    await WorkflowServiceStub(channel).RegisterWorkflow(
-        workflow_service_pb2.RegisterWorkflowRequest(definition=definition())
-    )
-    runs = RunServiceStub(channel)
+    runs = await register_orders(channel)
     request = run_service_pb2.StartRunRequest(
         workflow="orders", payload=payload(amount=3), idempotency_key="same"
     )
