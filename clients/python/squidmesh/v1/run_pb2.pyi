@@ -47,6 +47,10 @@ class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.V
     """Terminal: a step failed with no error route, or a transition did not match."""
     RUN_STATUS_CANCELLED: _RunStatus.ValueType  # 9
     """Terminal: cancelled."""
+    RUN_STATUS_COMPENSATING: _RunStatus.ValueType  # 10
+    """A step failed for good and the compensation handlers of the completed steps are running,
+    newest first; the run then ends failed.
+    """
 
 class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
     """The status of a run."""
@@ -71,6 +75,10 @@ RUN_STATUS_FAILED: RunStatus.ValueType  # 8
 """Terminal: a step failed with no error route, or a transition did not match."""
 RUN_STATUS_CANCELLED: RunStatus.ValueType  # 9
 """Terminal: cancelled."""
+RUN_STATUS_COMPENSATING: RunStatus.ValueType  # 10
+"""A step failed for good and the compensation handlers of the completed steps are running,
+newest first; the run then ends failed.
+"""
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
 class _StepStatus:
@@ -189,6 +197,12 @@ class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEvent
     """The run was cancelled."""
     RUN_EVENT_TYPE_RUN_STATUS_CHANGED: _RunEventType.ValueType  # 12
     """The run's status changed for another reason (waiting, paused, resumed...)."""
+    RUN_EVENT_TYPE_LOG: _RunEventType.ValueType  # 13
+    """A log step wrote its line; data holds the message."""
+    RUN_EVENT_TYPE_COMPENSATION_STARTED: _RunEventType.ValueType  # 14
+    """A step failed for good and compensation began; data holds the error and the steps to
+    compensate, in order.
+    """
 
 class RunEventType(_RunEventType, metaclass=_RunEventTypeEnumTypeWrapper):
     """The kind of a run event."""
@@ -219,6 +233,12 @@ RUN_EVENT_TYPE_RUN_CANCELLED: RunEventType.ValueType  # 11
 """The run was cancelled."""
 RUN_EVENT_TYPE_RUN_STATUS_CHANGED: RunEventType.ValueType  # 12
 """The run's status changed for another reason (waiting, paused, resumed...)."""
+RUN_EVENT_TYPE_LOG: RunEventType.ValueType  # 13
+"""A log step wrote its line; data holds the message."""
+RUN_EVENT_TYPE_COMPENSATION_STARTED: RunEventType.ValueType  # 14
+"""A step failed for good and compensation began; data holds the error and the steps to
+compensate, in order.
+"""
 Global___RunEventType: _TypeAlias = RunEventType  # noqa: Y015
 
 @_typing.final
@@ -338,10 +358,13 @@ class StepRun(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    COMPENSATES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Step name."""
     status: Global___StepStatus.ValueType
     """Current status."""
+    compensates: _builtins.str
+    """For a compensation, the step it undoes. Its name is then "<step>:compensate"."""
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
         """Attempts, oldest first."""
@@ -372,10 +395,11 @@ class StepRun(_message.Message):
         error: Global___Failure | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        compensates: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "name", b"name", "output", b"output", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "compensates", b"compensates", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "name", b"name", "output", b"output", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -396,6 +420,7 @@ class Attempt(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Attempt id (UUID)."""
     number: _builtins.int
@@ -424,6 +449,10 @@ class Attempt(_message.Message):
     def error(self) -> Global___Failure:
         """The error, for failed attempts."""
 
+    @_builtins.property
+    def progress(self) -> _struct_pb2.Struct:
+        """The latest progress details the handler sent with a heartbeat."""
+
     def __init__(
         self,
         *,
@@ -436,10 +465,11 @@ class Attempt(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         output: _struct_pb2.Value | None = ...,
         error: Global___Failure | None = ...,
+        progress: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "output", b"output", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "output", b"output", "progress", b"progress", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "number", b"number", "output", b"output", "start_time", b"start_time", "status", b"status", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "number", b"number", "output", b"output", "progress", b"progress", "start_time", b"start_time", "status", b"status", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

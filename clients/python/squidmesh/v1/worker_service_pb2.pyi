@@ -361,6 +361,7 @@ class StreamAttemptsResponse(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """The request_id of the request answered."""
     @_builtins.property
@@ -375,6 +376,10 @@ class StreamAttemptsResponse(_message.Message):
     def result(self) -> Global___ResultAck:
         """Answer to AttemptCompleted or AttemptFailed."""
 
+    @_builtins.property
+    def cancel(self) -> Global___CancelAttempts:
+        """Sent by the server on its own (request_id 0): stop these attempts."""
+
     def __init__(
         self,
         *,
@@ -382,16 +387,45 @@ class StreamAttemptsResponse(_message.Message):
         start: Global___StartDecision | None = ...,
         heartbeat: Global___HeartbeatAck | None = ...,
         result: Global___ResultAck | None = ...,
+        cancel: Global___CancelAttempts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "message", b"message", "result", b"result", "start", b"start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat", b"heartbeat", "message", b"message", "result", b"result", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "message", b"message", "request_id", b"request_id", "result", b"result", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat", b"heartbeat", "message", b"message", "request_id", b"request_id", "result", b"result", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["start", "heartbeat", "result"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["start", "heartbeat", "result", "cancel"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___StreamAttemptsResponse: _TypeAlias = StreamAttemptsResponse  # noqa: Y015
+
+@_typing.final
+class CancelAttempts(_message.Message):
+    """Asks a worker to stop running attempts: their run was cancelled, or they timed out."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_IDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why: "run cancelled", "timed out", "lease lost"."""
+    @_builtins.property
+    def attempt_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The attempts to stop."""
+
+    def __init__(
+        self,
+        *,
+        attempt_ids: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_ids", b"attempt_ids", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelAttempts: _TypeAlias = CancelAttempts  # noqa: Y015
 
 @_typing.final
 class StartDecision(_message.Message):
@@ -409,6 +443,7 @@ class StartDecision(_message.Message):
     INPUT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
     accepted: _builtins.bool
     """True: run the handler. False: ack the task and drop it."""
     refusal_reason: _builtins.str
@@ -433,6 +468,12 @@ class StartDecision(_message.Message):
     def heartbeat_timeout(self) -> _duration_pb2.Duration:
         """The lease: the worker must heartbeat more often than this."""
 
+    @_builtins.property
+    def attempt_timeout(self) -> _duration_pb2.Duration:
+        """The attempt's time limit from its start, if the step has one. The server fails the attempt
+        as timed_out when it passes; the worker may stop the handler then.
+        """
+
     def __init__(
         self,
         *,
@@ -446,10 +487,11 @@ class StartDecision(_message.Message):
         input: _struct_pb2.Value | None = ...,
         idempotency_key: _builtins.str = ...,
         heartbeat_timeout: _duration_pb2.Duration | None = ...,
+        attempt_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_timeout", b"heartbeat_timeout", "input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_number", b"attempt_number", "handler", b"handler", "heartbeat_timeout", b"heartbeat_timeout", "idempotency_key", b"idempotency_key", "input", b"input", "refusal_reason", b"refusal_reason", "run_id", b"run_id", "step", b"step", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "attempt_number", b"attempt_number", "attempt_timeout", b"attempt_timeout", "handler", b"handler", "heartbeat_timeout", b"heartbeat_timeout", "idempotency_key", b"idempotency_key", "input", b"input", "refusal_reason", b"refusal_reason", "run_id", b"run_id", "step", b"step", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

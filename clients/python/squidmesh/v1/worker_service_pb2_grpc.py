@@ -60,7 +60,9 @@ class WorkerServiceServicer:
 
     def StreamAttempts(self, request_iterator, context):
         """The attempt stream: the worker claims attempts, heartbeats and reports results; the server
-        answers each request (matched by request_id) and may ask for cancellation.
+        answers each request (matched by request_id). A worker that opens it with the metadata
+        "squidmesh-worker-id" also receives CancelAttempts as soon as one of its attempts must stop
+        (otherwise it learns that from its next heartbeat's answer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

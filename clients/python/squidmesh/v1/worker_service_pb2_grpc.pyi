@@ -37,7 +37,9 @@ class WorkerServiceStub:
     """Announces a worker: its queues and handlers. Returns where to consume step tasks from."""
     StreamAttempts: _grpc.StreamStreamMultiCallable[_worker_service_pb2.StreamAttemptsRequest, _worker_service_pb2.StreamAttemptsResponse]
     """The attempt stream: the worker claims attempts, heartbeats and reports results; the server
-    answers each request (matched by request_id) and may ask for cancellation.
+    answers each request (matched by request_id). A worker that opens it with the metadata
+    "squidmesh-worker-id" also receives CancelAttempts as soon as one of its attempts must stop
+    (otherwise it learns that from its next heartbeat's answer).
     """
 
 @_typing.type_check_only
@@ -49,7 +51,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     """Announces a worker: its queues and handlers. Returns where to consume step tasks from."""
     StreamAttempts: _aio.StreamStreamMultiCallable[_worker_service_pb2.StreamAttemptsRequest, _worker_service_pb2.StreamAttemptsResponse]  # type: ignore[assignment]
     """The attempt stream: the worker claims attempts, heartbeats and reports results; the server
-    answers each request (matched by request_id) and may ask for cancellation.
+    answers each request (matched by request_id). A worker that opens it with the metadata
+    "squidmesh-worker-id" also receives CancelAttempts as soon as one of its attempts must stop
+    (otherwise it learns that from its next heartbeat's answer).
     """
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -70,7 +74,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_worker_service_pb2.StreamAttemptsResponse], _abc.AsyncIterator[_worker_service_pb2.StreamAttemptsResponse]]:
         """The attempt stream: the worker claims attempts, heartbeats and reports results; the server
-        answers each request (matched by request_id) and may ask for cancellation.
+        answers each request (matched by request_id). A worker that opens it with the metadata
+        "squidmesh-worker-id" also receives CancelAttempts as soon as one of its attempts must stop
+        (otherwise it learns that from its next heartbeat's answer).
         """
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
