@@ -110,15 +110,14 @@ class App:
         run_service_pb2_grpc.add_RunServiceServicer_to_server(
             RunService(engine, self._db, self._hub, settings.watch_keepalive_ms / 1000), server
         )
-        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
-            WorkerService(
-                engine,
-                settings.worker_broker_url or settings.redis_url,
-                settings.stream_prefix,
-                settings.heartbeat_interval_ms,
-            ),
-            server,
+        worker_service = WorkerService(
+            engine,
+            settings.worker_broker_url or settings.redis_url,
+            settings.stream_prefix,
+            settings.heartbeat_interval_ms,
         )
+        self._hub.on_stop = worker_service.stop_attempts
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(worker_service, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

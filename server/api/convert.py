@@ -13,7 +13,14 @@ from squidmesh.v1 import run_pb2, workflow_pb2
 
 from server.api.definitions import definition_to_proto, value_from_json
 from server.engine.errors import FieldViolation, InvalidArgument
-from server.engine.model import JSON, AttemptStatus, Failure, RunStatus, StepStatus
+from server.engine.model import (
+    JSON,
+    AttemptStatus,
+    Failure,
+    RunStatus,
+    StepStatus,
+    compensated_step,
+)
 from server.engine.views import AttemptView, EventView, RunView, StepView, WorkflowVersion
 
 
@@ -106,6 +113,7 @@ def step(view: StepView) -> run_pb2.StepRun:
         error=failure(view.error),
         create_time=timestamp(view.created_at),
         end_time=timestamp(view.ended_at),
+        compensates=compensated_step(view.name) or "",
     )
 
 
@@ -120,6 +128,7 @@ def attempt(view: AttemptView) -> run_pb2.Attempt:
         end_time=timestamp(view.ended_at),
         output=value_from_json(view.output) if view.output is not None else None,
         error=failure(view.error),
+        progress=struct(view.progress) if view.progress is not None else None,
     )
 
 

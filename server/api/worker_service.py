@@ -2,7 +2,11 @@
 
 Requests on one stream are handled concurrently (a worker runs many attempts at once), each
 answered with its request_id. Every answer is idempotent, so a worker that reconnects simply
-sends its unanswered requests again."""
+sends its unanswered requests again.
+
+A stream opened with the metadata "squidmesh-worker-id" is also where the server pushes
+`CancelAttempts` (request_id 0) when attempts of that worker must stop; any replica asks for
+it through the event hub, and the replica holding the stream sends it."""
 
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ from server.engine.errors import FieldViolation, InvalidArgument
 from server.engine.model import Failure, FailureReason
 
 Context: TypeAlias = aio.ServicerContext[Any, Any]
+Answers: TypeAlias = "asyncio.Queue[pb.StreamAttemptsResponse | None]"
+
+WORKER_ID_METADATA = "squidmesh-worker-id"
 
 
 class WorkerService(pb_grpc.WorkerServiceServicer):
@@ -35,6 +42,17 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         self._broker_url = broker_url
         self._stream_prefix = stream_prefix
         self._heartbeat_interval_ms = heartbeat_interval_ms
+        self._streams: dict[str, set[Answers]] = {}
+        """The open attempt streams of each worker, by worker id."""
+
+    def stop_attempts(self, worker_id: str, attempt_ids: list[str], reason: str) -> None:
+        """Pushes a CancelAttempts to the worker's streams on this replica, if any."""
+        for answers in self._streams.get(worker_id, ()):
+            answers.put_nowait(
+                pb.StreamAttemptsResponse(
+                    cancel=pb.CancelAttempts(attempt_ids=attempt_ids, reason=reason)
+                )
+            )
 
     @handle_errors
     async def RegisterWorker(
@@ -65,8 +83,11 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
     async def StreamAttempts(
         self, request_iterator: AsyncIterator[pb.StreamAttemptsRequest], context: Context
     ) -> AsyncIterator[pb.StreamAttemptsResponse]:
-        answers: asyncio.Queue[pb.StreamAttemptsResponse | None] = asyncio.Queue()
+        answers: Answers = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        worker_id = dict(context.invocation_metadata() or ()).get(WORKER_ID_METADATA, "")
+        if worker_id:
+            self._streams.setdefault(str(worker_id), set()).add(answers)
 
         async def answer(request: pb.StreamAttemptsRequest) -> None:
             try:
@@ -94,6 +115,11 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             while (response := await answers.get()) is not None:
                 yield response
         finally:
+            if worker_id:
+                streams = self._streams.get(str(worker_id), set())
+                streams.discard(answers)
+                if not streams:
+                    self._streams.pop(str(worker_id), None)
             reader.cancel()
             for task in list(pending):
                 task.cancel()
@@ -111,6 +137,10 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             )
             timeout = duration_pb2.Duration()
             timeout.FromMilliseconds(decision.heartbeat_timeout_ms)
+            attempt_timeout = None
+            if decision.attempt_timeout_ms:
+                attempt_timeout = duration_pb2.Duration()
+                attempt_timeout.FromMilliseconds(decision.attempt_timeout_ms)
             return pb.StreamAttemptsResponse(
                 start=pb.StartDecision(
                     accepted=decision.accepted,
@@ -123,6 +153,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                     input=value_from_json(decision.input) if decision.accepted else None,
                     idempotency_key=decision.idempotency_key,
                     heartbeat_timeout=timeout,
+                    attempt_timeout=attempt_timeout,
                 )
             )
         if kind == "heartbeat":

@@ -1,11 +1,12 @@
 """The worker protocol's commands (claim, result, heartbeat) and the timer loop's (due
-timers, lost dispatches, expired leases). Every change is fenced by the attempt's id, token and
-status."""
+timers and waits, lost dispatches, expired leases and deadlines). Every change is fenced by the
+attempt's id, token and status."""
 
 from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 
 from server.engine import planner
@@ -21,8 +22,12 @@ from server.engine.model import (
     Failure,
     FailureReason,
     RunStatus,
+    Step,
+    StepKind,
     StepStatus,
     WorkflowDef,
+    compensated_step,
+    compensation_step,
 )
 from server.engine.retry import DEFAULT_RETRY_POLICY, decide_retry
 from server.engine.views import (
@@ -33,12 +38,14 @@ from server.engine.views import (
 from server.store import attempts, changes, runs, workers
 from server.store.changes import NewEvent, RunChange, StepUpdate
 from server.store.db import Connection
+from server.store.runs import LockedRun
 
 _CLAIMS_REMEMBERED = 10_000
 
 _UNCLAIMABLE = {AttemptStatus.SCHEDULED, AttemptStatus.CANCELLED}
 """A scheduled attempt whose claim failed belongs to a run that is no longer active."""
 _CANCELLED_RUN = TERMINAL_RUN_STATUSES | {RunStatus.CANCELLING}
+_EXPIRY_REASONS = {FailureReason.TIMED_OUT, FailureReason.WORKER_LOST}
 
 
 class AttemptCommands(EngineCore):
@@ -66,7 +73,19 @@ class AttemptCommands(EngineCore):
         self._claims[attempt_id] = claimed
         if len(self._claims) > _CLAIMS_REMEMBERED:
             self._claims.popitem(last=False)  # results that never came (lost workers)
-        step = defn.step(claimed.step_name)
+        undone = compensated_step(claimed.step_name)
+        if undone is None:
+            step_input = select_input(defn.step(claimed.step_name), claimed.context)
+        else:
+            # A compensation gets what the step it undoes got, and what that step returned.
+            async with self._db.connect() as conn:
+                output = await runs.step_output(conn, claimed.run_id, undone)
+            step_input = {
+                "input": select_input(defn.step(undone), claimed.context),
+                "output": output,
+            }
+        if claimed.attempt_timeout_ms:
+            self._wakeups.timers_changed()  # a new deadline for the timer loops
         return StartDecision(
             accepted=True,
             run_id=claimed.run_id,
@@ -74,9 +93,10 @@ class AttemptCommands(EngineCore):
             step=claimed.step_name,
             handler=claimed.handler,
             attempt_number=claimed.number,
-            input=select_input(step, claimed.context),
+            input=step_input,
             idempotency_key=f"{claimed.run_id}:{claimed.step_name}",
             heartbeat_timeout_ms=claimed.heartbeat_timeout_ms,
+            attempt_timeout_ms=claimed.attempt_timeout_ms,
         )
 
     @functools.cached_property
@@ -115,28 +135,39 @@ class AttemptCommands(EngineCore):
             )
             if finished is None:
                 return await self._refusal(conn, attempt_id, token, AttemptStatus.SUCCEEDED)
-            run, name, number = finished.run, finished.step_name, finished.number
-            defn = await self._definition(conn, run.workflow_id)
-            if run.status in ACTIVE_RUN_STATUSES:
-                statuses: dict[str, StepStatus] = {}
-                if defn.uses_dependencies:
-                    statuses = await runs.step_statuses(conn, run.id)
-                change = self._success(defn, run.id, name, number, run.context, output, statuses)
-            else:
-                change = RunChange(
-                    run.id,
-                    step_updates=[
-                        StepUpdate(name, StepStatus.COMPLETED, output=output, ended=True)
-                    ],
-                    events=[NewEvent("step_completed", name, number, {"output": output})],
-                )
-                if run.status == RunStatus.CANCELLING:
-                    change.context = merge_output(run.context, defn.step(name), output)
-                    await self._settle_cancel(conn, change)
-                # else a parallel branch already ended the run: keep the record only
+            change = await self._step_succeeded(conn, finished, output)
             await changes.apply(conn, change)
         await self._after_commit(change)
         return ResultDecision(accepted=True)
+
+    async def _step_succeeded(
+        self, conn: Connection, finished: attempts.Finished, output: JSON
+    ) -> RunChange:
+        """The change that follows a succeeded attempt (or an ended wait), decided under the
+        run's lock."""
+        run, name, number = finished.run, finished.step_name, finished.number
+        defn = await self._definition(conn, run.workflow_id)
+        compensation = compensated_step(name) is not None
+        if run.status in ACTIVE_RUN_STATUSES and compensation == (
+            run.status == RunStatus.COMPENSATING
+        ):
+            if compensation:
+                change = _completed(run.id, name, number, output)
+                await self._continue_compensation(conn, change, defn, run, name)
+                return change
+            statuses: dict[str, StepStatus] = {}
+            if defn.uses_dependencies:
+                statuses = await runs.step_statuses(conn, run.id)
+            completed = await runs.completed_steps(conn, run.id) if defn.compensates else []
+            return self._success(
+                defn, run.id, name, number, run.context, output, statuses, completed
+            )
+        change = _completed(run.id, name, number, output)
+        if run.status == RunStatus.CANCELLING:
+            change.context = _with_output(run.context, defn.step(name), output)
+            await self._settle_cancel(conn, change)
+        # else the run ended (or began compensating) while this step ran: the record only
+        return change
 
     async def _complete_as_claimed(
         self, attempt_id: uuid.UUID, token: str, output: JSON, claimed: attempts.Claimed
@@ -145,8 +176,10 @@ class AttemptCommands(EngineCore):
         claimed the attempt, so the decision can be made from the run as the claim saw it.
         False when that no longer holds (nothing written)."""
         defn = self._definitions[claimed.workflow_id].definition
-        if defn.uses_dependencies:
-            return False  # readiness depends on the other steps' states
+        if defn.uses_dependencies or defn.compensates:
+            # Readiness depends on the other steps' states; a failure would need the
+            # completed steps to compensate.
+            return False
         change = self._success(
             defn, claimed.run_id, claimed.step_name, claimed.number, claimed.context, output, {}
         )
@@ -182,18 +215,62 @@ class AttemptCommands(EngineCore):
         context: dict[str, JSON],
         output: JSON,
         statuses: dict[str, StepStatus],
+        completed: Sequence[str] = (),
     ) -> RunChange:
-        """The change that follows a succeeded attempt of an active run."""
-        context = merge_output(context, defn.step(name), output)
-        change = RunChange(
-            run_id,
-            context=context,
-            step_updates=[StepUpdate(name, StepStatus.COMPLETED, output=output, ended=True)],
-            events=[NewEvent("step_completed", name, number, {"output": output})],
-        )
+        """The change that follows a succeeded step of an active run. `statuses`: every step
+        the run reached (dependency mode); `completed`: the steps completed before, in order
+        (workflows that compensate)."""
+        context = _with_output(context, defn.step(name), output)
+        change = _completed(run_id, name, number, output)
+        change.context = context
         statuses[name] = StepStatus.COMPLETED
-        self._apply_plan(change, defn, planner.after_success(defn, name, context, statuses))
+        plan = planner.after_success(defn, name, context, statuses)
+        self._apply_plan(change, defn, plan, context, statuses, (*completed, name))
         return change
+
+    async def _continue_compensation(
+        self,
+        conn: Connection,
+        change: RunChange,
+        defn: WorkflowDef,
+        run: LockedRun,
+        name: str,
+        error: Failure | None = None,
+    ) -> None:
+        """After compensation `name` ended (failed for good with `error`, else succeeded):
+        the next compensation, or the run fails with its original error and a summary of
+        what was compensated."""
+        started = {
+            undone
+            for step in await runs.step_statuses(conn, run.id)
+            if (undone := compensated_step(step)) is not None
+        }
+        remaining = planner.compensations(defn, await runs.completed_steps(conn, run.id), started)
+        if remaining:
+            self._schedule(change, defn, compensation_step(remaining[0]))
+            return
+        summary: list[JSON] = []
+        for step, status, step_error in await runs.compensations(conn, run.id):
+            if step == name:
+                status = StepStatus.FAILED if error else StepStatus.COMPLETED
+                step_error = error.to_json() if error else None
+            entry: dict[str, JSON] = {"step": compensated_step(step), "status": status.value}
+            if step_error:
+                entry["error"] = {k: step_error[k] for k in ("reason", "type", "message")}
+            summary.append(entry)
+        original = Failure.from_json(run.error)
+        assert original is not None, "a compensating run keeps its error"
+        failure = replace(original, details={**original.details, "compensation": summary})
+        change.status = RunStatus.FAILED
+        change.ended = True
+        change.error = failure.to_json()
+        change.events.append(
+            NewEvent(
+                "run_failed",
+                failure.step or None,
+                data={"error": failure.to_json(), "compensation": summary},
+            )
+        )
 
     async def fail_attempt(
         self,
@@ -202,8 +279,11 @@ class AttemptCommands(EngineCore):
         failure: Failure,
         retry_after_ms: int | None,
         *,
-        lease_expired: bool = False,
+        expired: attempts.Expired | None = None,
     ) -> ResultDecision:
+        """Records a failed attempt and decides what follows: a retry, the step's error
+        route, compensation, or the run's failure. With `expired`, only if the attempt's
+        lease or deadline passed (the timer loop's calls)."""
         self._claims.pop(attempt_id, None)
         async with self._db.transaction() as conn:
             finished = await attempts.finish(
@@ -212,24 +292,31 @@ class AttemptCommands(EngineCore):
                 token,
                 AttemptStatus.FAILED,
                 error=failure.to_json(),
-                only_if_lease_expired=lease_expired,
+                expired=expired,
             )
             if finished is None:
                 return await self._refusal(conn, attempt_id, token, AttemptStatus.FAILED)
             run, name, number = finished.run, finished.step_name, finished.number
-            failure = replace(failure, step=name, attempt_number=number)
             defn = await self._definition(conn, run.workflow_id)
             step = defn.step(name)
+            if finished.past_deadline and failure.reason not in _EXPIRY_REASONS:
+                # Whatever the worker reported (e.g. its handler cancelled at the deadline).
+                failure = timed_out(step.attempt_timeout_ms or 0)
+                await attempts.set_error(conn, attempt_id, failure.to_json())
+            failure = replace(failure, step=name, attempt_number=number)
             change = RunChange(
                 run.id,
                 events=[NewEvent("attempt_failed", name, number, {"error": failure.to_json()})],
             )
+            compensation = compensated_step(name) is not None
             if run.status == RunStatus.CANCELLING:
                 change.step_updates.append(
                     StepUpdate(name, StepStatus.CANCELLED, error=failure.to_json(), ended=True)
                 )
                 await self._settle_cancel(conn, change)
-            elif run.status in TERMINAL_RUN_STATUSES:
+            elif run.status in TERMINAL_RUN_STATUSES or (
+                run.status == RunStatus.COMPENSATING and not compensation
+            ):
                 change.step_updates.append(
                     StepUpdate(name, StepStatus.FAILED, error=failure.to_json(), ended=True)
                 )
@@ -248,7 +335,7 @@ class AttemptCommands(EngineCore):
                             error=failure.to_json(),
                         )
                     )
-                    if decision.delay_ms:
+                    if decision.delay_ms and not compensation:
                         change.status = RunStatus.RETRYING
                 else:
                     change.step_updates.append(
@@ -262,8 +349,14 @@ class AttemptCommands(EngineCore):
                             {"error": failure.to_json(), "retry": decision.reason},
                         )
                     )
-                    plan = planner.after_failure(defn, name, failure, run.context)
-                    self._apply_plan(change, defn, plan)
+                    if compensation:
+                        await self._continue_compensation(conn, change, defn, run, name, failure)
+                    else:
+                        completed = (
+                            await runs.completed_steps(conn, run.id) if defn.compensates else []
+                        )
+                        plan = planner.after_failure(defn, name, failure, run.context)
+                        self._apply_plan(change, defn, plan, run.context, {}, completed)
             await changes.apply(conn, change)
         await self._after_commit(change)
         return ResultDecision(accepted=True)
@@ -294,29 +387,54 @@ class AttemptCommands(EngineCore):
 
     async def expire_leases(self) -> int:
         """Fails running attempts whose worker stopped heartbeating, as worker_lost."""
+        return await self._expire(attempts.Expired.LEASE)
+
+    async def expire_deadlines(self) -> int:
+        """Fails running attempts that passed their attempt timeout, as timed_out."""
+        return await self._expire(attempts.Expired.DEADLINE)
+
+    async def _expire(self, limit: attempts.Expired) -> int:
         async with self._db.connect() as conn:
-            expired = await attempts.expired_leases(conn)
-        for attempt_id, token in expired:
-            await self.fail_attempt(
-                attempt_id,
-                token,
-                Failure(
+            expired = await attempts.expired(conn, limit)
+        for attempt in expired:
+            if limit is attempts.Expired.LEASE:
+                failure = Failure(
                     reason=FailureReason.WORKER_LOST,
                     type="WorkerLost",
-                    message="the worker stopped heartbeating and its lease expired",
-                ),
-                None,
-                lease_expired=True,
+                    message=f"no heartbeat for {attempt.limit_ms} ms: the worker's lease expired",
+                )
+            else:
+                failure = timed_out(attempt.limit_ms)
+            decision = await self.fail_attempt(
+                attempt.id, attempt.token, failure, None, expired=limit
             )
+            if decision.accepted:
+                reason = "lease lost" if limit is attempts.Expired.LEASE else "timed out"
+                self._wakeups.stop_attempts([(attempt.worker_id, str(attempt.id))], reason)
         return len(expired)
 
     async def kick_due(self, dispatch_timeout_ms: int) -> int:
-        """Publishes due timers and re-publishes dispatches that were never claimed."""
+        """Publishes due timers and re-publishes dispatches that were never claimed; ends the
+        waits that are due."""
         async with self._db.connect() as conn:
             due = await attempts.kick_due(conn, dispatch_timeout_ms)
-        if due:
-            await self._publish(due)
-        return len(due)
+        if due.tasks:
+            await self._publish(due.tasks)
+        for attempt_id, token in due.waits:
+            await self._end_wait(attempt_id, token)
+        return len(due.tasks) + len(due.waits)
+
+    async def _end_wait(self, attempt_id: uuid.UUID, token: str) -> None:
+        """A wait step's timer is due: the step completes and the run moves on."""
+        async with self._db.transaction() as conn:
+            finished = await attempts.finish(
+                conn, attempt_id, token, AttemptStatus.SUCCEEDED, wait=True
+            )
+            if finished is None:
+                return  # ended by another replica, or cancelled with its run
+            change = await self._step_succeeded(conn, finished, None)
+            await changes.apply(conn, change)
+        await self._after_commit(change)
 
     async def next_timer_ms(self) -> float | None:
         async with self._db.connect() as conn:
@@ -333,3 +451,28 @@ class AttemptCommands(EngineCore):
         if state.token != token or not state.is_latest:
             return ResultDecision(accepted=False, refusal_reason="stale")
         return ResultDecision(accepted=False, refusal_reason=f"attempt is {state.status.value}")
+
+
+def timed_out(timeout_ms: int) -> Failure:
+    return Failure(
+        reason=FailureReason.TIMED_OUT,
+        type="TimedOut",
+        message=f"the attempt did not finish within its timeout of {timeout_ms} ms",
+    )
+
+
+def _completed(run_id: uuid.UUID, name: str, number: int, output: JSON) -> RunChange:
+    """A change that records a step's completion and nothing else (yet)."""
+    return RunChange(
+        run_id,
+        step_updates=[StepUpdate(name, StepStatus.COMPLETED, output=output, ended=True)],
+        events=[NewEvent("step_completed", name, number, {"output": output})],
+    )
+
+
+def _with_output(context: dict[str, JSON], step: Step, output: JSON) -> dict[str, JSON]:
+    """The context after a step: task outputs go into it; wait and log steps and
+    compensations leave it as it is."""
+    if step.kind is not StepKind.TASK or compensated_step(step.name) is not None:
+        return context
+    return merge_output(context, step, output)

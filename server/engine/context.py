@@ -7,6 +7,8 @@ copied, so callers must treat them as read-only.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 
 from server.engine.model import JSON, Condition, Operator, Outcome, Step, Transition
@@ -95,3 +97,19 @@ def choose_transition(
         if transition.condition is not None and evaluate(transition.condition, context):
             return transition
     return next((t for t in candidates if t.condition is None), None)
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
+
+
+def render(template: str, context: Mapping[str, JSON]) -> str:
+    """A log step's message with each "{dotted.path}" replaced by that context value (JSON for
+    objects and lists); placeholders that match nothing are left as they are."""
+
+    def substitute(match: re.Match[str]) -> str:
+        found, value = get_path(context, match.group(1))
+        if not found:
+            return match.group(0)
+        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+    return _PLACEHOLDER.sub(substitute, template)

@@ -6,19 +6,27 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
 from server.engine import planner
+from server.engine.context import render
 from server.engine.errors import ResourceExhausted
 from server.engine.model import (
     JSON,
+    LIVE_STEP_STATUSES,
+    AttemptKind,
+    Failure,
     RunStatus,
+    Step,
+    StepKind,
     StepStatus,
     WorkflowDef,
+    compensated_step,
+    compensation_step,
 )
 from server.engine.views import (
     Dispatch,
@@ -39,6 +47,10 @@ class Wakeups(Protocol):
     def run_changed(self, run_id: str) -> None: ...
 
     def timers_changed(self) -> None: ...
+
+    def stop_attempts(self, worker_attempts: list[tuple[str, str]], reason: str) -> None:
+        """Asks the workers running these (worker id, attempt id) to stop them."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -84,9 +96,18 @@ class EngineCore:
         number: int = 1,
         delay_ms: int = 0,
     ) -> None:
+        """Adds an attempt of a task step (and, for its first attempt, the step's row), or the
+        timer of a wait step."""
         step = defn.step(name)
+        wait = step.kind is StepKind.WAIT
         if number == 1:  # retries reuse the step's row
-            change.new_steps.append(NewStep(name, defn.steps.index(step), StepStatus.SCHEDULED))
+            change.new_steps.append(
+                NewStep(
+                    name,
+                    _position(defn, name),
+                    StepStatus.WAITING if wait else StepStatus.SCHEDULED,
+                )
+            )
         change.new_attempts.append(
             NewAttempt(
                 id=uuid.uuid4(),
@@ -96,43 +117,110 @@ class EngineCore:
                 queue=step.queue,
                 handler=step.handler,
                 heartbeat_timeout_ms=step.heartbeat_timeout_ms or self._config.heartbeat_timeout_ms,
-                delay_ms=delay_ms,
+                delay_ms=step.wait_ms if wait else delay_ms,
+                kind=AttemptKind.WAIT if wait else AttemptKind.TASK,
+                attempt_timeout_ms=step.attempt_timeout_ms,
+            )
+        )
+        data: dict[str, JSON] = (
+            {"wait_ms": step.wait_ms}
+            if wait
+            else {"queue": step.queue, "handler": step.handler, "delay_ms": delay_ms}
+        )
+        change.events.append(NewEvent("attempt_scheduled", name, number, data))
+
+    def _log_step(
+        self, change: RunChange, defn: WorkflowDef, step: Step, context: dict[str, JSON]
+    ) -> None:
+        """Runs a log step on the spot: its line is written after commit (`_after_commit`)."""
+        message = render(step.log_message, context)
+        output = {"message": message}
+        change.new_steps.append(
+            NewStep(
+                step.name,
+                _position(defn, step.name),
+                StepStatus.COMPLETED,
+                output=output,
+                ended=True,
             )
         )
         change.events.append(
-            NewEvent(
-                "attempt_scheduled",
-                name,
-                number,
-                {"queue": step.queue, "handler": step.handler, "delay_ms": delay_ms},
-            )
+            NewEvent("log", step.name, data={"message": message, "workflow": defn.name})
         )
+        change.events.append(NewEvent("step_completed", step.name, data={"output": output}))
 
-    def _apply_plan(self, change: RunChange, defn: WorkflowDef, plan: planner.Plan) -> None:
-        for from_step, to in plan.transitions:
-            change.events.append(NewEvent("transition", from_step, data={"to": to}))
-        for name in plan.schedule:
-            self._schedule(change, defn, name)
-        if plan.schedule:
-            change.status = RunStatus.RUNNING
-        if plan.complete:
+    def _apply_plan(
+        self,
+        change: RunChange,
+        defn: WorkflowDef,
+        plan: planner.Plan,
+        context: dict[str, JSON],
+        statuses: dict[str, StepStatus],
+        completed: Sequence[str] = (),
+    ) -> None:
+        """Turns a plan into rows. Log steps run on the spot and their successors are planned
+        in turn; `statuses` (every step the run reached) is updated as steps are scheduled.
+        `completed` (the completed steps in completion order) is needed only when the plan
+        fails a workflow that compensates."""
+        plans = [plan]
+        ends = planner.Plan()
+        while plans:
+            current = plans.pop(0)
+            for from_step, to in current.transitions:
+                change.events.append(NewEvent("transition", from_step, data={"to": to}))
+            for name in current.schedule:
+                step = defn.step(name)
+                if step.kind is StepKind.LOG:
+                    self._log_step(change, defn, step, context)
+                    statuses[name] = StepStatus.COMPLETED
+                    completed = (*completed, name)
+                    plans.append(planner.after_success(defn, name, context, statuses))
+                else:
+                    self._schedule(change, defn, name)
+                    statuses[name] = (
+                        StepStatus.WAITING if step.kind is StepKind.WAIT else StepStatus.SCHEDULED
+                    )
+            if current.complete or current.failure is not None:
+                ends = current
+        if ends.failure is not None:
+            self._fail_run(change, defn, ends.failure, completed)
+        elif ends.complete:
             change.status = RunStatus.COMPLETED
             change.ended = True
             change.events.append(NewEvent("run_completed"))
-        elif plan.failure is not None:
-            change.status = RunStatus.FAILED
-            change.ended = True
-            change.error = plan.failure.to_json()
-            change.cancel_scheduled_attempts = True
+        elif change.new_attempts:
+            live = [status for status in statuses.values() if status in LIVE_STEP_STATUSES]
+            waiting = all(status is StepStatus.WAITING for status in live)
+            change.status = RunStatus.WAITING if waiting else RunStatus.RUNNING
+
+    def _fail_run(
+        self, change: RunChange, defn: WorkflowDef, failure: Failure, completed: Sequence[str]
+    ) -> None:
+        """The run fails with `failure`, after compensating its completed steps, if any
+        declare a compensation."""
+        change.error = failure.to_json()
+        change.cancel_scheduled_attempts = True
+        to_compensate = planner.compensations(defn, completed, ())
+        if to_compensate:
+            change.status = RunStatus.COMPENSATING
             change.events.append(
                 NewEvent(
-                    "run_failed", plan.failure.step or None, data={"error": plan.failure.to_json()}
+                    "compensation_started",
+                    failure.step or None,
+                    data={"error": failure.to_json(), "steps": list(to_compensate)},
                 )
             )
+            self._schedule(change, defn, compensation_step(to_compensate[0]))
+            return
+        change.status = RunStatus.FAILED
+        change.ended = True
+        change.events.append(
+            NewEvent("run_failed", failure.step or None, data={"error": failure.to_json()})
+        )
 
     async def _settle_cancel(self, conn: Connection, change: RunChange) -> None:
         """A cancelling run becomes cancelled once no attempt of it runs any more."""
-        if not await attempts.running_count(conn, change.run_id):
+        if not await attempts.running(conn, change.run_id):
             self._end_cancelled(change)
 
     @staticmethod
@@ -143,14 +231,23 @@ class EngineCore:
         change.events.append(NewEvent("run_cancelled"))
 
     async def _after_commit(self, change: RunChange) -> None:
-        """Publishes the attempts due now and wakes watchers and timer loops."""
+        """Writes the lines of log steps, publishes the attempts due now, and wakes watchers
+        and timer loops."""
+        for event in change.events:
+            if event.type == "log":
+                log.info(
+                    "workflow_log",
+                    run_id=str(change.run_id),
+                    step=event.step_name,
+                    **event.data,
+                )
         self._wakeups.run_changed(str(change.run_id))
-        if any(a.delay_ms for a in change.new_attempts):
+        if any(a.delay_ms or a.kind == AttemptKind.WAIT for a in change.new_attempts):
             self._wakeups.timers_changed()
         due = [
             Dispatch(a.id, a.token, change.run_id, a.step_name, a.handler, a.queue)
             for a in change.new_attempts
-            if a.delay_ms == 0
+            if a.delay_ms == 0 and a.kind == AttemptKind.TASK
         ]
         if due:
             await self._publish(due)
@@ -163,3 +260,11 @@ class EngineCore:
                 reason=f"{what.upper()}_TOO_LARGE",
                 metadata={"size": str(size), "limit": str(self._config.max_payload_bytes)},
             )
+
+
+def _position(defn: WorkflowDef, name: str) -> int:
+    """Where a step's row sorts in a run: declaration order, compensations after every step."""
+    undone = compensated_step(name)
+    if undone is not None:
+        return len(defn.steps) + _position(defn, undone)
+    return defn.steps.index(defn.step(name))

@@ -70,6 +70,7 @@ class RunStatus(enum.StrEnum):
     RETRYING = "retrying"
     PAUSED = "paused"
     CANCELLING = "cancelling"
+    COMPENSATING = "compensating"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -81,9 +82,16 @@ class RunStatus(enum.StrEnum):
 
 TERMINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 ACTIVE_RUN_STATUSES = frozenset(
-    {RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.RETRYING}
+    {
+        RunStatus.PENDING,
+        RunStatus.RUNNING,
+        RunStatus.WAITING,
+        RunStatus.RETRYING,
+        RunStatus.COMPENSATING,
+    }
 )
-"""Statuses in which attempts may be claimed and results applied."""
+"""Statuses in which attempts may be claimed and results applied (while compensating, only
+the compensations' results move the run on)."""
 
 
 class StepStatus(enum.StrEnum):
@@ -95,6 +103,25 @@ class StepStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+LIVE_STEP_STATUSES = frozenset(
+    {
+        StepStatus.SCHEDULED,
+        StepStatus.RUNNING,
+        StepStatus.RETRYING,
+        StepStatus.WAITING,
+        StepStatus.PAUSED,
+    }
+)
+"""A step in one of these is the run's current step."""
+
+
+class AttemptKind(enum.StrEnum):
+    TASK = "task"
+    """Published to the step's queue and run by a worker."""
+    WAIT = "wait"
+    """A durable timer the server completes itself when it is due."""
 
 
 class AttemptStatus(enum.StrEnum):
@@ -167,6 +194,20 @@ class Step:
     compensate: str = ""
 
 
+COMPENSATION_SUFFIX = ":compensate"
+"""A compensation runs as a step of its own named "<step>:compensate" (":" is not allowed in
+step names, so the name never collides)."""
+
+
+def compensation_step(step: str) -> str:
+    return step + COMPENSATION_SUFFIX
+
+
+def compensated_step(name: str) -> str | None:
+    """The step a compensation step undoes; None for an ordinary step."""
+    return name.removesuffix(COMPENSATION_SUFFIX) if name.endswith(COMPENSATION_SUFFIX) else None
+
+
 @dataclass(frozen=True)
 class Condition:
     path: str
@@ -192,10 +233,29 @@ class WorkflowDef:
     description: str = ""
 
     def step(self, name: str) -> Step:
+        """The named step; for "<step>:compensate", the task that runs its compensation
+        (the step's compensate handler, on its queue, with its retry policy and timeouts)."""
+        undone = compensated_step(name)
+        if undone is not None:
+            original = self.step(undone)
+            return Step(
+                name=name,
+                kind=StepKind.TASK,
+                handler=original.compensate,
+                queue=original.queue,
+                retry=original.retry,
+                attempt_timeout_ms=original.attempt_timeout_ms,
+                heartbeat_timeout_ms=original.heartbeat_timeout_ms,
+            )
         for s in self.steps:
             if s.name == name:
                 return s
         raise KeyError(name)
+
+    @property
+    def compensates(self) -> bool:
+        """Whether any step declares a compensation."""
+        return any(s.compensate for s in self.steps)
 
     def trigger(self, name: str) -> Trigger | None:
         """The named trigger, or the default (first) one for an empty name."""

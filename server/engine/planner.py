@@ -3,7 +3,7 @@ out. Commands turn plans into rows."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from server.engine.context import choose_transition
@@ -87,3 +87,20 @@ def _ready_steps(defn: WorkflowDef, statuses: Mapping[str, StepStatus]) -> Plan:
         return Plan(complete=True)
     ready = tuple(s.name for s in defn.steps if s.name not in statuses and set(s.after) <= done)
     return Plan(schedule=ready)
+
+
+def compensations(
+    defn: WorkflowDef, completed: Sequence[str], started: Collection[str]
+) -> tuple[str, ...]:
+    """The steps still to compensate after a failure, in the order to compensate them: the
+    completed steps (`completed`, in completion order) that declare a compensation and are not
+    irreversible, newest first, minus those whose compensation already `started`."""
+    steps = {s.name: s for s in defn.steps}
+    return tuple(
+        name
+        for name in reversed(completed)
+        if name in steps
+        and steps[name].compensate
+        and not steps[name].irreversible
+        and name not in started
+    )

@@ -22,8 +22,10 @@ from server.engine.errors import (
 )
 from server.engine.model import (
     JSON,
+    LIVE_STEP_STATUSES,
     TERMINAL_RUN_STATUSES,
     AttemptStatus,
+    Failure,
     RunStatus,
     StepKind,
     StepStatus,
@@ -44,12 +46,8 @@ from server.store.runs import LockedRun, NewRun, RunFilter
 log = structlog.get_logger("squidmesh.engine")
 
 
-_LIVE_STEP_STATUSES = {
-    StepStatus.SCHEDULED,
-    StepStatus.RETRYING,
-    StepStatus.WAITING,
-    StepStatus.PAUSED,
-}
+_STOPPED_AT_ONCE = LIVE_STEP_STATUSES - {StepStatus.RUNNING}
+"""Step statuses a cancel ends at once (a running step ends when its worker stops)."""
 
 
 def unsupported_features(defn: WorkflowDef) -> list[FieldViolation]:
@@ -61,20 +59,12 @@ def unsupported_features(defn: WorkflowDef) -> list[FieldViolation]:
         if t.cron is not None
     ]
     for i, s in enumerate(defn.steps):
-        where = f"definition.steps[{i}]"
-        if s.kind != StepKind.TASK:
+        if s.kind in (StepKind.PAUSE, StepKind.APPROVAL):
             problems.append(
                 FieldViolation(
-                    f"{where}.{s.kind.value}", f"{s.kind.value} steps are not supported yet"
+                    f"definition.steps[{i}].{s.kind.value}",
+                    f"{s.kind.value} steps are not supported yet",
                 )
-            )
-        if s.attempt_timeout_ms is not None:
-            problems.append(
-                FieldViolation(f"{where}.attempt_timeout", "attempt timeouts are not supported yet")
-            )
-        if s.compensate:
-            problems.append(
-                FieldViolation(f"{where}.compensate", "compensation is not supported yet")
             )
     return problems
 
@@ -167,8 +157,10 @@ class RunCommands(EngineCore):
                 )
             ],
         )
-        for name in planner.entry_steps(defn):
-            self._schedule(change, defn, name)
+        entry = planner.Plan(schedule=planner.entry_steps(defn))
+        self._apply_plan(change, defn, entry, payload, {})
+        if change.status is RunStatus.RUNNING:
+            change.status = None  # pending until a worker claims an attempt
         created_at = await self._start_batcher.submit((new, change))
         if created_at is None:
             async with self._db.connect() as conn:
@@ -219,6 +211,7 @@ class RunCommands(EngineCore):
     async def cancel_run(
         self, run_id: uuid.UUID, actor: str, reason: str, idempotency_key: str = ""
     ) -> RunView:
+        running: list[tuple[str, str]] = []
         async with self._db.transaction() as conn:
             run = await self._lock(conn, run_id)
             if run.status in (RunStatus.CANCELLED, RunStatus.CANCELLING):
@@ -237,7 +230,7 @@ class RunCommands(EngineCore):
                     step_updates=[
                         StepUpdate(name, StepStatus.CANCELLED, ended=True)
                         for name, status in statuses.items()
-                        if status in _LIVE_STEP_STATUSES
+                        if status in _STOPPED_AT_ONCE
                     ],
                     events=[
                         NewEvent(
@@ -250,12 +243,15 @@ class RunCommands(EngineCore):
                         )
                     ],
                 )
-                if await attempts.running_count(conn, run_id):
+                running = await attempts.running(conn, run_id)
+                if running:
                     change.status = RunStatus.CANCELLING
                 else:
                     self._end_cancelled(change)
                 await changes.apply(conn, change)
         self._wakeups.run_changed(str(run_id))
+        if running:
+            self._wakeups.stop_attempts(running, "run cancelled")
         return await self.get_run(run_id)
 
     async def replay_run(
@@ -297,31 +293,32 @@ class RunCommands(EngineCore):
 
 def _started_view(new: NewRun, change: RunChange, created_at: datetime) -> RunView:
     """The run StartRun just wrote, built from what it wrote rather than read back."""
+    ended = created_at if change.ended else None
     return RunView(
         id=new.id,
         workflow_name=new.workflow_name,
         workflow_version=new.workflow_version,
         trigger=new.trigger,
-        status=RunStatus.PENDING,
+        status=change.status or RunStatus.PENDING,
         payload=new.payload,
         context=new.payload,
-        error=None,
+        error=Failure.from_json(change.error),
         idempotency_key=new.idempotency_key,
         source_run_id=new.source_run_id,
         last_seq=len(change.events),
         created_at=created_at,
         started_at=None,
-        ended_at=None,
+        ended_at=ended,
         updated_at=created_at,
         steps=tuple(
             StepView(
-                name=a.step_name,
-                status=StepStatus.SCHEDULED,
-                output=None,
+                name=step.name,
+                status=StepStatus(step.status),
+                output=step.output,
                 error=None,
                 created_at=created_at,
-                ended_at=None,
-                attempts=(
+                ended_at=created_at if step.ended else None,
+                attempts=tuple(
                     AttemptView(
                         id=a.id,
                         number=a.number,
@@ -332,9 +329,11 @@ def _started_view(new: NewRun, change: RunChange, created_at: datetime) -> RunVi
                         created_at=created_at,
                         started_at=None,
                         ended_at=None,
-                    ),
+                    )
+                    for a in change.new_attempts
+                    if a.step_name == step.name
                 ),
             )
-            for a in change.new_attempts
+            for step in change.new_steps
         ),
     )

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from server.engine.model import (
     JSON,
+    LIVE_STEP_STATUSES,
     AttemptStatus,
     Failure,
     RunStatus,
@@ -37,6 +38,8 @@ class AttemptView:
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+    progress: dict[str, JSON] | None = None
+    """The latest heartbeat details."""
 
 
 @dataclass(frozen=True)
@@ -71,14 +74,7 @@ class RunView:
 
     @property
     def current_steps(self) -> list[str]:
-        live = {
-            StepStatus.SCHEDULED,
-            StepStatus.RUNNING,
-            StepStatus.RETRYING,
-            StepStatus.WAITING,
-            StepStatus.PAUSED,
-        }
-        return [s.name for s in self.steps if s.status in live]
+        return [s.name for s in self.steps if s.status in LIVE_STEP_STATUSES]
 
 
 @dataclass(frozen=True)
@@ -117,6 +113,7 @@ class StartDecision:
     input: JSON = None
     idempotency_key: str = ""
     heartbeat_timeout_ms: int = 0
+    attempt_timeout_ms: int | None = None
 
 
 @dataclass(frozen=True)

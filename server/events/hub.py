@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 
 import psycopg
 import structlog
 
-from server.store.changes import EVENTS_CHANNEL, TIMERS_CHANNEL
+from server.store.changes import EVENTS_CHANNEL, STOPS_CHANNEL, TIMERS_CHANNEL
+
+StopAttempts = Callable[[str, list[str], str], None]
+"""(worker id, attempt ids, reason)"""
 
 log = structlog.get_logger("squidmesh.events")
 
@@ -23,7 +27,10 @@ class EventHub:
         self._conninfo = conninfo
         self._watchers: dict[str, set[asyncio.Event]] = {}
         self.timers = asyncio.Event()
-        """Set when any replica scheduled a delayed attempt (wakes the timer loop)."""
+        """Set when any replica scheduled a timer (wakes the timer loop)."""
+        self.on_stop: StopAttempts | None = None
+        """Called when any replica asks a worker to stop attempts (the worker service pushes
+        it to the worker's stream, if this replica holds it)."""
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -61,12 +68,15 @@ class EventHub:
                 ) as conn:
                     await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     await conn.execute(f"LISTEN {TIMERS_CHANNEL}")
+                    await conn.execute(f"LISTEN {STOPS_CHANNEL}")
                     self._ready.set()
                     self._wake_all()  # catch up on anything missed while disconnected
                     delay = 0.1
                     async for note in conn.notifies():
                         if note.channel == TIMERS_CHANNEL:
                             self.timers.set()
+                        elif note.channel == STOPS_CHANNEL:
+                            self._stop(note.payload)
                         else:
                             for wake in self._watchers.get(note.payload, ()):
                                 wake.set()
@@ -76,6 +86,12 @@ class EventHub:
                 log.warning("listen_connection_lost", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _stop(self, payload: str) -> None:
+        if self.on_stop is None:
+            return
+        stop = json.loads(payload)
+        self.on_stop(stop["worker"], stop["attempts"], stop["reason"])
 
     def _wake_all(self) -> None:
         self.timers.set()

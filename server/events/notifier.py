@@ -14,9 +14,13 @@ import contextlib
 import psycopg
 import structlog
 
-from server.store.changes import EVENTS_CHANNEL, TIMERS_CHANNEL
+from server.store.changes import EVENTS_CHANNEL, STOPS_CHANNEL, TIMERS_CHANNEL
+from server.store.db import dumps
 
 log = structlog.get_logger("squidmesh.events")
+
+_STOPS_PER_NOTIFY = 100
+"""Attempt ids per notification (a NOTIFY payload is limited to 8000 bytes)."""
 
 
 class Notifier:
@@ -24,6 +28,7 @@ class Notifier:
         self._conninfo = conninfo
         self._runs: set[str] = set()
         self._timers = False
+        self._stops: list[str] = []
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -44,6 +49,16 @@ class Notifier:
         self._timers = True
         self._pending.set()
 
+    def stop_attempts(self, worker_attempts: list[tuple[str, str]], reason: str) -> None:
+        by_worker: dict[str, list[str]] = {}
+        for worker, attempt in worker_attempts:
+            by_worker.setdefault(worker, []).append(attempt)
+        for worker, attempts in by_worker.items():
+            for i in range(0, len(attempts), _STOPS_PER_NOTIFY):
+                chunk = attempts[i : i + _STOPS_PER_NOTIFY]
+                self._stops.append(dumps({"worker": worker, "attempts": chunk, "reason": reason}))
+        self._pending.set()
+
     async def _run(self) -> None:
         while True:
             try:
@@ -56,8 +71,9 @@ class Notifier:
                         self._pending.clear()
                         runs, self._runs = self._runs, set()
                         timers, self._timers = self._timers, False
-                        channels = [EVENTS_CHANNEL] * len(runs)
-                        payloads = list(runs)
+                        stops, self._stops = self._stops, []
+                        channels = [EVENTS_CHANNEL] * len(runs) + [STOPS_CHANNEL] * len(stops)
+                        payloads = list(runs) + stops
                         if timers:
                             channels.append(TIMERS_CHANNEL)
                             payloads.append("")

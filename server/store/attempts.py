@@ -3,14 +3,15 @@ Every state change is a conditional update on the attempt's id, token and status
 
 from __future__ import annotations
 
+import enum
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from server.engine.model import ACTIVE_RUN_STATUSES, JSON, AttemptStatus, RunStatus
+from server.engine.model import ACTIVE_RUN_STATUSES, JSON, AttemptKind, AttemptStatus, RunStatus
 from server.engine.views import Dispatch
 from server.store.db import Connection, dumps
-from server.store.runs import LockedRun, locked_run
+from server.store.runs import RUN_LOCK_COLUMNS, LockedRun, locked_run
 
 _ACTIVE = [s.value for s in ACTIVE_RUN_STATUSES]
 
@@ -24,13 +25,15 @@ class Claimed:
     number: int
     handler: str
     heartbeat_timeout_ms: int
+    attempt_timeout_ms: int | None
     context: dict[str, JSON]
     last_seq: int
     """The run's event sequence right after the claim."""
 
 
 # One round trip for a batch of claims: claim each attempt (only while scheduled and its run
-# active), mark its step and run running, and append one attempt_started event per claim with
+# active), mark its step and run running (a compensating run stays compensating), set the
+# attempt's deadline when it has a timeout, and append one attempt_started event per claim with
 # sequence numbers allocated per run. The worker id of each row tells which request won when
 # two workers claim the same attempt in one batch.
 _CLAIM = """
@@ -39,13 +42,14 @@ WITH req AS (
     AS q(id, token, worker_id)
 ), a AS (
   UPDATE attempts SET status = 'running', worker_id = req.worker_id, started_at = now(),
-    lease_expires_at = now() + heartbeat_timeout_ms * interval '1 millisecond'
+    lease_expires_at = now() + heartbeat_timeout_ms * interval '1 millisecond',
+    deadline_at = now() + attempt_timeout_ms * interval '1 millisecond'
   FROM req
   WHERE attempts.id = req.id AND attempts.token = req.token AND attempts.status = 'scheduled'
-    AND EXISTS (SELECT 1 FROM runs WHERE runs.id = attempts.run_id
+    AND attempts.kind = 'task' AND EXISTS (SELECT 1 FROM runs WHERE runs.id = attempts.run_id
                 AND runs.status = ANY(:active))
   RETURNING attempts.id, attempts.run_id, attempts.step_name, attempts.number,
-    attempts.handler, attempts.heartbeat_timeout_ms, req.worker_id
+    attempts.handler, attempts.heartbeat_timeout_ms, attempts.attempt_timeout_ms, req.worker_id
 ), s AS (
   UPDATE steps SET status = 'running' FROM a
   WHERE steps.run_id = a.run_id AND steps.name = a.step_name
@@ -53,21 +57,24 @@ WITH req AS (
 ), per_run AS (
   SELECT run_id, count(*) AS k FROM a GROUP BY run_id
 ), r AS (
-  UPDATE runs SET status = 'running', started_at = coalesce(started_at, now()),
+  UPDATE runs SET status = CASE WHEN runs.status = 'compensating' THEN runs.status
+                           ELSE 'running' END,
+    started_at = coalesce(started_at, now()),
     last_seq = last_seq + per_run.k, updated_at = now()
   FROM per_run WHERE runs.id = per_run.run_id
-  RETURNING runs.id, runs.workflow_id, runs.workflow_name, runs.context, runs.last_seq, per_run.k
+  RETURNING runs.id, runs.workflow_id, runs.workflow_name, runs.context, runs.last_seq,
+    runs.status, per_run.k
 ), o AS (
   SELECT a.*, row_number() OVER (PARTITION BY a.run_id ORDER BY a.id) AS i FROM a
 ), e AS (
   INSERT INTO run_events (run_id, seq, type, run_status, step_name, attempt_number, data)
-  SELECT r.id, r.last_seq - r.k + o.i, 'attempt_started', 'running', o.step_name, o.number,
+  SELECT r.id, r.last_seq - r.k + o.i, 'attempt_started', r.status, o.step_name, o.number,
     jsonb_build_object('worker_id', o.worker_id)
   FROM o JOIN r ON r.id = o.run_id
   RETURNING 1
 )
 SELECT o.id, o.worker_id, o.run_id, r.workflow_id, r.workflow_name, o.step_name, o.number,
-  o.handler, o.heartbeat_timeout_ms, r.context, r.last_seq,
+  o.handler, o.heartbeat_timeout_ms, o.attempt_timeout_ms, r.context, r.last_seq,
   (SELECT count(*) FROM s) + (SELECT count(*) FROM e) AS n
 FROM o JOIN r ON r.id = o.run_id
 """
@@ -98,6 +105,7 @@ def _claimed(row: Any) -> Claimed:
         number=row.number,
         handler=row.handler,
         heartbeat_timeout_ms=row.heartbeat_timeout_ms,
+        attempt_timeout_ms=row.attempt_timeout_ms,
         context=row.context,
         last_seq=row.last_seq,
     )
@@ -119,7 +127,8 @@ async def state(conn: Connection, attempt_id: uuid.UUID) -> AttemptState | None:
         await conn.execute(
             (
                 "SELECT a.token, a.status, a.worker_id, a.run_id, a.step_name, a.number, "
-                "a.handler, a.heartbeat_timeout_ms, r.status AS run_status, r.workflow_id, "
+                "a.handler, a.heartbeat_timeout_ms, a.attempt_timeout_ms, "
+                "r.status AS run_status, r.workflow_id, "
                 "r.workflow_name, r.context, r.last_seq, NOT EXISTS (SELECT 1 FROM attempts b "
                 "WHERE b.run_id = a.run_id AND b.step_name = a.step_name "
                 "AND b.number > a.number) AS is_latest "
@@ -145,6 +154,15 @@ class Finished:
     run: LockedRun
     step_name: str
     number: int
+    past_deadline: bool
+    """The attempt ended after its deadline (whatever the worker reported)."""
+
+
+class Expired(enum.Enum):
+    """Which limit a running attempt must have passed for `finish` to end it."""
+
+    LEASE = "lease_expires_at"
+    DEADLINE = "deadline_at"
 
 
 async def finish(
@@ -155,20 +173,26 @@ async def finish(
     *,
     output: JSON = None,
     error: dict[str, Any] | None = None,
-    only_if_lease_expired: bool = False,
+    expired: Expired | None = None,
+    wait: bool = False,
 ) -> Finished | None:
-    """Ends a running attempt (fenced) and locks its run for the decision that follows."""
-    lease = "AND lease_expires_at < now()" if only_if_lease_expired else ""
+    """Ends a running attempt, or with `wait` a scheduled wait timer (fenced), and locks its
+    run for the decision that follows."""
+    condition = "status = 'scheduled' AND kind = 'wait'" if wait else "status = 'running'"
+    if expired is not None:
+        condition += f" AND {expired.value} < now()"
     row = (
         await conn.execute(
             (
                 "WITH a AS (UPDATE attempts SET status = :status, ended_at = now(), "
+                "started_at = coalesce(started_at, now()), "
                 "output = CAST(:output AS jsonb), error = CAST(:error AS jsonb), "
                 "lease_expires_at = NULL "
-                f"WHERE id = :id AND token = :token AND status = 'running' {lease} "
-                "RETURNING run_id, step_name, number) "
-                "SELECT r.id, r.workflow_id, r.workflow_name, r.status, r.context, "
-                "a.step_name, a.number FROM a JOIN runs r ON r.id = a.run_id FOR UPDATE OF r"
+                f"WHERE id = :id AND token = :token AND {condition} "
+                "RETURNING run_id, step_name, number, "
+                "coalesce(deadline_at <= now(), false) AS past_deadline) "
+                f"SELECT {RUN_LOCK_COLUMNS}, a.step_name, a.number, a.past_deadline "
+                "FROM a JOIN runs r ON r.id = a.run_id FOR UPDATE OF r"
             ),
             {
                 "id": attempt_id,
@@ -181,20 +205,27 @@ async def finish(
     ).first()
     if row is None:
         return None
-    return Finished(run=locked_run(row), step_name=row.step_name, number=row.number)
+    return Finished(
+        run=locked_run(row),
+        step_name=row.step_name,
+        number=row.number,
+        past_deadline=row.past_deadline,
+    )
 
 
 async def heartbeat(
     conn: Connection, worker_id: str, beats: list[tuple[uuid.UUID, str, JSON]]
 ) -> list[tuple[str, bool]]:
     """Renews the leases of running attempts; returns (attempt id, run is cancelling) for the
-    attempts that are still this worker's."""
+    attempts that are still this worker's. The lease of an attempt whose run is cancelling is
+    not renewed: a handler that ignores the cancel is ended when it expires."""
     rows = await conn.execute(
         (
             "WITH w AS (UPDATE workers SET last_seen_at = now() WHERE id = :worker_id "
             "RETURNING 1) "
-            "UPDATE attempts a SET lease_expires_at = now() + a.heartbeat_timeout_ms "
-            "* interval '1 millisecond', progress = coalesce(x.details, a.progress) "
+            "UPDATE attempts a SET lease_expires_at = CASE WHEN r.status = 'cancelling' "
+            "THEN a.lease_expires_at ELSE now() + a.heartbeat_timeout_ms "
+            "* interval '1 millisecond' END, progress = coalesce(x.details, a.progress) "
             "FROM jsonb_to_recordset(CAST(:beats AS jsonb)) "
             "AS x(id uuid, token text, details jsonb), runs r "
             "WHERE a.id = x.id AND a.token = x.token AND a.status = 'running' "
@@ -209,10 +240,19 @@ async def heartbeat(
     return [(str(r.id), bool(r.cancel)) for r in rows]
 
 
-async def kick_due(conn: Connection, dispatch_timeout_ms: int, limit: int = 500) -> list[Dispatch]:
-    """Marks as published the scheduled attempts that are due and either never published (a
-    retry whose backoff ended) or published longer ago than the dispatch timeout without being
-    claimed (lost in Redis, or in a crashed server between commit and publish)."""
+@dataclass(frozen=True)
+class Due:
+    tasks: list[Dispatch]
+    """Task attempts to publish."""
+    waits: list[tuple[uuid.UUID, str]]
+    """(id, token) of wait timers to complete."""
+
+
+async def kick_due(conn: Connection, dispatch_timeout_ms: int, limit: int = 500) -> Due:
+    """Marks as kicked the scheduled attempts that are due and either never kicked (a retry
+    whose backoff ended, a wait that ended) or kicked longer ago than the dispatch timeout
+    without effect (a task lost in Redis or in a server that crashed between commit and
+    publish; a wait whose server crashed before completing it)."""
     rows = await conn.execute(
         (
             "UPDATE attempts SET kicked_at = now(), kick_count = kick_count + 1 "
@@ -220,11 +260,17 @@ async def kick_due(conn: Connection, dispatch_timeout_ms: int, limit: int = 500)
             "AND due_at <= now() AND (kicked_at IS NULL OR kicked_at < now() - "
             ":timeout * interval '1 millisecond') ORDER BY due_at LIMIT :limit "
             "FOR UPDATE SKIP LOCKED) "
-            "RETURNING id, token, run_id, step_name, handler, queue"
+            "RETURNING id, token, run_id, step_name, handler, queue, kind"
         ),
         {"timeout": dispatch_timeout_ms, "limit": limit},
     )
-    return [_dispatch(r) for r in rows]
+    due = Due(tasks=[], waits=[])
+    for row in rows:
+        if row.kind == AttemptKind.WAIT:
+            due.waits.append((row.id, row.token))
+        else:
+            due.tasks.append(_dispatch(row))
+    return due
 
 
 def _dispatch(row: Any) -> Dispatch:
@@ -239,33 +285,53 @@ def _dispatch(row: Any) -> Dispatch:
 
 
 async def next_timer_due_ms(conn: Connection) -> float | None:
-    """Milliseconds until the earliest unpublished scheduled attempt is due."""
+    """Milliseconds until the earliest timer: an unkicked scheduled attempt (a retry's backoff,
+    a wait) is due, or a running attempt's deadline passes."""
     due = (
         await conn.execute(
-            "SELECT extract(epoch FROM min(due_at) - now()) * 1000 FROM attempts "
-            "WHERE status = 'scheduled' AND kicked_at IS NULL"
+            "SELECT extract(epoch FROM least("
+            "(SELECT min(due_at) FROM attempts WHERE status = 'scheduled' AND kicked_at IS NULL), "
+            "(SELECT min(deadline_at) FROM attempts "
+            "WHERE status = 'running' AND deadline_at IS NOT NULL)) - now()) * 1000"
         )
     ).scalar()
     return float(due) if due is not None else None
 
 
-async def expired_leases(conn: Connection, limit: int = 200) -> list[tuple[uuid.UUID, str]]:
+@dataclass(frozen=True)
+class ExpiredAttempt:
+    id: uuid.UUID
+    token: str
+    worker_id: str
+    limit_ms: int
+    """The lease (heartbeat timeout) or the attempt timeout that passed."""
+
+
+async def expired(conn: Connection, limit: Expired, batch: int = 200) -> list[ExpiredAttempt]:
+    """Running attempts whose lease expired or whose deadline passed."""
+    limit_ms = "heartbeat_timeout_ms" if limit is Expired.LEASE else "attempt_timeout_ms"
     rows = await conn.execute(
         (
-            "SELECT id, token FROM attempts WHERE status = 'running' "
-            "AND lease_expires_at < now() ORDER BY lease_expires_at LIMIT :limit"
+            f"SELECT id, token, worker_id, {limit_ms} AS limit_ms FROM attempts "
+            f"WHERE status = 'running' AND {limit.value} < now() "
+            f"ORDER BY {limit.value} LIMIT :batch"
         ),
-        {"limit": limit},
+        {"batch": batch},
     )
-    return [(r.id, r.token) for r in rows]
+    return [ExpiredAttempt(r.id, r.token, r.worker_id, r.limit_ms) for r in rows]
 
 
-async def running_count(conn: Connection, run_id: uuid.UUID) -> int:
-    return int(
-        (
-            await conn.execute(
-                ("SELECT count(*) FROM attempts WHERE run_id = :id AND status = 'running'"),
-                {"id": run_id},
-            )
-        ).scalar_one()
+async def running(conn: Connection, run_id: uuid.UUID) -> list[tuple[str, str]]:
+    """(worker id, attempt id) of the run's running attempts."""
+    rows = await conn.execute(
+        "SELECT worker_id, id FROM attempts WHERE run_id = :id AND status = 'running'",
+        {"id": run_id},
+    )
+    return [(r.worker_id, str(r.id)) for r in rows]
+
+
+async def set_error(conn: Connection, attempt_id: uuid.UUID, error: dict[str, Any]) -> None:
+    await conn.execute(
+        "UPDATE attempts SET error = CAST(:error AS jsonb) WHERE id = :id",
+        {"id": attempt_id, "error": dumps(error)},
     )

@@ -18,6 +18,9 @@ from server.store.runs import NewRun
 
 EVENTS_CHANNEL = "squidmesh_run_events"
 TIMERS_CHANNEL = "squidmesh_timers"
+STOPS_CHANNEL = "squidmesh_attempt_stops"
+"""Payload: {"worker": id, "attempts": [ids], "reason": text}, for the replica that holds the
+worker's attempt stream."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class NewStep:
     name: str
     position: int
     status: str
+    output: JSON = None
+    ended: bool = False
+    """A step that ends as it starts (a log step)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,9 @@ class NewAttempt:
     heartbeat_timeout_ms: int
     delay_ms: int = 0
     """0: due now and published right after commit; otherwise a timer fires it."""
+    kind: str = "task"
+    """"task", or "wait": a timer, due after delay_ms, that the server completes itself."""
+    attempt_timeout_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,19 +92,22 @@ _DOCUMENT = """jsonb_to_recordset(CAST(:changes AS jsonb)) AS d(
 
 _NEW_ROWS = """
 ns AS (
-  INSERT INTO steps (run_id, name, position, status)
-  SELECT {rel}.run_id, x.name, x.position, x.status
-  FROM {rel}, jsonb_to_recordset({rel}.new_steps) AS x(name text, position int, status text)
+  INSERT INTO steps (run_id, name, position, status, output, ended_at)
+  SELECT {rel}.run_id, x.name, x.position, x.status, x.output,
+         CASE WHEN x.ended THEN now() END
+  FROM {rel}, jsonb_to_recordset({rel}.new_steps)
+    AS x(name text, position int, status text, output jsonb, ended bool)
   RETURNING 1
 ), na AS (
-  INSERT INTO attempts (id, run_id, step_name, number, token, status, queue, handler,
-                        heartbeat_timeout_ms, due_at, kicked_at)
+  INSERT INTO attempts (id, run_id, step_name, number, token, status, queue, handler, kind,
+                        heartbeat_timeout_ms, attempt_timeout_ms, due_at, kicked_at)
   SELECT x.id, {rel}.run_id, x.step_name, x.number, x.token, 'scheduled', x.queue, x.handler,
-         x.heartbeat_timeout_ms, now() + x.delay_ms * interval '1 millisecond',
-         CASE WHEN x.delay_ms = 0 THEN now() END
+         x.kind, x.heartbeat_timeout_ms, x.attempt_timeout_ms,
+         now() + x.delay_ms * interval '1 millisecond',
+         CASE WHEN x.delay_ms = 0 AND x.kind = 'task' THEN now() END
   FROM {rel}, jsonb_to_recordset({rel}.new_attempts) AS x(
-    id uuid, step_name text, number int, token text, queue text, handler text,
-    heartbeat_timeout_ms int, delay_ms bigint)
+    id uuid, step_name text, number int, token text, queue text, handler text, kind text,
+    heartbeat_timeout_ms int, attempt_timeout_ms int, delay_ms bigint)
   RETURNING 1
 )"""
 
@@ -177,16 +189,19 @@ _APPLY_IF_CURRENT = (
 
 # New runs with their first changes (entry steps, events) in one statement. The run rows are
 # inserted here, so the changes' rows are inserted outright rather than applied to them; a run
-# whose idempotency key is already taken writes nothing.
+# whose idempotency key is already taken writes nothing. A run is pending unless its first
+# change says otherwise (a wait first; log steps only, which end it at once).
 _START = (
     "WITH doc AS (SELECT * FROM "
     + _DOCUMENT
     + """), ins AS (
   INSERT INTO runs (id, workflow_id, workflow_name, workflow_version, trigger, status, payload,
-                    context, payload_hash, idempotency_key, source_run_id, last_seq)
+                    context, error, payload_hash, idempotency_key, source_run_id, last_seq,
+                    ended_at)
   SELECT doc.run_id, doc.workflow_id, doc.workflow_name, doc.workflow_version, doc.trigger,
-         'pending', doc.payload, doc.payload, doc.payload_hash, doc.idempotency_key,
-         doc.source_run_id, doc.n_events
+         coalesce(doc.status, 'pending'), doc.payload, coalesce(doc.context, doc.payload),
+         doc.error, doc.payload_hash, doc.idempotency_key, doc.source_run_id, doc.n_events,
+         CASE WHEN doc.ended THEN now() END
   FROM doc
   ON CONFLICT (workflow_name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING id, created_at
@@ -196,7 +211,8 @@ _START = (
     + _NEW_ROWS.replace("{rel}", "ok")
     + """, e AS (
   INSERT INTO run_events (run_id, seq, type, run_status, step_name, attempt_number, data)
-  SELECT ok.run_id, x.ord, x.type, 'pending', x.step_name, x.attempt_number,
+  SELECT ok.run_id, x.ord, x.type, coalesce(ok.status, 'pending'), x.step_name,
+         x.attempt_number,
          coalesce(x.data, '{}'::jsonb)
   FROM ok, jsonb_to_recordset(ok.events)
     AS x(ord int, type text, step_name text, attempt_number int, data jsonb)

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from server.engine.model import JSON, AttemptStatus, Failure, RunStatus, StepStatus
+from server.engine.model import (
+    COMPENSATION_SUFFIX,
+    JSON,
+    AttemptStatus,
+    Failure,
+    RunStatus,
+    StepStatus,
+)
 from server.engine.views import AttemptView, RunView, StepView
 from server.store.db import Connection
 
@@ -39,6 +46,11 @@ class LockedRun:
     workflow_name: str
     status: RunStatus
     context: dict[str, JSON]
+    error: dict[str, JSON] | None
+
+
+RUN_LOCK_COLUMNS = "r.id, r.workflow_id, r.workflow_name, r.status, r.context, r.error"
+"""The columns of a `LockedRun`, from the runs table aliased as r."""
 
 
 async def find_by_idempotency_key(
@@ -60,10 +72,7 @@ async def find_by_idempotency_key(
 async def lock(conn: Connection, run_id: uuid.UUID) -> LockedRun | None:
     row = (
         await conn.execute(
-            (
-                "SELECT id, workflow_id, workflow_name, status, context FROM runs "
-                "WHERE id = :id FOR UPDATE"
-            ),
+            f"SELECT {RUN_LOCK_COLUMNS} FROM runs r WHERE r.id = :id FOR UPDATE",
             {"id": run_id},
         )
     ).first()
@@ -77,6 +86,7 @@ def locked_run(row: Any) -> LockedRun:
         workflow_name=row.workflow_name,
         status=RunStatus(row.status),
         context=row.context,
+        error=row.error,
     )
 
 
@@ -104,8 +114,9 @@ async def get(conn: Connection, run_id: uuid.UUID, *, with_steps: bool = True) -
     )
     attempt_rows = await conn.execute(
         (
-            "SELECT id, step_name, number, status, worker_id, output, error, created_at, "
-            "started_at, ended_at FROM attempts WHERE run_id = :id ORDER BY step_name, number"
+            "SELECT id, step_name, number, status, worker_id, output, error, progress, "
+            "created_at, started_at, ended_at FROM attempts WHERE run_id = :id "
+            "ORDER BY step_name, number"
         ),
         {"id": run_id},
     )
@@ -119,6 +130,7 @@ async def get(conn: Connection, run_id: uuid.UUID, *, with_steps: bool = True) -
                 worker_id=a.worker_id,
                 output=a.output,
                 error=Failure.from_json(a.error),
+                progress=a.progress,
                 created_at=a.created_at,
                 started_at=a.started_at,
                 ended_at=a.ended_at,
@@ -211,3 +223,34 @@ async def list_page(
         params,
     )
     return [_run(r, ()) for r in rows]
+
+
+async def completed_steps(conn: Connection, run_id: uuid.UUID) -> list[str]:
+    """The steps the run completed, in completion order (of their step_completed events)."""
+    rows = await conn.execute(
+        "SELECT step_name FROM run_events WHERE run_id = :id AND type = 'step_completed' "
+        "ORDER BY seq",
+        {"id": run_id},
+    )
+    return [r.step_name for r in rows]
+
+
+async def step_output(conn: Connection, run_id: uuid.UUID, name: str) -> JSON:
+    return (
+        await conn.execute(
+            "SELECT output FROM steps WHERE run_id = :id AND name = :name",
+            {"id": run_id, "name": name},
+        )
+    ).scalar()
+
+
+async def compensations(
+    conn: Connection, run_id: uuid.UUID
+) -> list[tuple[str, StepStatus, dict[str, JSON] | None]]:
+    """(name, status, error) of the run's compensation steps, in the order they started."""
+    rows = await conn.execute(
+        "SELECT name, status, error FROM steps WHERE run_id = :id AND name LIKE :pattern "
+        "ORDER BY created_at, position",
+        {"id": run_id, "pattern": "%" + COMPENSATION_SUFFIX},
+    )
+    return [(r.name, StepStatus(r.status), r.error) for r in rows]

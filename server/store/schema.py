@@ -95,11 +95,16 @@ attempts = Table(
     Column("status", String(16), nullable=False),
     Column("queue", Text, nullable=False),
     Column("handler", Text, nullable=False),
+    # "task" (published to a worker) or "wait" (a timer the server itself completes).
+    Column("kind", String(16), nullable=False, server_default=text("'task'")),
     Column("worker_id", Text),
     Column("output", JSONB),
     Column("error", JSONB),
     Column("progress", JSONB),
     Column("heartbeat_timeout_ms", Integer, nullable=False),
+    Column("attempt_timeout_ms", Integer),
+    # Set at the claim from attempt_timeout_ms: past it the attempt fails as timed_out.
+    Column("deadline_at", DateTime(timezone=True)),
     # The dispatch intent (outbox): due_at is when the attempt may run; kicked_at is when it
     # was last published (NULL: not yet, e.g. a retry waiting for its backoff).
     Column("due_at", DateTime(timezone=True), nullable=False, server_default=NOW),
@@ -120,6 +125,11 @@ attempts = Table(
         "attempts_running_lease",
         "lease_expires_at",
         postgresql_where=text("status = 'running'"),
+    ),
+    Index(
+        "attempts_running_deadline",
+        "deadline_at",
+        postgresql_where=text("status = 'running' AND deadline_at IS NOT NULL"),
     ),
 )
 

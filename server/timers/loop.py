@@ -1,8 +1,10 @@
 """The timer and reconciler loop, run by every server replica (rows are claimed with
 FOR UPDATE SKIP LOCKED, so replicas never fire the same timer twice):
 
-- due timers: attempts whose backoff ended are published at their due time, woken early by
-  NOTIFY when any replica schedules one;
+- due timers: attempts whose backoff ended are published at their due time, and wait steps
+  that are due complete, woken early by NOTIFY when any replica schedules one;
+- deadlines: running attempts past their attempt timeout fail as timed_out, on time (the
+  loop also wakes at the earliest deadline);
 - lost dispatches: attempts published but not claimed within the dispatch timeout (Redis lost
   them, or a server died between commit and publish) are published again;
 - leases: running attempts whose worker stopped heartbeating fail as worker_lost. A process
@@ -55,6 +57,9 @@ class TimerLoop:
             try:
                 self._hub.timers.clear()
                 await self._engine.kick_due(self._dispatch_timeout_ms)
+                timed_out = await self._engine.expire_deadlines()
+                if timed_out:
+                    log.info("attempts_timed_out", count=timed_out)
                 if time.monotonic() >= next_leases:
                     expired = await self._engine.expire_leases()
                     if expired:

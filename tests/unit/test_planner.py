@@ -104,12 +104,33 @@ def test_features_not_run_yet_are_refused_with_field_violations() -> None:
         steps=(
             Step(name="a", kind=StepKind.TASK, handler="h.a", attempt_timeout_ms=5, compensate="u"),
             Step(name="w", kind=StepKind.WAIT, wait_ms=10),
+            Step(name="p", kind=StepKind.PAUSE),
         ),
     )
     assert [v.field for v in unsupported_features(wf)] == [
         "definition.triggers[1].cron",
-        "definition.steps[0].attempt_timeout",
-        "definition.steps[0].compensate",
-        "definition.steps[1].wait",
+        "definition.steps[2].pause",
     ]
     assert unsupported_features(flow(Transition("a", Outcome.OK, "b"))) == []
+
+
+def test_compensations_run_newest_first_skipping_irreversible_and_started() -> None:
+    wf = WorkflowDef(
+        name="wf",
+        triggers=(Trigger("manual"),),
+        steps=(
+            Step(name="a", kind=StepKind.TASK, handler="h.a", compensate="h.undo_a"),
+            Step(name="b", kind=StepKind.TASK, handler="h.b"),
+            Step(name="c", kind=StepKind.TASK, handler="h.c", compensate="h.undo_c"),
+            Step(
+                name="d", kind=StepKind.TASK, handler="h.d", compensate="h.x", irreversible=True
+            ),
+            Step(name="e", kind=StepKind.TASK, handler="h.e", compensate="h.undo_e"),
+        ),
+    )
+    # completion order a, c, b, d, e: e first, then c, then a; b has none, d is irreversible
+    assert planner.compensations(wf, ["a", "c", "b", "d", "e"], ()) == ("e", "c", "a")
+    assert planner.compensations(wf, ["a", "c", "b", "d", "e"], {"e"}) == ("c", "a")
+    assert planner.compensations(wf, ["a", "c:compensate"], ()) == ("a",)
+    compensation = wf.step("c:compensate")
+    assert (compensation.handler, compensation.kind) == ("h.undo_c", StepKind.TASK)
