@@ -7,6 +7,7 @@ definition in one INVALID_ARGUMENT; `definition_to_proto` is its exact inverse.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TypeVar
 
 from google.protobuf import duration_pb2, json_format, struct_pb2
@@ -146,9 +147,8 @@ def _step(pb: workflow_pb2.Step, where: str, problems: list[FieldViolation]) -> 
             wait_ms = _ms(pb.wait.duration, f"{where}.wait.duration", problems)
         else:
             problems.append(FieldViolation(f"{where}.wait.duration", "is required"))
-    return Step(
+    step = Step(
         name=pb.name,
-        # LOG is a placeholder for a missing kind: it has no checks of its own.
         kind=StepKind(kind) if kind else StepKind.LOG,
         handler=pb.task.handler,
         queue=pb.task.queue or DEFAULT_QUEUE,
@@ -175,6 +175,19 @@ def _step(pb: workflow_pb2.Step, where: str, problems: list[FieldViolation]) -> 
         after=tuple(pb.after),
         compensate=pb.compensate,
     )
+    if kind is None:
+        # LOG stands in for the missing kind, without the options a log step cannot have (so
+        # the one problem is not reported once per option); their values were checked above.
+        step = replace(
+            step,
+            retry=None,
+            attempt_timeout_ms=None,
+            heartbeat_timeout_ms=None,
+            input=None,
+            output_key="",
+            compensate="",
+        )
+    return step
 
 
 def _retry(pb: workflow_pb2.RetryPolicy, where: str, problems: list[FieldViolation]) -> RetryPolicy:

@@ -120,6 +120,19 @@ def _check_steps(steps: Sequence[Step], out: list[FieldViolation]) -> None:
                 out.append(FieldViolation(f"{where}.task.queue", "is required"))
         if step.kind is StepKind.WAIT and step.wait_ms <= 0:
             out.append(FieldViolation(f"{where}.wait.duration", "must be positive"))
+        if step.kind is not StepKind.TASK:
+            for option in _task_options(step):
+                out.append(
+                    FieldViolation(
+                        f"{where}.{option}", f"a {step.kind.value} step takes no {option}"
+                    )
+                )
+        elif step.compensate and step.irreversible:
+            out.append(
+                FieldViolation(
+                    f"{where}.compensate", "an irreversible step is never compensated: drop one"
+                )
+            )
         if step.retry is not None:
             _check_retry(step.retry, f"{where}.retry", out)
         if step.attempt_timeout_ms is not None and step.attempt_timeout_ms <= 0:
@@ -142,6 +155,19 @@ def _check_steps(steps: Sequence[Step], out: list[FieldViolation]) -> None:
                 if not name:
                     out.append(FieldViolation(f"{where}.input.paths", "names must not be empty"))
                 _check_path(path, f"{where}.input.paths[{name}]", out)
+
+
+def _task_options(step: Step) -> list[str]:
+    """The options only a task step can have, that `step` sets."""
+    options = {
+        "retry": step.retry is not None,
+        "attempt_timeout": step.attempt_timeout_ms is not None,
+        "heartbeat_timeout": step.heartbeat_timeout_ms is not None,
+        "input": step.input is not None,
+        "output_key": bool(step.output_key),
+        "compensate": bool(step.compensate),
+    }
+    return [name for name, present in options.items() if present]
 
 
 def _check_retry(policy: RetryPolicy, where: str, out: list[FieldViolation]) -> None:

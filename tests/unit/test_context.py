@@ -8,6 +8,7 @@ from server.engine.context import (
     get_path,
     json_equal,
     merge_output,
+    render,
     select_input,
 )
 from server.engine.model import (
@@ -175,3 +176,13 @@ def test_choose_transition_respects_step_and_outcome() -> None:
     assert choose_transition(TRANSITIONS, "check", Outcome.ERROR, amount(10)) is None
     assert choose_transition(TRANSITIONS, "other", Outcome.OK, {}) is TRANSITIONS[5]
     assert choose_transition(TRANSITIONS, "nope", Outcome.OK, {}) is None
+
+
+def test_render_fills_placeholders_from_the_context() -> None:
+    context: dict[str, JSON] = {"order": {"id": "o-1", "items": [{"sku": "A"}], "total": 12.5}}
+    assert render("order {order.id}: {order.total} ({order.items.0.sku})", context) == (
+        "order o-1: 12.5 (A)"
+    )
+    assert render("{order.items}", context) == '[{"sku":"A"}]'
+    assert render("{missing} and {order.nope} stay", context) == "{missing} and {order.nope} stay"
+    assert render("no placeholders", context) == "no placeholders"

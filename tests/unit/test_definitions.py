@@ -102,7 +102,6 @@ def rich_proto() -> pb.WorkflowDefinition:
                     keys=["amount", "currency"], paths={"src": "meta.source", "tag": "meta.tags.0"}
                 ),
                 output_key="charge",
-                irreversible=True,
                 compensate="payment.refund",
             ),
             pb.Step(name="cool_down", wait=pb.WaitStep(duration=ms(1_500))),
@@ -181,7 +180,6 @@ def test_from_proto_builds_the_domain_definition() -> None:
             keys=("amount", "currency"), paths=(("src", "meta.source"), ("tag", "meta.tags.0"))
         ),
         output_key="charge",
-        irreversible=True,
         compensate="payment.refund",
     )
     assert defn.steps[1] == Step("cool_down", StepKind.WAIT, wait_ms=1_500)

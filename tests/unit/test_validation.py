@@ -177,6 +177,26 @@ def test_step_kinds_have_their_requirements() -> None:
     }
 
 
+
+def test_options_of_task_steps_are_refused_on_other_kinds() -> None:
+    defn = chain(
+        Step("w", StepKind.WAIT, wait_ms=10, retry=RetryPolicy(), output_key="x"),
+        Step("l", StepKind.LOG, attempt_timeout_ms=5, compensate="h.undo", irreversible=True),
+    )
+    assert problems(defn) == {
+        "definition.steps[0].retry": "a wait step takes no retry",
+        "definition.steps[0].output_key": "a wait step takes no output_key",
+        "definition.steps[1].attempt_timeout": "a log step takes no attempt_timeout",
+        "definition.steps[1].compensate": "a log step takes no compensate",
+    }
+
+
+def test_an_irreversible_step_cannot_declare_a_compensation() -> None:
+    defn = chain(task("a", compensate="h.undo", irreversible=True))
+    assert problems(defn) == {
+        "definition.steps[0].compensate": "an irreversible step is never compensated: drop one"
+    }
+
 def test_retry_policy_bounds() -> None:
     bad = RetryPolicy(
         max_attempts=0,
