@@ -49,6 +49,10 @@ def format_run(run: run_pb2.Run) -> str:
         lines.append(f"replays   {run.source_run_id}")
     if run.HasField("error"):
         lines.append(f"error     {run.error.reason}: {run.error.message}")
+        compensation = struct_to_dict(run.error.details).get("compensation")
+        if compensation:
+            undone = ", ".join(f"{c['step']} {c['status']}" for c in compensation)
+            lines.append(f"compensated {undone}")
     lines.append("steps")
     for step in run.steps:
         status = _name(run_pb2.StepStatus.Name(step.status), "STEP_STATUS_")
@@ -58,6 +62,8 @@ def format_run(run: run_pb2.Run) -> str:
             detail = ""
             if attempt.HasField("error"):
                 detail = f" {attempt.error.reason}: {attempt.error.message}"
+            elif attempt.HasField("progress"):
+                detail = f" progress {_compact(struct_to_dict(attempt.progress))}"
             lines.append(
                 f"    #{attempt.number} {a_status:<9} worker={attempt.worker_id or '-'}{detail}"
             )

@@ -37,7 +37,7 @@ from server.engine.views import (
 )
 from server.store import attempts, changes, runs, workers
 from server.store.changes import NewEvent, RunChange, StepUpdate
-from server.store.db import Connection
+from server.store.db import Connection, retry_conflicts
 from server.store.runs import LockedRun
 
 _CLAIMS_REMEMBERED = 10_000
@@ -103,6 +103,7 @@ class AttemptCommands(EngineCore):
     def _claim_batcher(self) -> Batcher[tuple[uuid.UUID, str, str], attempts.Claimed | None]:
         return Batcher(self._claim_batch)
 
+    @retry_conflicts
     async def _claim_batch(
         self, requests: list[tuple[uuid.UUID, str, str]]
     ) -> list[attempts.Claimed | None]:
@@ -111,6 +112,7 @@ class AttemptCommands(EngineCore):
             claimed = await attempts.claim(conn, requests)
         return [claimed.get((attempt_id, worker)) for attempt_id, _, worker in requests]
 
+    @retry_conflicts
     async def complete_attempt(
         self, attempt_id: uuid.UUID, token: str, output: JSON
     ) -> ResultDecision:
@@ -194,6 +196,7 @@ class AttemptCommands(EngineCore):
     def _result_batcher(self) -> Batcher[changes.Succeeded, bool]:
         return Batcher(self._result_batch)
 
+    @retry_conflicts
     async def _result_batch(self, items: list[changes.Succeeded]) -> list[bool]:
         """One statement for the results that arrived together, at most one per run (another
         one for the same run takes the general path)."""
@@ -272,6 +275,7 @@ class AttemptCommands(EngineCore):
             )
         )
 
+    @retry_conflicts
     async def fail_attempt(
         self,
         attempt_id: uuid.UUID,
@@ -424,6 +428,7 @@ class AttemptCommands(EngineCore):
             await self._end_wait(attempt_id, token)
         return len(due.tasks) + len(due.waits)
 
+    @retry_conflicts
     async def _end_wait(self, attempt_id: uuid.UUID, token: str) -> None:
         """A wait step's timer is due: the step completes and the run moves on."""
         async with self._db.transaction() as conn:

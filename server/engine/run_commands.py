@@ -40,7 +40,7 @@ from server.engine.views import (
 )
 from server.store import attempts, changes, runs, workflows
 from server.store.changes import NewEvent, RunChange, StepUpdate
-from server.store.db import Connection
+from server.store.db import Connection, retry_conflicts
 from server.store.runs import LockedRun, NewRun, RunFilter
 
 log = structlog.get_logger("squidmesh.engine")
@@ -208,6 +208,7 @@ class RunCommands(EngineCore):
         async with self._db.connect() as conn:
             return await runs.list_page(conn, where, cursor, limit)
 
+    @retry_conflicts
     async def cancel_run(
         self, run_id: uuid.UUID, actor: str, reason: str, idempotency_key: str = ""
     ) -> RunView:

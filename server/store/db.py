@@ -13,16 +13,22 @@ the throughput limit. Queries keep SQLAlchemy's `:name` parameter style.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import random
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
+import psycopg.errors
+import structlog
 from psycopg.rows import namedtuple_row
 from psycopg_pool import AsyncConnectionPool
+
+log = structlog.get_logger("squidmesh.store")
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -120,3 +126,34 @@ class Database:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_CONFLICT_ATTEMPTS = 5
+
+
+def retry_conflicts(
+    command: Callable[P, Awaitable[T]],
+) -> Callable[P, Awaitable[T]]:
+    """Runs a command again when Postgres aborted its transaction for a deadlock.
+
+    Commands lock attempt rows and their run's row in an order that depends on the command (a
+    claim batch locks attempts, then runs; a failing run locks itself, then cancels its
+    scheduled attempts), so two can deadlock; Postgres then aborts one, which rolled back and
+    can simply run again."""
+
+    @functools.wraps(command)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            try:
+                return await command(*args, **kwargs)
+            except psycopg.errors.DeadlockDetected:
+                if attempt == _CONFLICT_ATTEMPTS:
+                    raise
+                log.info("deadlock_retried", command=command.__name__, attempt=attempt)
+                await asyncio.sleep(random.uniform(0.001, 0.01 * attempt))
+        raise AssertionError("unreachable")
+
+    return run
