@@ -78,9 +78,22 @@ def format_event(event: run_pb2.RunEvent) -> str:
         where = f" {event.step}"
         if event.attempt_number:
             where += f"#{event.attempt_number}"
-    data = {k: v for k, v in struct_to_dict(event.data).items() if v not in ("", None)}
+    data = {
+        k: v
+        for k, v in _without_tracebacks(struct_to_dict(event.data)).items()
+        if v not in ("", None)
+    }
     extra = f" {_compact(data)}" if data else ""
     return f"[{event.sequence:>3}] {_time(event.time)} {kind:<18}{where}{extra}".rstrip()
+
+
+def _without_tracebacks(data: Any) -> Any:
+    """Event data for reading: tracebacks (in error details) are left to --json and GetRun."""
+    if isinstance(data, dict):
+        return {k: _without_tracebacks(v) for k, v in data.items() if k != "traceback"}
+    if isinstance(data, list):
+        return [_without_tracebacks(v) for v in data]
+    return data
 
 
 def format_workflow(wf: workflow_pb2.Workflow) -> str:
