@@ -5,8 +5,15 @@ measures:
   (a) throughput: N runs of a 3-step no-op workflow started concurrently → runs/s, steps/s;
   (b) latency: 1-step runs started one at a time, StartRun → completion seen on WatchRun;
   (c) the same 3-step workload as a raw taskiq chain on the same Redis, with 2 consumer
-      processes, and the ratio of (a) to it.
-The last line is `throughput_ratio=R steps_per_s=S p50_ms=P p99_ms=Q`."""
+      processes, and the ratio of (a) to it;
+  (d) per-step overhead: 10-step sequential runs (s1 -> s2 -> ... -> s10) started one at a
+      time, StartRun → completion latency / 10 per run → p50, p99;
+  (e) throughput under failures: (a) again with a 3-step workflow whose steps fail their first
+      attempt for a deterministic 10% of (run, step) pairs and are retried after a fixed 10 ms
+      backoff → completed steps/s (attempts not counted) as a percentage of (a). It checks that
+      every run completed and that exactly the planned attempts failed.
+The last line is `throughput_ratio=R steps_per_s=S p50_ms=P p99_ms=Q step_overhead_p50_ms=O
+failing_throughput_pct=F` (on one line)."""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -25,50 +33,120 @@ from redis.asyncio import Redis
 from squidmesh.v1 import run_pb2
 
 from bench.taskiq_chain import COUNTER, make_broker, register
+from bench.workflows import (
+    FAIL_PERCENT,
+    FLAKY_RETRY,
+    FLAKY_STEPS,
+    NOOP10_STEPS,
+    RETRY_DELAY_MS,
+    fails_first_attempt,
+    flaky3,
+    noop1,
+    noop3,
+    noop10,
+)
 from server.embedded import EmbeddedServices
 from server.store.db import libpq_url
 from tests.support import ServerProcess, WorkerProcess, fresh_database, stream_prefix, wait_for
-from worker_sdk import AsyncClient, Client
+from worker_sdk import AsyncClient, Client, Workflow
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-async def throughput(address: str, database_url: str, runs: int, concurrency: int) -> float:
-    """Seconds from the first StartRun to the last run's completion (server clock)."""
+async def throughput(
+    address: str, database_url: str, workflow: str, runs: int, concurrency: int
+) -> tuple[float, list[str]]:
+    """Seconds from the first StartRun to the last run's completion (server clock), and the
+    ids of the runs. `workflow` must have no runs yet."""
     sem = asyncio.Semaphore(concurrency)
     async with AsyncClient(address) as client:
 
-        async def start() -> None:
+        async def start() -> str:
             async with sem:
-                await client.start_run("bench_noop3", {})
+                return (await client.start_run(workflow, {})).id
 
-        await asyncio.gather(*(start() for _ in range(runs)))
+        run_ids = await asyncio.gather(*(start() for _ in range(runs)))
     async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
         while True:
             row = await (
                 await conn.execute(
                     "SELECT count(*) FILTER (WHERE status = 'completed'), "
-                    "count(*) FILTER (WHERE status NOT IN ('completed', 'pending', 'running')), "
+                    "count(*) FILTER (WHERE status NOT IN "
+                    "('completed', 'pending', 'running', 'retrying')), "
                     "extract(epoch FROM max(ended_at) - min(created_at)) "
-                    "FROM runs WHERE workflow_name = 'bench_noop3'"
+                    "FROM runs WHERE workflow_name = %s",
+                    (workflow,),
                 )
             ).fetchone()
             assert row is not None
             done, bad, elapsed = row
             if bad:
-                raise RuntimeError(f"{bad} benchmark runs did not complete")
+                raise RuntimeError(f"{bad} {workflow} runs did not complete")
             if done == runs:
-                return float(elapsed)
+                return float(elapsed), run_ids
             await asyncio.sleep(0.05)
 
 
-def latency(address: str, samples: int) -> list[float]:
+@dataclass(frozen=True)
+class Throughput:
+    runs: int
+    steps_per_run: int
+    seconds: float
+    run_ids: list[str]
+    cpu_s: list[float]
+    """CPU seconds used meanwhile by the server, then by each worker."""
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.runs * self.steps_per_run / self.seconds
+
+    def describe(self) -> str:
+        steps = self.runs * self.steps_per_run
+        return (
+            f"{self.runs} runs x {self.steps_per_run} steps in {self.seconds:.2f}s: "
+            f"{self.runs / self.seconds:.0f} runs/s, {self.steps_per_s:.0f} steps/s "
+            f"(CPU per step: server {self.cpu_s[0] * 1000 / steps:.2f} ms, "
+            f"workers {sum(self.cpu_s[1:]) * 1000 / steps:.2f} ms)"
+        )
+
+
+def measure_throughput(
+    pids: list[int],
+    address: str,
+    database_url: str,
+    workflow: Workflow,
+    runs: int,
+    concurrency: int,
+) -> Throughput:
+    """`throughput` of a sequential `workflow`, with the CPU time the processes `pids` (server
+    first) used meanwhile."""
+    cpu_before = [_cpu_seconds(pid) for pid in pids]
+    seconds, run_ids = asyncio.run(
+        throughput(address, database_url, workflow.name, runs, concurrency)
+    )
+    cpu = [_cpu_seconds(pid) - b for pid, b in zip(pids, cpu_before, strict=True)]
+    return Throughput(runs, len(workflow.step_names), seconds, run_ids, cpu)
+
+
+def failed_attempts(database_url: str, workflow: str) -> int:
+    """Attempts of `workflow`'s runs that failed."""
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM attempts JOIN runs ON runs.id = attempts.run_id "
+            "WHERE runs.workflow_name = %s AND attempts.status = 'failed'",
+            (workflow,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def latency(address: str, workflow: str, samples: int) -> list[float]:
     """Milliseconds from calling StartRun to the end of its WatchRun stream, one run at a time."""
     out = []
     with Client(address) as client:
         for _ in range(samples):
             t0 = time.perf_counter()
-            run = client.start_run("bench_noop1", {})
+            run = client.start_run(workflow, {})
             for _message in client.watch_run(run.id, after_sequence=0):
                 pass
             out.append((time.perf_counter() - t0) * 1000)
@@ -122,6 +200,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument(
+        "--overhead-samples", type=int, default=100, help="10-step runs measured in (d)"
+    )
     parser.add_argument("--concurrency", type=int, default=64, help="StartRun calls in flight")
     parser.add_argument("--worker-concurrency", type=int, default=64)
     parser.add_argument("--db-pool-size", type=int, default=20)
@@ -157,25 +238,20 @@ def main() -> int:
         with Client(server.address) as client:
             wait_for(lambda: _registered(client), 60, "bench workflows registered", every=0.2)
 
-        cpu_before = [_cpu_seconds(p.proc.pid) for p in processes]
-        elapsed = asyncio.run(throughput(server.address, database_url, args.runs, args.concurrency))
-        cpu = [_cpu_seconds(p.proc.pid) - b for p, b in zip(processes, cpu_before, strict=True)]
-        runs_per_s = args.runs / elapsed
-        steps_per_s = 3 * runs_per_s
-        steps = 3 * args.runs
-        print(
-            f"(a) throughput: {args.runs} runs x 3 steps in {elapsed:.2f}s: "
-            f"{runs_per_s:.0f} runs/s, {steps_per_s:.0f} steps/s "
-            f"(CPU per step: server {cpu[0] * 1000 / steps:.2f} ms, "
-            f"workers {sum(cpu[1:]) * 1000 / steps:.2f} ms)"
+        pids = [p.proc.pid for p in processes]
+        plain = measure_throughput(
+            pids, server.address, database_url, noop3, args.runs, args.concurrency
         )
+        steps_per_s = plain.steps_per_s
+        print(f"(a) throughput: {plain.describe()}", flush=True)
 
-        samples = latency(server.address, args.latency_samples)
+        samples = latency(server.address, noop1.name, args.latency_samples)
         p50 = statistics.median(samples)
         p99 = statistics.quantiles(samples, n=100)[98]
         print(
             f"(b) latency: {len(samples)} 1-step runs one at a time: p50 {p50:.1f} ms, "
-            f"p99 {p99:.1f} ms"
+            f"p99 {p99:.1f} ms",
+            flush=True,
         )
 
         chain_s = asyncio.run(taskiq_chain(urls.redis_url, args.runs, log_dir))
@@ -183,11 +259,49 @@ def main() -> int:
         ratio = steps_per_s / chain_steps
         print(
             f"(c) raw taskiq chain: {args.runs} chains x 3 tasks in {chain_s:.2f}s: "
-            f"{chain_steps:.0f} tasks/s; ratio {ratio:.2f}"
+            f"{chain_steps:.0f} tasks/s; ratio {ratio:.2f}",
+            flush=True,
+        )
+
+        per_step = [
+            ms / NOOP10_STEPS for ms in latency(server.address, noop10.name, args.overhead_samples)
+        ]
+        overhead_p50 = statistics.median(per_step)
+        overhead_p99 = statistics.quantiles(per_step, n=100)[98]
+        print(
+            f"(d) per-step overhead: {len(per_step)} {NOOP10_STEPS}-step runs one at a time, "
+            f"run latency / {NOOP10_STEPS}: p50 {overhead_p50:.2f} ms, "
+            f"p99 {overhead_p99:.2f} ms",
+            flush=True,
+        )
+
+        failing = measure_throughput(
+            pids, server.address, database_url, flaky3, args.runs, args.concurrency
+        )
+        failing_pct = 100 * failing.steps_per_s / steps_per_s
+        steps = len(FLAKY_STEPS) * args.runs
+        failed = failed_attempts(database_url, flaky3.name)
+        planned = sum(
+            fails_first_attempt(run_id, step) for run_id in failing.run_ids for step in FLAKY_STEPS
         )
         print(
+            f"(e) throughput, {FAIL_PERCENT}% of steps failing their first attempt, retried "
+            f"after a {FLAKY_RETRY.backoff} {RETRY_DELAY_MS} ms backoff "
+            f"(max_attempts={FLAKY_RETRY.max_attempts}): "
+            f"{failing.describe()}; {failed} failed attempts for {steps} completed steps "
+            f"({100 * failed / steps:.1f}%); {failing_pct:.0f}% of (a)",
+            flush=True,
+        )
+        if failed != planned:
+            raise RuntimeError(f"{failed} attempts failed, {planned} were planned to")
+        tolerance = 5 * (steps * FAIL_PERCENT / 100 * (1 - FAIL_PERCENT / 100)) ** 0.5 + 1
+        if abs(failed - steps * FAIL_PERCENT / 100) > tolerance:
+            raise RuntimeError(f"{failed} failed attempts is not about {FAIL_PERCENT}% of {steps}")
+
+        print(
             f"throughput_ratio={ratio:.2f} steps_per_s={steps_per_s:.0f} "
-            f"p50_ms={p50:.1f} p99_ms={p99:.1f}"
+            f"p50_ms={p50:.1f} p99_ms={p99:.1f} step_overhead_p50_ms={overhead_p50:.2f} "
+            f"failing_throughput_pct={failing_pct:.0f}"
         )
         return 0
     finally:
@@ -204,8 +318,8 @@ def _cpu_seconds(pid: int) -> float:
 
 def _registered(client: Client) -> bool:
     try:
-        client.get_workflow("bench_noop3")
-        client.get_workflow("bench_noop1")
+        for workflow in (noop1, noop3, noop10, flaky3):
+            client.get_workflow(workflow.name)
         return True
     except Exception:
         return False
