@@ -1,4 +1,4 @@
-"""attempt kinds (task, wait) and attempt deadlines
+"""attempt kinds (task, wait), attempt deadlines, timer indexes
 
 Revision ID: 0002
 Revises: 0001
@@ -6,6 +6,8 @@ Create Date: 2026-11-21 19:30:00
 
 Wait steps are timer rows in the attempts table (kind 'wait', fired by the timer loop rather
 than published); task attempts of steps with an attempt timeout get a deadline at their claim.
+The timer loop's scans get an index each: timers not yet kicked (every wake-up), and kicked
+attempts never claimed (once per interval), instead of one over every scheduled attempt.
 """
 
 from collections.abc import Sequence
@@ -33,9 +35,37 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("status = 'running' AND deadline_at IS NOT NULL"),
     )
+    op.drop_index(
+        "attempts_scheduled_due",
+        table_name="attempts",
+        postgresql_where=sa.text("status = 'scheduled'"),
+    )
+    op.create_index(
+        "attempts_timers_due",
+        "attempts",
+        ["due_at"],
+        unique=False,
+        postgresql_where=sa.text("status = 'scheduled' AND kicked_at IS NULL"),
+    )
+    op.create_index(
+        "attempts_scheduled_kicked",
+        "attempts",
+        ["kicked_at"],
+        unique=False,
+        postgresql_where=sa.text("status = 'scheduled' AND kicked_at IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("attempts_scheduled_kicked", table_name="attempts")
+    op.drop_index("attempts_timers_due", table_name="attempts")
+    op.create_index(
+        "attempts_scheduled_due",
+        "attempts",
+        ["due_at"],
+        unique=False,
+        postgresql_where=sa.text("status = 'scheduled'"),
+    )
     op.drop_index(
         "attempts_running_deadline",
         table_name="attempts",

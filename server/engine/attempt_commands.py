@@ -365,6 +365,7 @@ class AttemptCommands(EngineCore):
         await self._after_commit(change)
         return ResultDecision(accepted=True)
 
+    @retry_conflicts
     async def heartbeat(
         self, worker_id: str, beats: list[tuple[uuid.UUID, str, JSON]]
     ) -> HeartbeatResult:
@@ -417,11 +418,19 @@ class AttemptCommands(EngineCore):
                 self._wakeups.stop_attempts([(attempt.worker_id, str(attempt.id))], reason)
         return len(expired)
 
-    async def kick_due(self, dispatch_timeout_ms: int) -> int:
-        """Publishes due timers and re-publishes dispatches that were never claimed; ends the
-        waits that are due."""
+    async def kick_due(self) -> int:
+        """Publishes the retries whose backoff ended and ends the waits that are due."""
         async with self._db.connect() as conn:
-            due = await attempts.kick_due(conn, dispatch_timeout_ms)
+            due = await attempts.kick_due(conn)
+        return await self._kick(due)
+
+    async def kick_lost(self, dispatch_timeout_ms: int) -> int:
+        """Publishes again what was published but never claimed (and ends lost waits)."""
+        async with self._db.connect() as conn:
+            due = await attempts.kick_lost(conn, dispatch_timeout_ms)
+        return await self._kick(due)
+
+    async def _kick(self, due: attempts.Due) -> int:
         if due.tasks:
             await self._publish(due.tasks)
         for attempt_id, token in due.waits:

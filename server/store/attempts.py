@@ -248,21 +248,32 @@ class Due:
     """(id, token) of wait timers to complete."""
 
 
-async def kick_due(conn: Connection, dispatch_timeout_ms: int, limit: int = 500) -> Due:
-    """Marks as kicked the scheduled attempts that are due and either never kicked (a retry
-    whose backoff ended, a wait that ended) or kicked longer ago than the dispatch timeout
-    without effect (a task lost in Redis or in a server that crashed between commit and
-    publish; a wait whose server crashed before completing it)."""
+async def kick_due(conn: Connection, limit: int = 500) -> Due:
+    """Marks as kicked the timers that are due: scheduled attempts never kicked whose due time
+    came (a retry whose backoff ended, a wait that ended)."""
+    return await _kick(conn, "kicked_at IS NULL AND due_at <= now()", {"limit": limit})
+
+
+async def kick_lost(conn: Connection, dispatch_timeout_ms: int, limit: int = 500) -> Due:
+    """Marks as kicked again the scheduled attempts kicked longer ago than the dispatch timeout
+    without effect: a task lost in Redis or in a server that crashed between commit and
+    publish, a wait whose server crashed before completing it."""
+    return await _kick(
+        conn,
+        "kicked_at < now() - :timeout * interval '1 millisecond'",
+        {"timeout": dispatch_timeout_ms, "limit": limit},
+    )
+
+
+async def _kick(conn: Connection, condition: str, params: dict[str, Any]) -> Due:
     rows = await conn.execute(
         (
             "UPDATE attempts SET kicked_at = now(), kick_count = kick_count + 1 "
             "WHERE id IN (SELECT id FROM attempts WHERE status = 'scheduled' "
-            "AND due_at <= now() AND (kicked_at IS NULL OR kicked_at < now() - "
-            ":timeout * interval '1 millisecond') ORDER BY due_at LIMIT :limit "
-            "FOR UPDATE SKIP LOCKED) "
+            f"AND {condition} ORDER BY due_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
             "RETURNING id, token, run_id, step_name, handler, queue, kind"
         ),
-        {"timeout": dispatch_timeout_ms, "limit": limit},
+        params,
     )
     due = Due(tasks=[], waits=[])
     for row in rows:

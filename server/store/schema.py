@@ -117,9 +117,14 @@ attempts = Table(
     UniqueConstraint("run_id", "step_name", "number", name="attempts_run_step_number_key"),
     # Timer and reconciler scans touch only live attempts.
     Index(
-        "attempts_scheduled_due",
+        "attempts_timers_due",
         "due_at",
-        postgresql_where=text("status = 'scheduled'"),
+        postgresql_where=text("status = 'scheduled' AND kicked_at IS NULL"),
+    ),
+    Index(
+        "attempts_scheduled_kicked",
+        "kicked_at",
+        postgresql_where=text("status = 'scheduled' AND kicked_at IS NOT NULL"),
     ),
     Index(
         "attempts_running_lease",

@@ -52,19 +52,26 @@ class TimerLoop:
                 await self._task
 
     async def _run(self) -> None:
+        next_scan = time.monotonic()
         next_leases = time.monotonic() + self._lease_grace_s
         while True:
             try:
                 self._hub.timers.clear()
-                await self._engine.kick_due(self._dispatch_timeout_ms)
+                await self._engine.kick_due()
                 timed_out = await self._engine.expire_deadlines()
                 if timed_out:
                     log.info("attempts_timed_out", count=timed_out)
-                if time.monotonic() >= next_leases:
+                now = time.monotonic()
+                if now >= next_scan:  # the scans for what went missing, once per interval
+                    republished = await self._engine.kick_lost(self._dispatch_timeout_ms)
+                    if republished:
+                        log.info("lost_dispatches_republished", count=republished)
+                    next_scan = now + self._interval_s
+                if now >= next_leases:
                     expired = await self._engine.expire_leases()
                     if expired:
                         log.info("leases_expired", count=expired)
-                    next_leases = time.monotonic() + self._interval_s
+                    next_leases = now + self._interval_s
                 next_ms = await self._engine.next_timer_ms()
             except asyncio.CancelledError:
                 raise
