@@ -16,6 +16,10 @@ State model
   worked), forever, until `close()`.
 
 Answers that match no pending request (the second answer to a resent request) are dropped.
+The server also pushes `cancel` messages on its own (request_id 0, answering nothing): they go
+to the `on_cancel` callback and never touch `_pending`. It pushes them to the stream opened
+with the worker id in the "squidmesh-worker-id" metadata (`for_channel` sends it); one lost
+with a broken connection is still learnt from the next heartbeat's answer.
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ import structlog
 from squidmesh.v1 import worker_service_pb2 as pb
 from squidmesh.v1 import worker_service_pb2_grpc as pb_grpc
 
-__all__ = ["AttemptStream", "AttemptStreamClosedError", "StreamCall"]
+__all__ = ["WORKER_ID_METADATA", "AttemptStream", "AttemptStreamClosedError", "StreamCall"]
 
 log = structlog.get_logger("squidmesh.worker.stream")
+
+WORKER_ID_METADATA = "squidmesh-worker-id"
+"""The metadata key under which the server registers a stream to push cancellations to."""
 
 
 class AttemptStreamClosedError(Exception):
@@ -68,7 +75,11 @@ class _Connection:
 
 class AttemptStream:
     """Multiplexed, reconnecting attempt stream. Use `start()`, the typed request methods,
-    then `close()`."""
+    then `close()`.
+
+    `on_cancel(attempt_ids, reason)` is called on the event loop for each `CancelAttempts`
+    the server pushes; it may be set after construction.
+    """
 
     def __init__(
         self,
@@ -78,8 +89,10 @@ class AttemptStream:
         min_backoff: float = 0.1,
         max_backoff: float = 2.0,
         worker_id: str = "",
+        on_cancel: Callable[[list[str], str], object] | None = None,
     ) -> None:
         self._open_call = open_call
+        self.on_cancel = on_cancel
         self._request_timeout = request_timeout
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
@@ -97,11 +110,17 @@ class AttemptStream:
         cls,
         channel: grpc.aio.Channel,
         *,
+        worker_id: str,
         metadata: Sequence[tuple[str, str]] = (),
         **options: Any,
     ) -> AttemptStream:
+        """A stream on `channel` that identifies itself as `worker_id`, so the server can push
+        this worker's cancellations on it; `metadata` is sent too (e.g. authorization)."""
         stub = pb_grpc.WorkerServiceStub(channel)
-        return cls(lambda: stub.StreamAttempts(metadata=tuple(metadata) or None), **options)
+        call_metadata = ((WORKER_ID_METADATA, worker_id), *metadata)
+        return cls(
+            lambda: stub.StreamAttempts(metadata=call_metadata), worker_id=worker_id, **options
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -232,9 +251,22 @@ class AttemptStream:
                 self._log.info("attempt_stream_ended_by_server")
                 return
             connection.answered = True
+            if response.WhichOneof("message") == "cancel":
+                self._dispatch_cancel(response.cancel)
+                continue
             pending = self._pending.pop(response.request_id, None)
             if pending is not None and not pending.future.done():
                 pending.future.set_result(response)
+
+    def _dispatch_cancel(self, cancel: pb.CancelAttempts) -> None:
+        attempt_ids = list(cancel.attempt_ids)
+        self._log.debug("attempt_stream_cancel", attempts=attempt_ids, reason=cancel.reason)
+        if self.on_cancel is None:
+            return
+        try:
+            self.on_cancel(attempt_ids, cancel.reason)
+        except Exception:  # a callback bug must not break the stream every request uses
+            self._log.exception("attempt_stream_cancel_callback_failed")
 
     async def _watch(self, connection: _Connection) -> None:
         """Returns (ending the connection) once a request went unanswered too long on it."""

@@ -4,7 +4,11 @@ The life of a delivered step task (`AttemptRunner.run`):
 1. take one of the worker's `concurrency` slots;
 2. claim it with `AttemptStarted`; refused (duplicate, stale, cancelled...) -> log and return,
    so the message is acked and the handler never runs;
-3. run the handler with its input and a `StepContext` (heartbeated while it runs);
+3. run the handler with its input and a `StepContext` (heartbeated while it runs). It is asked
+   to stop (`cancel()`, `StepContext.request_cancel`) when the server pushes `CancelAttempts`
+   on the stream, when a heartbeat's answer lists it (the fallback), or locally when its
+   attempt timeout passes, which frees the slot of an async handler at once (a sync one
+   frees it when it returns: it should poll `ctx.cancel_event`);
 4. report `AttemptCompleted` / `AttemptFailed` and wait for the server's `ResultAck`
    (accepted or refused), then return so the message is acked.
 The attempt stays registered (and heartbeated) until its result was answered.
@@ -13,8 +17,9 @@ The attempt stays registered (and heartbeated) until its result was answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +67,9 @@ class AttemptRunner:
         """Attempts delivered and not finished (waiting for a slot, claiming, running)."""
         self._running: dict[str, _Running] = {}
         """Attempts claimed and accepted, until their result was answered."""
+        self._early_cancels: dict[str, str] = {}
+        """Cancellations of delivered attempts not yet running, by attempt: the server can
+        push one right behind its start decision, before the claim's waiter has resumed."""
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -86,6 +94,7 @@ class AttemptRunner:
                 await self._claim_and_run(attempt_id, token, handler, attempt_log)
         finally:
             self._running.pop(attempt_id, None)
+            self._early_cancels.pop(attempt_id, None)
             self._delivered.discard(attempt_id)
             if not self._delivered:
                 self._idle.set()
@@ -94,9 +103,10 @@ class AttemptRunner:
         """Asks the handlers of these attempts to stop (unknown ids are ignored)."""
         for attempt_id in attempt_ids:
             running = self._running.get(attempt_id)
-            if running is not None and not running.ctx.cancelled:
-                running.ctx.log.info("attempt_cancel_requested", reason=reason)
-                running.ctx.request_cancel(reason)
+            if running is not None:
+                _request_cancel(running.ctx, reason)
+            elif attempt_id in self._delivered:
+                self._early_cancels.setdefault(attempt_id, reason)
 
     def progress(self) -> list[pb.AttemptProgress]:
         """One entry per running attempt, with the progress recorded since the last call."""
@@ -141,9 +151,12 @@ class AttemptRunner:
         self._running[attempt_id] = _Running(ctx, token)
         attempt_log.debug("attempt_started")
         began = time.monotonic()
+        if attempt_id in self._early_cancels:
+            _request_cancel(ctx, self._early_cancels.pop(attempt_id))
 
         step_input = value_to_python(decision.input) if decision.HasField("input") else {}
-        outcome: Outcome = await execute(handler, step_input, ctx, self._executor)
+        with _cancel_at_deadline(ctx):
+            outcome: Outcome = await execute(handler, step_input, ctx, self._executor)
         await self._report(attempt_id, token, outcome, attempt_log, time.monotonic() - began)
 
     async def _report(
@@ -172,3 +185,25 @@ class AttemptRunner:
             attempt_log.info(
                 event, duration_ms=duration_ms, result_refused=ack.refusal_reason, **fields
             )
+
+
+def _request_cancel(ctx: StepContext, reason: str) -> None:
+    if not ctx.cancelled:
+        ctx.log.info("attempt_cancel_requested", reason=reason)
+        ctx.request_cancel(reason)
+
+
+@contextlib.contextmanager
+def _cancel_at_deadline(ctx: StepContext) -> Iterator[None]:
+    """Requests cancellation when the attempt's deadline passes, until the block ends. The
+    server (whose clock counts) fails the attempt as timed out; stopping the handler here
+    frees the slot instead of running on for a result that would be refused."""
+    remaining = ctx.time_remaining()
+    if remaining is None:
+        yield
+        return
+    timer = asyncio.get_running_loop().call_later(remaining, _request_cancel, ctx, "timed out")
+    try:
+        yield
+    finally:
+        timer.cancel()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import structlog
+from google.protobuf import duration_pb2
 from squidmesh.v1 import worker_service_pb2
 
 from worker_sdk.errors import AttemptCancelledError
@@ -21,6 +23,13 @@ class StepContext:
     Safe to use from the thread a sync handler runs in: `heartbeat()` only records progress
     (the worker sends it with its next heartbeat), and `cancel_event` is a `threading.Event`
     that long sync handlers can poll (or `raise_if_cancelled()` between units of work).
+
+    Time limit: `attempt_timeout` is the step's limit per attempt in seconds (None without
+    one), counted from the claim. `deadline` is when it passes, as a `time.monotonic()`
+    value, and `time_remaining()` the seconds left (never negative), both None without a
+    limit: use them to bound external calls. When the deadline passes the worker requests
+    cancellation (`cancel_reason` "timed out"). The server's clock is the one that counts:
+    it fails the attempt as timed out and refuses a result reported after that.
     """
 
     def __init__(
@@ -34,6 +43,7 @@ class StepContext:
         idempotency_key: str,
         handler: str = "",
         heartbeat_timeout: float | None = None,
+        attempt_timeout: float | None = None,
         log: Any = None,
     ) -> None:
         self.run_id = run_id
@@ -46,6 +56,13 @@ class StepContext:
         self.handler = handler
         self.heartbeat_timeout = heartbeat_timeout
         """The lease: the worker heartbeats more often than this (seconds), None if unknown."""
+        self.attempt_timeout = attempt_timeout
+        """The step's time limit per attempt (seconds, from the claim), None without one."""
+        self.deadline: float | None = None
+        """`time.monotonic()` when the attempt times out, None without a limit. Counted from
+        when the context is made (the claim's answer): a message later than the server's."""
+        if attempt_timeout is not None:
+            self.deadline = time.monotonic() + attempt_timeout
         self.cancel_event = threading.Event()
         self.log: Any = log if log is not None else structlog.get_logger("squidmesh.step")
         """A structlog logger bound with the run, step and attempt."""
@@ -67,13 +84,16 @@ class StepContext:
             attempt_number=decision.attempt_number,
             idempotency_key=decision.idempotency_key,
             handler=decision.handler,
-            heartbeat_timeout=(
-                from_duration(decision.heartbeat_timeout) or None
-                if decision.HasField("heartbeat_timeout")
-                else None
-            ),
+            heartbeat_timeout=_seconds(decision, "heartbeat_timeout"),
+            attempt_timeout=_seconds(decision, "attempt_timeout"),
             log=log,
         )
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the attempt times out (0 once it did), None without a limit."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
 
     # -- progress ------------------------------------------------------------------------
 
@@ -96,7 +116,7 @@ class StepContext:
 
     @property
     def cancelled(self) -> bool:
-        """True once the server asked this attempt to stop (run cancelled or lease lost)."""
+        """True once the attempt was asked to stop (run cancelled, timed out, lease lost)."""
         return self.cancel_event.is_set()
 
     def raise_if_cancelled(self) -> None:
@@ -123,3 +143,14 @@ class StepContext:
                 self._cancel_callbacks.append(callback)
                 return
         callback()
+
+
+def _seconds(
+    decision: worker_service_pb2.StartDecision,
+    field: Literal["heartbeat_timeout", "attempt_timeout"],
+) -> float | None:
+    """A duration field in seconds; None when unset or zero."""
+    if not decision.HasField(field):
+        return None
+    duration: duration_pb2.Duration = getattr(decision, field)
+    return from_duration(duration) or None

@@ -172,9 +172,8 @@ class Worker:
             if registration is None:
                 return  # stopped before the server answered
             stream = AttemptStream.for_channel(
-                channel, metadata=self._metadata, worker_id=self.worker_id
+                channel, worker_id=self.worker_id, metadata=self._metadata
             )
-            stream.start()
             runner = AttemptRunner(
                 worker_id=self.worker_id,
                 stream=stream,
@@ -182,6 +181,8 @@ class Worker:
                 executor=executor,
                 concurrency=self.concurrency,
             )
+            stream.on_cancel = runner.cancel  # the server's push; heartbeats are the fallback
+            stream.start()
             finish = asyncio.Event()
             broker_url = self.broker_url or registration.broker_url
             consumers = [
@@ -311,7 +312,8 @@ class Worker:
         self, runner: AttemptRunner, stream: AttemptStream, interval: float
     ) -> None:
         """While attempts run, renews their leases every `interval` (or a third of the
-        shortest lease, if smaller) and applies the server's cancellations."""
+        shortest lease, if smaller) and applies the cancellations in the answers (those the
+        server pushes on the stream arrive sooner; these cover a push lost on a reconnect)."""
         while True:
             lease = runner.shortest_lease()
             period = min(interval, lease / 3) if lease else interval

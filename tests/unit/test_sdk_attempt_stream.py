@@ -1,14 +1,21 @@
-"""The attempt stream's multiplexing, reconnect and resend, against an in-memory fake call
-(the real stream is exercised against the server in the integration tests)."""
+"""The attempt stream's multiplexing, reconnect, resend and pushed cancellations, against an
+in-memory fake call (the real stream is exercised against the server in the integration
+tests), and its metadata over real gRPC against a fake servicer."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
 
+import grpc
 import pytest
 from squidmesh.v1 import worker_service_pb2 as pb
+from squidmesh.v1 import worker_service_pb2_grpc as pb_grpc
 
 from worker_sdk.attempt_stream import AttemptStream, AttemptStreamClosedError
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class FakeCall:
@@ -37,6 +44,19 @@ class FakeCall:
         self._responses.put_nowait(
             pb.StreamAttemptsResponse(
                 request_id=request_id, start=pb.StartDecision(accepted=accepted, run_id="r")
+            )
+        )
+
+    def answer_result(self, request_id: int) -> None:
+        self._responses.put_nowait(
+            pb.StreamAttemptsResponse(request_id=request_id, result=pb.ResultAck(accepted=True))
+        )
+
+    def push_cancel(self, attempt_ids: list[str], reason: str) -> None:
+        """What the server sends on its own: request_id 0."""
+        self._responses.put_nowait(
+            pb.StreamAttemptsResponse(
+                cancel=pb.CancelAttempts(attempt_ids=attempt_ids, reason=reason)
             )
         )
 
@@ -179,3 +199,112 @@ async def test_close_fails_waiting_requests() -> None:
         await pending
     with pytest.raises(AttemptStreamClosedError):
         await stream.started(started("a2"))
+
+
+class CancelRecorder:
+    """An `on_cancel` callback that records what it is given."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[list[str], str]] = []
+        self.called = asyncio.Event()
+
+    def __call__(self, attempt_ids: list[str], reason: str) -> None:
+        self.received.append((attempt_ids, reason))
+        self.called.set()
+
+    async def wait(self) -> list[tuple[list[str], str]]:
+        await asyncio.wait_for(self.called.wait(), 5)
+        return self.received
+
+
+async def test_a_pushed_cancel_goes_to_the_callback_not_to_a_request() -> None:
+    server = FakeServer()
+    stream = AttemptStream(server.open, min_backoff=0.01)
+    recorder = CancelRecorder()
+    stream.on_cancel = recorder
+    stream.start()
+    try:
+        pending = asyncio.create_task(stream.started(started("a1")))
+        call = await server.next_call(1)
+        await call.wait_written(1)
+        call.push_cancel(["a1", "a2"], "run cancelled")
+        assert await recorder.wait() == [(["a1", "a2"], "run cancelled")]
+        assert not pending.done() and stream.unanswered == 1  # not taken for an answer
+        call.answer(call.written[0].request_id)
+        assert (await pending).accepted and stream.connections == 1
+    finally:
+        await stream.close()
+
+
+async def test_a_failing_cancel_callback_does_not_break_the_stream() -> None:
+    server = FakeServer()
+    calls: list[str] = []
+
+    def on_cancel(ids: list[str], reason: str) -> None:
+        calls.append(reason)
+        raise RuntimeError("bug in the callback")
+
+    stream = AttemptStream(server.open, min_backoff=0.01, on_cancel=on_cancel)
+    stream.start()
+    try:
+        pending = asyncio.create_task(stream.started(started("a1")))
+        call = await server.next_call(1)
+        await call.wait_written(1)
+        call.push_cancel(["a1"], "timed out")
+        call.answer(call.written[0].request_id)
+        assert (await asyncio.wait_for(pending, 5)).accepted
+        assert calls == ["timed out"] and stream.connections == 1
+    finally:
+        await stream.close()
+
+
+class PushingServicer(pb_grpc.WorkerServiceServicer):
+    """Records the stream's metadata, pushes one cancel, then answers each request."""
+
+    def __init__(self) -> None:
+        self.metadata: dict[str, str | bytes] = {}
+
+    async def RegisterWorker(  # noqa: N802 (the generated name)
+        self, request: pb.RegisterWorkerRequest, context: Context
+    ) -> pb.RegisterWorkerResponse:
+        raise NotImplementedError
+
+    async def StreamAttempts(  # noqa: N802 (the generated name)
+        self,
+        request_iterator: AsyncIterator[pb.StreamAttemptsRequest],
+        context: Context,
+    ) -> AsyncIterator[pb.StreamAttemptsResponse]:
+        self.metadata = dict(context.invocation_metadata() or ())
+        yield pb.StreamAttemptsResponse(
+            cancel=pb.CancelAttempts(attempt_ids=["a0"], reason="lease lost")
+        )
+        async for request in request_iterator:
+            yield pb.StreamAttemptsResponse(
+                request_id=request.request_id, start=pb.StartDecision(accepted=True)
+            )
+
+
+async def test_over_grpc_the_stream_carries_the_worker_id_and_receives_pushes() -> None:
+    servicer = PushingServicer()
+    server = grpc.aio.server()
+    pb_grpc.add_WorkerServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    recorder = CancelRecorder()
+    stream = AttemptStream.for_channel(
+        channel,
+        worker_id="w-1",
+        metadata=[("authorization", "Bearer t")],
+        on_cancel=recorder,
+    )
+    stream.start()
+    try:
+        assert (await asyncio.wait_for(stream.started(started("a1")), 5)).accepted
+        assert await recorder.wait() == [(["a0"], "lease lost")]
+        assert servicer.metadata["squidmesh-worker-id"] == "w-1"
+        assert servicer.metadata["authorization"] == "Bearer t"
+    finally:
+        await stream.close()
+        await channel.close()
+        await server.stop(None)
