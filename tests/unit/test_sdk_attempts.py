@@ -1,0 +1,189 @@
+"""The attempt runner's cancellations: the attempt timeout enforced locally, and the server's
+cancel pushed on the attempt stream (in-memory fakes; no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+from squidmesh.v1 import worker_service_pb2 as pb
+
+from tests.unit.test_sdk_attempt_stream import FakeServer
+from worker_sdk import StepContext
+from worker_sdk.attempt_stream import AttemptStream
+from worker_sdk.attempts import AttemptRunner
+from worker_sdk.values import to_duration
+from worker_sdk.workflow import Handler
+
+
+def decision(attempt_timeout: float | None = None) -> pb.StartDecision:
+    message = pb.StartDecision(accepted=True, run_id="r1", step="s", attempt_number=1)
+    if attempt_timeout is not None:
+        message.attempt_timeout.CopyFrom(to_duration(attempt_timeout))
+    return message
+
+
+class FakeStream:
+    """Accepts every claim with `decision` and records the reported results."""
+
+    def __init__(self, decision: pb.StartDecision) -> None:
+        self.decision = decision
+        self.results: list[pb.AttemptCompleted | pb.AttemptFailed] = []
+
+    async def started(self, message: pb.AttemptStarted) -> pb.StartDecision:
+        return self.decision
+
+    async def completed(self, message: pb.AttemptCompleted) -> pb.ResultAck:
+        self.results.append(message)
+        return pb.ResultAck(accepted=True)
+
+    async def failed(self, message: pb.AttemptFailed) -> pb.ResultAck:
+        self.results.append(message)
+        return pb.ResultAck(accepted=True)
+
+
+def runner_for(stream: Any, fn: Any, executor: ThreadPoolExecutor | None = None) -> AttemptRunner:
+    return AttemptRunner(
+        worker_id="w-1",
+        stream=cast(AttemptStream, stream),
+        handlers={"w.s": Handler.of("w.s", fn, "default")},
+        executor=executor,
+        concurrency=1,
+    )
+
+
+async def run_attempt(runner: AttemptRunner) -> None:
+    await asyncio.wait_for(runner.run("a1", "tok", "r1", "s", "w.s"), 5)
+
+
+# -- the attempt timeout ----------------------------------------------------------------------
+
+
+def test_the_context_takes_the_attempt_timeout_from_the_decision() -> None:
+    before = time.monotonic()
+    ctx = StepContext.from_decision("a1", decision(attempt_timeout=10))
+    assert ctx.attempt_timeout == 10
+    assert ctx.deadline is not None and before + 10 <= ctx.deadline <= time.monotonic() + 10
+    remaining = ctx.time_remaining()
+    assert remaining is not None and 9 < remaining <= 10
+    unlimited = StepContext.from_decision("a1", decision())
+    assert unlimited.attempt_timeout is None and unlimited.deadline is None
+    assert unlimited.time_remaining() is None
+    expired = StepContext.from_decision("a1", decision(attempt_timeout=0.001))
+    time.sleep(0.01)
+    assert expired.time_remaining() == 0
+
+
+async def test_an_async_handler_past_its_attempt_timeout_is_cancelled() -> None:
+    handler_cancelled = asyncio.Event()
+
+    async def slow(input: Any, ctx: StepContext) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            handler_cancelled.set()
+            raise
+
+    stream = FakeStream(decision(attempt_timeout=0.1))
+    began = time.monotonic()
+    await run_attempt(runner_for(stream, slow))
+    assert handler_cancelled.is_set() and time.monotonic() - began < 2
+    [result] = stream.results
+    assert isinstance(result, pb.AttemptFailed) and result.error_type == "Cancelled"
+    assert "timed out" in result.message
+
+
+async def test_a_sync_handler_past_its_attempt_timeout_sees_the_cancel_event() -> None:
+    seen: list[tuple[bool, str]] = []
+
+    def slow(input: Any, ctx: StepContext) -> None:
+        seen.append((ctx.cancel_event.wait(5), ctx.cancel_reason))
+        ctx.raise_if_cancelled()
+
+    stream = FakeStream(decision(attempt_timeout=0.1))
+    with ThreadPoolExecutor(1) as pool:
+        await run_attempt(runner_for(stream, slow, pool))
+    assert seen == [(True, "timed out")]
+    [result] = stream.results
+    assert isinstance(result, pb.AttemptFailed) and result.error_type == "Cancelled"
+
+
+async def test_the_timeout_timer_ends_with_the_attempt() -> None:
+    contexts: list[StepContext] = []
+
+    async def quick(input: Any, ctx: StepContext) -> dict[str, int]:
+        contexts.append(ctx)
+        return {"n": 1}
+
+    stream = FakeStream(decision(attempt_timeout=0.05))
+    await run_attempt(runner_for(stream, quick))
+    await asyncio.sleep(0.15)  # well past the deadline
+    assert not contexts[0].cancelled
+    assert isinstance(stream.results[0], pb.AttemptCompleted)
+
+
+# -- cancellations pushed by the server -------------------------------------------------------
+
+
+async def test_a_cancel_pushed_on_the_stream_cancels_the_running_handler() -> None:
+    handler_started = asyncio.Event()
+    handler_cancelled = asyncio.Event()
+
+    async def slow(input: Any, ctx: StepContext) -> None:
+        handler_started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            handler_cancelled.set()
+            raise
+
+    server = FakeServer()
+    stream = AttemptStream(server.open, min_backoff=0.01)
+    runner = runner_for(stream, slow)
+    stream.on_cancel = runner.cancel  # as the Worker wires it
+    stream.start()
+    try:
+        running = asyncio.create_task(run_attempt(runner))
+        call = await server.next_call(1)
+        await call.wait_written(1)
+        call.answer(call.written[0].request_id)
+        await asyncio.wait_for(handler_started.wait(), 5)
+        call.push_cancel(["a1"], "run cancelled")
+        await asyncio.wait_for(handler_cancelled.wait(), 5)
+        await call.wait_written(2)
+        failed = call.written[1]
+        assert failed.failed.error_type == "Cancelled" and "run cancelled" in failed.failed.message
+        call.answer_result(failed.request_id)
+        await running
+    finally:
+        await stream.close()
+
+
+async def test_a_cancel_pushed_right_behind_the_start_decision_is_not_lost() -> None:
+    ran_uncancelled = asyncio.Event()
+
+    async def handler(input: Any, ctx: StepContext) -> None:
+        await asyncio.sleep(0)  # the first point where a cancelled task stops
+        ran_uncancelled.set()
+
+    server = FakeServer()
+    stream = AttemptStream(server.open, min_backoff=0.01)
+    runner = runner_for(stream, handler)
+    stream.on_cancel = runner.cancel
+    stream.start()
+    try:
+        running = asyncio.create_task(run_attempt(runner))
+        call = await server.next_call(1)
+        await call.wait_written(1)
+        # Both read in one go: the cancel is handled before the claim's waiter resumes.
+        call.answer(call.written[0].request_id)
+        call.push_cancel(["a1"], "run cancelled")
+        await call.wait_written(2)
+        failed = call.written[1]
+        assert failed.failed.error_type == "Cancelled" and not ran_uncancelled.is_set()
+        call.answer_result(failed.request_id)
+        await running
+    finally:
+        await stream.close()
