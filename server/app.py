@@ -51,6 +51,7 @@ class App:
         self._db: Database | None = None
         self._publisher: Publisher | None = None
         self._hub: EventHub | None = None
+        self._worker_service: WorkerService | None = None
         self._notifier: Notifier | None = None
         self._timers: TimerLoop | None = None
         self._server: aio.Server | None = None
@@ -117,6 +118,7 @@ class App:
             settings.heartbeat_interval_ms,
         )
         self._hub.on_stop = worker_service.stop_attempts
+        self._worker_service = worker_service
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(worker_service, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -134,6 +136,8 @@ class App:
         log.info("serving", address=f"{host}:{self.port}")
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        if self._worker_service is not None:
+            self._worker_service.close_streams()  # they would hold the grace period up
         if self._server is not None:
             await self._server.stop(grace_s)
         if self._timers is not None:

@@ -44,6 +44,14 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._streams: dict[str, set[Answers]] = {}
         """The open attempt streams of each worker, by worker id."""
+        self._open: set[Answers] = set()
+        """Every open attempt stream."""
+
+    def close_streams(self) -> None:
+        """Ends every attempt stream (server shutdown): their workers reconnect to another
+        replica, or to this one once restarted, and resend what is unanswered."""
+        for answers in self._open:
+            answers.put_nowait(None)
 
     def stop_attempts(self, worker_id: str, attempt_ids: list[str], reason: str) -> None:
         """Pushes a CancelAttempts to the worker's streams on this replica, if any."""
@@ -85,6 +93,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
     ) -> AsyncIterator[pb.StreamAttemptsResponse]:
         answers: Answers = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        self._open.add(answers)
         worker_id = dict(context.invocation_metadata() or ()).get(WORKER_ID_METADATA, "")
         if worker_id:
             self._streams.setdefault(str(worker_id), set()).add(answers)
@@ -115,6 +124,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             while (response := await answers.get()) is not None:
                 yield response
         finally:
+            self._open.discard(answers)
             if worker_id:
                 streams = self._streams.get(str(worker_id), set())
                 streams.discard(answers)

@@ -110,6 +110,10 @@ def render(template: str, context: Mapping[str, JSON]) -> str:
         found, value = get_path(context, match.group(1))
         if not found:
             return match.group(0)
-        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        if isinstance(value, str):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))  # JSON numbers cross protobuf as doubles: 3, not 3.0
+        return json.dumps(value, separators=(",", ":"))
 
     return _PLACEHOLDER.sub(substitute, template)

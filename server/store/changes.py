@@ -117,7 +117,7 @@ su AS (
   UPDATE steps SET
     status = x.status,
     output = coalesce(x.output, steps.output),
-    error = coalesce(x.error, steps.error),
+    error = CASE WHEN x.status = 'completed' THEN NULL ELSE coalesce(x.error, steps.error) END,
     ended_at = CASE WHEN x.ended THEN now() ELSE steps.ended_at END
   FROM {rel}, jsonb_to_recordset({rel}.step_updates)
     AS x(name text, status text, output jsonb, error jsonb, ended bool)

@@ -18,7 +18,7 @@ import functools
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 
@@ -135,8 +135,8 @@ _CONFLICT_ATTEMPTS = 5
 
 
 def retry_conflicts(
-    command: Callable[P, Awaitable[T]],
-) -> Callable[P, Awaitable[T]]:
+    command: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
     """Runs a command again when Postgres aborted its transaction for a deadlock.
 
     Commands lock attempt rows and their run's row in an order that depends on the command (a

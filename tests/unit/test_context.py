@@ -186,3 +186,4 @@ def test_render_fills_placeholders_from_the_context() -> None:
     assert render("{order.items}", context) == '[{"sku":"A"}]'
     assert render("{missing} and {order.nope} stay", context) == "{missing} and {order.nope} stay"
     assert render("no placeholders", context) == "no placeholders"
+    assert render("{n} items", {"n": 3.0}) == "3 items"

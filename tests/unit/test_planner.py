@@ -122,9 +122,7 @@ def test_compensations_run_newest_first_skipping_irreversible_and_started() -> N
             Step(name="a", kind=StepKind.TASK, handler="h.a", compensate="h.undo_a"),
             Step(name="b", kind=StepKind.TASK, handler="h.b"),
             Step(name="c", kind=StepKind.TASK, handler="h.c", compensate="h.undo_c"),
-            Step(
-                name="d", kind=StepKind.TASK, handler="h.d", compensate="h.x", irreversible=True
-            ),
+            Step(name="d", kind=StepKind.TASK, handler="h.d", compensate="h.x", irreversible=True),
             Step(name="e", kind=StepKind.TASK, handler="h.e", compensate="h.undo_e"),
         ),
     )

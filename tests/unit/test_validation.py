@@ -177,7 +177,6 @@ def test_step_kinds_have_their_requirements() -> None:
     }
 
 
-
 def test_options_of_task_steps_are_refused_on_other_kinds() -> None:
     defn = chain(
         Step("w", StepKind.WAIT, wait_ms=10, retry=RetryPolicy(), output_key="x"),
@@ -196,6 +195,7 @@ def test_an_irreversible_step_cannot_declare_a_compensation() -> None:
     assert problems(defn) == {
         "definition.steps[0].compensate": "an irreversible step is never compensated: drop one"
     }
+
 
 def test_retry_policy_bounds() -> None:
     bad = RetryPolicy(
