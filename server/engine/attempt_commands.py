@@ -29,7 +29,7 @@ from server.engine.model import (
     compensated_step,
     compensation_step,
 )
-from server.engine.retry import DEFAULT_RETRY_POLICY, decide_retry
+from server.engine.retry import DEFAULT_RETRY_POLICY, RetryDecision, decide_retry
 from server.engine.views import (
     HeartbeatResult,
     ResultDecision,
@@ -186,21 +186,23 @@ class AttemptCommands(EngineCore):
             defn, claimed.run_id, claimed.step_name, claimed.number, claimed.context, output, {}
         )
         applied = await self._result_batcher.submit(
-            changes.Succeeded(change, attempt_id, token, output, claimed.last_seq)
+            changes.AttemptEnded(
+                change, attempt_id, token, AttemptStatus.SUCCEEDED, claimed.last_seq, output
+            )
         )
         if applied:
             await self._after_commit(change)
         return applied
 
     @functools.cached_property
-    def _result_batcher(self) -> Batcher[changes.Succeeded, bool]:
+    def _result_batcher(self) -> Batcher[changes.AttemptEnded, bool]:
         return Batcher(self._result_batch)
 
     @retry_conflicts
-    async def _result_batch(self, items: list[changes.Succeeded]) -> list[bool]:
+    async def _result_batch(self, items: list[changes.AttemptEnded]) -> list[bool]:
         """One statement for the results that arrived together, at most one per run (another
         one for the same run takes the general path)."""
-        first: dict[uuid.UUID, changes.Succeeded] = {}
+        first: dict[uuid.UUID, changes.AttemptEnded] = {}
         for item in items:
             first.setdefault(item.change.run_id, item)
         unique = list(first.values())
@@ -288,7 +290,13 @@ class AttemptCommands(EngineCore):
         """Records a failed attempt and decides what follows: a retry, the step's error
         route, compensation, or the run's failure. With `expired`, only if the attempt's
         lease or deadline passed (the timer loop's calls)."""
-        self._claims.pop(attempt_id, None)
+        claimed = self._claims.pop(attempt_id, None)
+        if (
+            claimed is not None
+            and expired is None
+            and await self._fail_as_claimed(attempt_id, token, failure, retry_after_ms, claimed)
+        ):
+            return ResultDecision(accepted=True)
         async with self._db.transaction() as conn:
             finished = await attempts.finish(
                 conn,
@@ -328,42 +336,96 @@ class AttemptCommands(EngineCore):
                 decision = decide_retry(
                     step.retry or DEFAULT_RETRY_POLICY, number, failure, retry_after_ms
                 )
-                if decision.retry:
-                    self._schedule(
-                        change, defn, name, number=number + 1, delay_ms=decision.delay_ms
-                    )
-                    change.step_updates.append(
-                        StepUpdate(
-                            name,
-                            StepStatus.RETRYING if decision.delay_ms else StepStatus.SCHEDULED,
-                            error=failure.to_json(),
-                        )
-                    )
-                    if decision.delay_ms and not compensation:
-                        change.status = RunStatus.RETRYING
-                else:
-                    change.step_updates.append(
-                        StepUpdate(name, StepStatus.FAILED, error=failure.to_json(), ended=True)
-                    )
-                    change.events.append(
-                        NewEvent(
-                            "step_failed",
-                            name,
-                            number,
-                            {"error": failure.to_json(), "retry": decision.reason},
-                        )
-                    )
-                    if compensation:
-                        await self._continue_compensation(conn, change, defn, run, name, failure)
-                    else:
-                        completed = (
-                            await runs.completed_steps(conn, run.id) if defn.compensates else []
-                        )
-                        plan = planner.after_failure(defn, name, failure, run.context)
-                        self._apply_plan(change, defn, plan, run.context, {}, completed)
+                gives_up = not decision.retry
+                completed: list[str] = []
+                if gives_up and defn.compensates and not compensation:
+                    completed = await runs.completed_steps(conn, run.id)
+                self._failed(change, defn, name, number, failure, decision, run.context, completed)
+                if gives_up and compensation:
+                    await self._continue_compensation(conn, change, defn, run, name, failure)
             await changes.apply(conn, change)
         await self._after_commit(change)
         return ResultDecision(accepted=True)
+
+    async def _fail_as_claimed(
+        self,
+        attempt_id: uuid.UUID,
+        token: str,
+        failure: Failure,
+        retry_after_ms: int | None,
+        claimed: attempts.Claimed,
+    ) -> bool:
+        """`_complete_as_claimed` for a failure: decided from the run as the claim saw it, in
+        one statement shared with the results that arrive together. False when that does not
+        hold (nothing written)."""
+        defn = self._definitions[claimed.workflow_id].definition
+        name, number = claimed.step_name, claimed.number
+        step = defn.step(name)
+        if defn.uses_dependencies or defn.compensates or step.attempt_timeout_ms:
+            # The general path: readiness, compensation, or the deadline's clock (Postgres').
+            return False
+        failure = replace(failure, step=name, attempt_number=number)
+        decision = decide_retry(step.retry or DEFAULT_RETRY_POLICY, number, failure, retry_after_ms)
+        change = RunChange(
+            claimed.run_id,
+            events=[NewEvent("attempt_failed", name, number, {"error": failure.to_json()})],
+        )
+        self._failed(change, defn, name, number, failure, decision, claimed.context, ())
+        applied = await self._result_batcher.submit(
+            changes.AttemptEnded(
+                change,
+                attempt_id,
+                token,
+                AttemptStatus.FAILED,
+                claimed.last_seq,
+                error=failure.to_json(),
+            )
+        )
+        if applied:
+            await self._after_commit(change)
+        return applied
+
+    def _failed(
+        self,
+        change: RunChange,
+        defn: WorkflowDef,
+        name: str,
+        number: int,
+        failure: Failure,
+        decision: RetryDecision,
+        context: dict[str, JSON],
+        completed: Sequence[str],
+    ) -> None:
+        """What follows a failed attempt of an active run: its retry; or the step fails, and
+        its error route, or the run's failure (or compensation), follows. A compensation that
+        fails for good is followed by the next one (`_continue_compensation`)."""
+        compensation = compensated_step(name) is not None
+        if decision.retry:
+            self._schedule(change, defn, name, number=number + 1, delay_ms=decision.delay_ms)
+            change.step_updates.append(
+                StepUpdate(
+                    name,
+                    StepStatus.RETRYING if decision.delay_ms else StepStatus.SCHEDULED,
+                    error=failure.to_json(),
+                )
+            )
+            if decision.delay_ms and not compensation:
+                change.status = RunStatus.RETRYING
+            return
+        change.step_updates.append(
+            StepUpdate(name, StepStatus.FAILED, error=failure.to_json(), ended=True)
+        )
+        change.events.append(
+            NewEvent(
+                "step_failed",
+                name,
+                number,
+                {"error": failure.to_json(), "retry": decision.reason},
+            )
+        )
+        if not compensation:
+            plan = planner.after_failure(defn, name, failure, context)
+            self._apply_plan(change, defn, plan, context, {}, completed)
 
     @retry_conflicts
     async def heartbeat(

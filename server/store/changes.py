@@ -84,7 +84,8 @@ class RunChange:
 # Changes travel as JSON documents, one per run: a relation of documents ({rel}) drives every
 # part below, so one statement writes one change or a whole batch of them.
 _DOCUMENT = """jsonb_to_recordset(CAST(:changes AS jsonb)) AS d(
-    run_id uuid, attempt_id uuid, token text, output jsonb, expected_seq bigint, status text,
+    run_id uuid, attempt_id uuid, token text, attempt_status text, output jsonb,
+    attempt_error jsonb, expected_seq bigint, status text,
     context jsonb, error jsonb, started bool, ended bool, cancel_scheduled bool, n_events int,
     step_updates jsonb, new_steps jsonb, new_attempts jsonb, events jsonb,
     workflow_id bigint, workflow_name text, workflow_version int, trigger text, payload jsonb,
@@ -161,7 +162,7 @@ _APPLY = (
     + " SELECT count(*) FROM e"
 )
 
-# Whole "attempt succeeded" commands, each decided from its run as the claim saw it: the run
+# Whole "attempt ended" commands, each decided from its run as the claim saw it: the run
 # row is locked and must still be at the claim's event sequence (nothing else happened to the
 # run since), and the attempt must still be running with this token. A change for which that
 # no longer holds writes nothing, and its caller takes the general path. At most one per run.
@@ -174,8 +175,8 @@ _APPLY_IF_CURRENT = (
   ORDER BY runs.id
   FOR UPDATE OF runs
 ), fin AS (
-  UPDATE attempts SET status = 'succeeded', ended_at = now(), output = doc.output,
-    lease_expires_at = NULL
+  UPDATE attempts SET status = doc.attempt_status, ended_at = now(), output = doc.output,
+    error = doc.attempt_error, lease_expires_at = NULL
   FROM doc JOIN r0 ON r0.id = doc.run_id
   WHERE attempts.id = doc.attempt_id AND attempts.token = doc.token
     AND attempts.status = 'running'
@@ -223,14 +224,17 @@ SELECT id, created_at FROM ins"""
 
 
 @dataclass(frozen=True)
-class Succeeded:
-    """A succeeded attempt and the change it leads to, decided from its run as claimed."""
+class AttemptEnded:
+    """An attempt that succeeded or failed, and the change it leads to, decided from its run
+    as claimed."""
 
     change: RunChange
     attempt_id: uuid.UUID
     token: str
-    output: JSON
+    status: str
     expected_seq: int
+    output: JSON = None
+    error: dict[str, JSON] | None = None
 
 
 async def apply(conn: Connection, change: RunChange) -> None:
@@ -238,7 +242,7 @@ async def apply(conn: Connection, change: RunChange) -> None:
     await conn.execute(_APPLY, {"changes": dumps([_document(change)])})
 
 
-async def apply_if_current(conn: Connection, items: list[Succeeded]) -> list[bool]:
+async def apply_if_current(conn: Connection, items: list[AttemptEnded]) -> list[bool]:
     """Writes each item, all in one statement, if its run is still at `expected_seq` and
     active and its attempt still running; says per item whether it was written. At most one
     item per run."""
@@ -247,7 +251,9 @@ async def apply_if_current(conn: Connection, items: list[Succeeded]) -> list[boo
             item.change,
             attempt_id=str(item.attempt_id),
             token=item.token,
+            attempt_status=item.status,
             output=item.output,
+            attempt_error=item.error,
             expected_seq=item.expected_seq,
         )
         for item in items
