@@ -458,3 +458,63 @@ async def test_concurrent_starts_with_one_idempotency_key_make_one_run(
     assert sum(r.created for r in responses) == 1
     assert await count_rows(database_url, "runs") == 1
     assert await count_rows(database_url, "attempts") == 1
+
+
+async def test_server_side_steps_at_start_and_features_still_refused(
+    channel: aio.Channel, database_url: str
+) -> None:
+    workflows = WorkflowServiceStub(channel)
+    runs = RunServiceStub(channel)
+
+    # Only log steps: the run completes inside StartRun, its messages rendered.
+    notes = workflow_pb2.WorkflowDefinition(name="notes")
+    notes.triggers.add(
+        name="manual",
+        manual=workflow_pb2.ManualTrigger(),
+        payload=[workflow_pb2.PayloadField(name="who", type=workflow_pb2.FIELD_TYPE_STRING)],
+    )
+    notes.steps.add(name="hello", log=workflow_pb2.LogStep(message="hello {who}"))
+    notes.steps.add(name="bye", log=workflow_pb2.LogStep(message="bye {nobody}"))
+    notes.transitions.add(from_step="hello", to="bye")
+    await workflows.RegisterWorkflow(workflow_service_pb2.RegisterWorkflowRequest(definition=notes))
+    started = await runs.StartRun(
+        run_service_pb2.StartRunRequest(workflow="notes", payload=payload(who="ann"))
+    )
+    assert started.run.status == run_pb2.RUN_STATUS_COMPLETED
+    run = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=started.run.id))).run
+    assert run.status == run_pb2.RUN_STATUS_COMPLETED and run.HasField("end_time")
+    assert [(s.name, s.status, len(s.attempts)) for s in run.steps] == [
+        ("hello", run_pb2.STEP_STATUS_COMPLETED, 0),
+        ("bye", run_pb2.STEP_STATUS_COMPLETED, 0),
+    ]
+    assert run.steps[0].output.struct_value.fields["message"].string_value == "hello ann"
+    assert run.steps[1].output.struct_value.fields["message"].string_value == "bye {nobody}"
+
+    # A wait first: the run is waiting from the start, on a timer row (no task published).
+    pause = workflow_pb2.WorkflowDefinition(name="later")
+    pause.triggers.add(name="manual", manual=workflow_pb2.ManualTrigger())
+    pause.steps.add(
+        name="nap", wait=workflow_pb2.WaitStep(duration=duration_pb2.Duration(seconds=3600))
+    )
+    await workflows.RegisterWorkflow(workflow_service_pb2.RegisterWorkflowRequest(definition=pause))
+    waiting = await runs.StartRun(run_service_pb2.StartRunRequest(workflow="later"))
+    assert waiting.run.status == run_pb2.RUN_STATUS_WAITING
+    assert [(s.name, s.status) for s in waiting.run.steps] == [("nap", run_pb2.STEP_STATUS_WAITING)]
+    got = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=waiting.run.id))).run
+    assert got.status == run_pb2.RUN_STATUS_WAITING
+    assert list(got.current_steps) == ["nap"]
+
+    # Pause steps and cron triggers are still refused rather than stored and ignored.
+    held = workflow_pb2.WorkflowDefinition(name="held")
+    held.triggers.add(name="manual", manual=workflow_pb2.ManualTrigger())
+    held.steps.add(name="hold", pause=workflow_pb2.PauseStep())
+    with pytest.raises(aio.AioRpcError) as raised:
+        await workflows.RegisterWorkflow(
+            workflow_service_pb2.RegisterWorkflowRequest(definition=held)
+        )
+    assert raised.value.code() == StatusCode.INVALID_ARGUMENT
+    assert details(raised.value) == (
+        "FEATURE_UNSUPPORTED",
+        [("definition.steps[0].pause", "pause steps are not supported yet")],
+    )
+    assert await count_rows(database_url, "workflows") == 2
