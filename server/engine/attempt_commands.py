@@ -178,13 +178,15 @@ class AttemptCommands(EngineCore):
         claimed the attempt, so the decision can be made from the run as the claim saw it.
         False when that no longer holds (nothing written)."""
         defn = self._definitions[claimed.workflow_id].definition
-        if defn.uses_dependencies or defn.compensates:
-            # Readiness depends on the other steps' states; a failure would need the
-            # completed steps to compensate.
+        if defn.uses_dependencies or compensated_step(claimed.step_name) is not None:
+            # Readiness depends on the other steps' states; a compensation's end depends on
+            # the other compensations.
             return False
         change = self._success(
             defn, claimed.run_id, claimed.step_name, claimed.number, claimed.context, output, {}
         )
+        if _needs_compensation(defn, change):
+            return False
         applied = await self._result_batcher.submit(
             changes.AttemptEnded(
                 change, attempt_id, token, AttemptStatus.SUCCEEDED, claimed.last_seq, output
@@ -361,8 +363,8 @@ class AttemptCommands(EngineCore):
         defn = self._definitions[claimed.workflow_id].definition
         name, number = claimed.step_name, claimed.number
         step = defn.step(name)
-        if defn.uses_dependencies or defn.compensates or step.attempt_timeout_ms:
-            # The general path: readiness, compensation, or the deadline's clock (Postgres').
+        if defn.uses_dependencies or compensated_step(name) is not None or step.attempt_timeout_ms:
+            # The general path: readiness, compensations, or the deadline's clock (Postgres').
             return False
         failure = replace(failure, step=name, attempt_number=number)
         decision = decide_retry(step.retry or DEFAULT_RETRY_POLICY, number, failure, retry_after_ms)
@@ -371,6 +373,8 @@ class AttemptCommands(EngineCore):
             events=[NewEvent("attempt_failed", name, number, {"error": failure.to_json()})],
         )
         self._failed(change, defn, name, number, failure, decision, claimed.context, ())
+        if _needs_compensation(defn, change):
+            return False
         applied = await self._result_batcher.submit(
             changes.AttemptEnded(
                 change,
@@ -552,3 +556,9 @@ def _with_output(context: dict[str, JSON], step: Step, output: JSON) -> dict[str
     if step.kind is not StepKind.TASK or compensated_step(step.name) is not None:
         return context
     return merge_output(context, step, output)
+
+
+def _needs_compensation(defn: WorkflowDef, change: RunChange) -> bool:
+    """Whether a change decided without the run's completed steps fails a run that may have
+    steps to compensate (then the general path decides, knowing them)."""
+    return defn.compensates and change.status in (RunStatus.FAILED, RunStatus.COMPENSATING)
