@@ -188,10 +188,13 @@ class EngineCore:
             change.status = RunStatus.COMPLETED
             change.ended = True
             change.events.append(NewEvent("run_completed"))
-        elif change.new_attempts:
+        else:
+            # Waiting when waits are all that is left (`statuses` covers every step in
+            # dependency mode; otherwise one step at a time is live).
             live = [status for status in statuses.values() if status in LIVE_STEP_STATUSES]
-            waiting = all(status is StepStatus.WAITING for status in live)
-            change.status = RunStatus.WAITING if waiting else RunStatus.RUNNING
+            if live:
+                waiting = all(status is StepStatus.WAITING for status in live)
+                change.status = RunStatus.WAITING if waiting else RunStatus.RUNNING
 
     def _fail_run(
         self, change: RunChange, defn: WorkflowDef, failure: Failure, completed: Sequence[str]
