@@ -8,7 +8,7 @@ gap-free and commit-ordered. Watchers are woken after commit by `events.notifier
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -298,9 +298,11 @@ def _document(change: RunChange, **extra: JSON) -> dict[str, JSON]:
         "ended": change.ended,
         "cancel_scheduled": change.cancel_scheduled_attempts,
         "n_events": len(change.events),
-        "step_updates": [asdict(s) for s in change.step_updates],
-        "new_steps": [asdict(s) for s in change.new_steps],
-        "new_attempts": [{**asdict(a), "id": str(a.id)} for a in change.new_attempts],
-        "events": [{"ord": i + 1, **asdict(e)} for i, e in enumerate(change.events)],
+        # vars(), not dataclasses.asdict(): the fields are JSON values already, and asdict's
+        # deep copies were 4% of the server's CPU.
+        "step_updates": [vars(s) for s in change.step_updates],
+        "new_steps": [vars(s) for s in change.new_steps],
+        "new_attempts": [{**vars(a), "id": str(a.id)} for a in change.new_attempts],
+        "events": [{"ord": i + 1, **vars(e)} for i, e in enumerate(change.events)],
         **extra,
     }
