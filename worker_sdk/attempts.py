@@ -43,6 +43,9 @@ log = structlog.get_logger("squidmesh.worker")
 class _Running:
     ctx: StepContext
     token: str
+    handler_returned: bool = False
+    """Its result is being reported: nothing left to cancel (a heartbeat answered while the
+    result is on its way says "lost")."""
 
 
 class AttemptRunner:
@@ -104,7 +107,8 @@ class AttemptRunner:
         for attempt_id in attempt_ids:
             running = self._running.get(attempt_id)
             if running is not None:
-                _request_cancel(running.ctx, reason)
+                if not running.handler_returned:
+                    _request_cancel(running.ctx, reason)
             elif attempt_id in self._delivered:
                 self._early_cancels.setdefault(attempt_id, reason)
 
@@ -148,7 +152,7 @@ class AttemptRunner:
             run_id=decision.run_id, step=decision.step, attempt_number=decision.attempt_number
         )
         ctx = StepContext.from_decision(attempt_id, decision, attempt_log)
-        self._running[attempt_id] = _Running(ctx, token)
+        running = self._running[attempt_id] = _Running(ctx, token)
         attempt_log.debug("attempt_started")
         began = time.monotonic()
         if attempt_id in self._early_cancels:
@@ -157,6 +161,7 @@ class AttemptRunner:
         step_input = value_to_python(decision.input) if decision.HasField("input") else {}
         with _cancel_at_deadline(ctx):
             outcome: Outcome = await execute(handler, step_input, ctx, self._executor)
+        running.handler_returned = True
         await self._report(attempt_id, token, outcome, attempt_log, time.monotonic() - began)
 
     async def _report(

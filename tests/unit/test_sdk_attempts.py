@@ -187,3 +187,34 @@ async def test_a_cancel_pushed_right_behind_the_start_decision_is_not_lost() -> 
         await running
     finally:
         await stream.close()
+
+
+async def test_a_cancel_while_the_result_is_reported_leaves_the_finished_handler_alone() -> None:
+    class SlowAck(FakeStream):
+        """Answers the result only once released, as a busy server would."""
+
+        def __init__(self) -> None:
+            super().__init__(decision())
+            self.reporting = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def completed(self, message: pb.AttemptCompleted) -> pb.ResultAck:
+            self.reporting.set()
+            await self.release.wait()
+            return await super().completed(message)
+
+    contexts: list[StepContext] = []
+
+    async def handler(input: Any, ctx: StepContext) -> str:
+        contexts.append(ctx)
+        return "done"
+
+    stream = SlowAck()
+    runner = runner_for(stream, handler)
+    attempt = asyncio.create_task(run_attempt(runner))
+    await asyncio.wait_for(stream.reporting.wait(), 5)
+    runner.cancel(["a1"], "lease lost")  # a heartbeat answer racing the result
+    stream.release.set()
+    await attempt
+    assert not contexts[0].cancelled
+    assert [type(r) for r in stream.results] == [pb.AttemptCompleted]
