@@ -364,3 +364,16 @@ saga.transition("reserve", "charge")
 saga.transition("charge", "ship")
 saga.transition("ship", "confirm")
 saga.transition("confirm", "complete")
+
+
+# --- progress: heartbeat details -----------------------------------------------------------------
+
+progress = Workflow("f_progress", description="reports progress while it works")
+progress.trigger("manual", payload=[Field("seconds", "number", default=3.0)])
+
+
+@progress.task(heartbeat_timeout=2)
+async def crunch(input: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    ctx.heartbeat({"rows": 1200, "phase": "loading"})
+    await asyncio.sleep(input["seconds"])
+    return {"rows": 1200}

@@ -606,3 +606,24 @@ def test_a_failed_saga_compensates_its_steps_newest_first_exactly_once(
         {"step": "charge", "status": "completed"},
         {"step": "reserve", "status": "completed"},
     ]
+
+
+# --- 7. progress details ------------------------------------------------------------------------
+
+
+def test_heartbeat_progress_shows_on_the_running_attempt(cluster: Cluster) -> None:
+    with _start_cluster(cluster, "f_progress") as client:
+        run = client.start_run("f_progress", {"seconds": 3.0})
+
+        def progress() -> dict[str, Any]:
+            attempts = _steps(client.get_run(run.id))["crunch"].attempts
+            return struct_to_dict(attempts[0].progress) if attempts else {}
+
+        # The worker sends it with its next heartbeat (a third of the 2 s lease at most).
+        wait_for(lambda: bool(progress()), 2.5, "progress on the running attempt", every=0.05)
+        assert progress() == {"rows": 1200, "phase": "loading"}
+        final = client.wait_for_run(run.id, timeout=30)
+    assert final.status == run_pb2.RUN_STATUS_COMPLETED
+    attempt = _steps(final)["crunch"].attempts[0]
+    assert attempt.status == SUCCEEDED
+    assert struct_to_dict(attempt.progress) == {"rows": 1200, "phase": "loading"}
