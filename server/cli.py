@@ -124,9 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--reason", default="")
     p.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    p.add_argument("--idempotency-key", default="", help="repeating it is a no-op")
     p = _client_command(runs, "replay", _runs_replay, "start a new run from a run's payload")
     p.add_argument("run_id")
     p.add_argument("--allow-irreversible", action="store_true")
+    p.add_argument("--idempotency-key", default="", help="the same key returns the same replay")
     return parser
 
 
@@ -382,7 +384,12 @@ def _runs_cancel(args: argparse.Namespace) -> int:
     from server.cli_format import format_run_line
 
     with _client(args) as client:
-        run = client.cancel_run(args.run_id, actor=args.actor, reason=args.reason)
+        run = client.cancel_run(
+            args.run_id,
+            actor=args.actor,
+            reason=args.reason,
+            idempotency_key=args.idempotency_key,
+        )
     if args.json:
         _print_json(run)
     else:
@@ -394,7 +401,11 @@ def _runs_replay(args: argparse.Namespace) -> int:
     from server.cli_format import format_run_line
 
     with _client(args) as client:
-        run = client.replay_run(args.run_id, allow_irreversible=args.allow_irreversible)
+        run = client.replay_run(
+            args.run_id,
+            allow_irreversible=args.allow_irreversible,
+            idempotency_key=args.idempotency_key,
+        )
     if args.json:
         _print_json(run)
     else:

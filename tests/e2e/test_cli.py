@@ -69,3 +69,28 @@ def test_cli_runs_and_reports_errors(cluster: Cluster) -> None:
     not_json = squidmesh(server.address, "runs", "start", "payment", "--payload", "{oops")
     assert not_json.returncode == 2 and "not JSON" in not_json.stderr
     assert "Traceback" not in not_json.stderr
+
+    # charge_card is irreversible: replay needs the flag; the same key gives the same replay.
+    refused = squidmesh(server.address, "runs", "replay", run_id)
+    assert refused.returncode == 1 and "IRREVERSIBLE_STEPS_COMPLETED" in refused.stderr
+    replays = [
+        squidmesh(
+            server.address,
+            "runs",
+            "replay",
+            run_id,
+            "--allow-irreversible",
+            "--idempotency-key",
+            "again-1",
+            "--json",
+        )
+        for _ in range(2)
+    ]
+    assert all(r.returncode == 0 for r in replays), replays[0].stderr
+    first, second = (json.loads(r.stdout) for r in replays)
+    assert first["id"] == second["id"] != run_id and first["sourceRunId"] == run_id
+
+    terminal = squidmesh(
+        server.address, "runs", "cancel", run_id, "--reason", "late", "--idempotency-key", "c-1"
+    )
+    assert terminal.returncode == 1 and "FAILED_PRECONDITION" in terminal.stderr
