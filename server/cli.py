@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -20,6 +20,9 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from server.settings import DEFAULT_ADDRESS, Settings, SettingsError
+
+if TYPE_CHECKING:  # imported lazily at run time, like the rest of the client side
+    from squidmesh.v1 import run_pb2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -381,8 +384,6 @@ def _watch(client: Any, run_id: str, after: int | None, as_json: bool) -> int:
 
 
 def _runs_cancel(args: argparse.Namespace) -> int:
-    from server.cli_format import format_run_line
-
     with _client(args) as client:
         run = client.cancel_run(
             args.run_id,
@@ -390,27 +391,28 @@ def _runs_cancel(args: argparse.Namespace) -> int:
             reason=args.reason,
             idempotency_key=args.idempotency_key,
         )
-    if args.json:
-        _print_json(run)
-    else:
-        print(format_run_line(run))
+    _print_run_line(run, args.json)
     return 0
 
 
 def _runs_replay(args: argparse.Namespace) -> int:
-    from server.cli_format import format_run_line
-
     with _client(args) as client:
         run = client.replay_run(
             args.run_id,
             allow_irreversible=args.allow_irreversible,
             idempotency_key=args.idempotency_key,
         )
-    if args.json:
+    _print_run_line(run, args.json)
+    return 0
+
+
+def _print_run_line(run: run_pb2.Run, as_json: bool) -> None:
+    from server.cli_format import format_run_line
+
+    if as_json:
         _print_json(run)
     else:
         print(format_run_line(run))
-    return 0
 
 
 if __name__ == "__main__":
