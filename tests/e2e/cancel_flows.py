@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from pathlib import Path
 from typing import Any
 
+from tests.e2e.marks import append_mark
 from worker_sdk import Field, Retry, RetryableError, StepContext, Workflow
 
 QUICK_RETRY = Retry(max_attempts=3, backoff="fixed", initial_delay=0.1)
@@ -32,8 +32,8 @@ LONG_LEASE = 60.0
 def mark(input: dict[str, Any], ctx: StepContext, what: str) -> None:
     marks = input.get("marks")
     if marks:
-        with (Path(marks) / f"{ctx.step}-{ctx.run_id}").open("a") as f:
-            f.write(f"{what} {ctx.attempt_number} {os.getpid()} {time.time():.3f}\n")
+        line = f"{what} {ctx.attempt_number} {os.getpid()} {time.time():.3f}"
+        append_mark(marks, ctx.step, ctx.run_id, line)
 
 
 def _payload(*extra: Field) -> list[Field]:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.marks import append_mark
 from worker_sdk import (
     Field,
     NonRetryableError,
@@ -37,8 +38,7 @@ def _marks_dir(input: dict[str, Any]) -> str:
 def _mark(input: dict[str, Any], ctx: StepContext, suffix: str = "") -> None:
     marks = _marks_dir(input)
     if marks:
-        with (Path(marks) / f"{ctx.step}{suffix}-{ctx.run_id}").open("a") as f:
-            f.write(f"{ctx.attempt_number} {os.getpid()}\n")
+        append_mark(marks, ctx.step + suffix, ctx.run_id, f"{ctx.attempt_number} {os.getpid()}")
 
 
 def _journal(input: dict[str, Any], ctx: StepContext, extra: Any = None) -> None:

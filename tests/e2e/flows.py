@@ -8,17 +8,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from pathlib import Path
 from typing import Any
 
+from tests.e2e.marks import append_mark
 from worker_sdk import Field, Retry, StepContext, Workflow, when
 
 
 def _mark(input: dict[str, Any], ctx: StepContext) -> None:
     marks = input.get("marks")
     if marks:
-        with (Path(marks) / f"{ctx.step}-{ctx.run_id}").open("a") as f:
-            f.write(f"{ctx.attempt_number} {os.getpid()}\n")
+        append_mark(marks, ctx.step, ctx.run_id, f"{ctx.attempt_number} {os.getpid()}")
 
 
 # --- branching -----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from squidmesh.v1 import run_pb2
 
 from tests.e2e import cancel_flows
 from tests.e2e.conftest import Cluster
+from tests.e2e.marks import read_marks
 from tests.support import WorkerProcess, wait_for
 from worker_sdk import Client, Field, Workflow, struct_to_dict
 
@@ -53,15 +54,9 @@ HEARTBEAT_INTERVAL_MS = "20000"
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _mark_lines(directory: Path, step: str, run_id: str) -> list[str]:
-    """The lines the handler of `step` wrote in this run (see cancel_flows.mark)."""
-    path = directory / f"{step}-{run_id}"
-    return path.read_text().splitlines() if path.exists() else []
-
-
 def _marks(directory: Path, step: str, run_id: str) -> list[str]:
     """What the handler of `step` recorded in this run: the first word of each line."""
-    return [line.split()[0] for line in _mark_lines(directory, step, run_id)]
+    return [line.split()[0] for line in read_marks(directory, step, run_id)]
 
 
 def _events(client: Client, run_id: str) -> list[run_pb2.RunEvent]:
@@ -359,7 +354,7 @@ def test_cancel_ignored_by_a_sync_handler_ends_with_its_lease(
     # The lease was last renewed at most lease/3 before the cancel; the reconciler looks every
     # second.
     assert lease * 2 / 3 - 0.2 <= to_cancelled <= lease + 3.0, to_cancelled
-    finished = _mark_lines(tmp_path, "stubborn", run.id)[1]
+    finished = read_marks(tmp_path, "stubborn", run.id)[1]
     assert finished.startswith("finished cancelled=True"), finished
     assert all(r.get("result_refused") for r in refused), refused
     assert _marks(tmp_path, "after_stubborn", run.id) == []

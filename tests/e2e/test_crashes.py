@@ -12,12 +12,8 @@ from squidmesh.v1 import run_pb2
 from server.dispatch.publisher import Publisher
 from server.engine.views import Dispatch
 from tests.e2e.conftest import Cluster
+from tests.e2e.marks import read_marks
 from tests.support import RedisProcess, wait_for
-
-
-def _marks(directory: Path, step: str, run_id: str) -> list[str]:
-    path = directory / f"{step}-{run_id}"
-    return path.read_text().split("\n")[:-1] if path.exists() else []
 
 
 def test_worker_killed_mid_step_is_replaced_after_its_lease(
@@ -28,7 +24,7 @@ def test_worker_killed_mid_step_is_replaced_after_its_lease(
     with cluster.client() as client:
         cluster.wait_registered(client, "e2e_slow")
         run = client.start_run("e2e_slow", {"seconds": 5, "marks": str(tmp_path)})
-        wait_for(lambda: _marks(tmp_path, "first", run.id), 30, "first attempt to start")
+        wait_for(lambda: read_marks(tmp_path, "first", run.id), 30, "first attempt to start")
         victim.kill()
         cluster.start_worker(concurrency=1)
         # The rest of the run is quick: only the lost attempt took 5 s.
@@ -73,7 +69,7 @@ def test_server_killed_and_restarted_mid_run(cluster: Cluster, tmp_path: Path) -
             client.start_run("e2e_slow", {"seconds": 1, "marks": str(tmp_path)}).id
             for _ in range(8)
         ]
-        wait_for(lambda: all(_marks(tmp_path, "first", r) for r in runs), 30, "steps running")
+        wait_for(lambda: all(read_marks(tmp_path, "first", r) for r in runs), 30, "steps running")
     server.kill()
     cluster.start_server(SQUIDMESH_DISPATCH_TIMEOUT_MS="3000")
     with cluster.client() as client:
@@ -99,14 +95,14 @@ def test_duplicate_delivery_runs_the_handler_once(cluster: Cluster, tmp_path: Pa
     with cluster.client() as client:
         cluster.wait_registered(client, "e2e_slow")
         run = client.start_run("e2e_slow", {"seconds": 1, "marks": str(tmp_path)})
-        wait_for(lambda: _marks(tmp_path, "first", run.id), 30, "first attempt to start")
+        wait_for(lambda: read_marks(tmp_path, "first", run.id), 30, "first attempt to start")
         attempt = client.get_run(run.id).steps[0].attempts[0]
         # Publish the same step task twice more, as a redelivery would.
         asyncio.run(_publish_again(cluster, run.id, attempt.id))
         final = client.wait_for_run(run.id, timeout=30)
 
     assert final.status == run_pb2.RUN_STATUS_COMPLETED
-    assert len(_marks(tmp_path, "first", run.id)) == 1
+    assert len(read_marks(tmp_path, "first", run.id)) == 1
     assert len(final.steps[0].attempts) == 1
 
 
@@ -138,7 +134,7 @@ def test_worker_drains_in_flight_attempts_on_sigterm(cluster: Cluster, tmp_path:
     with cluster.client() as client:
         cluster.wait_registered(client, "e2e_slow")
         run = client.start_run("e2e_slow", {"seconds": 2, "marks": str(tmp_path)})
-        wait_for(lambda: _marks(tmp_path, "first", run.id), 30, "first attempt to start")
+        wait_for(lambda: read_marks(tmp_path, "first", run.id), 30, "first attempt to start")
         assert worker.terminate(timeout=30) == 0  # returns once the handler finished
         first = client.get_run(run.id).steps[0]
         assert first.status == run_pb2.STEP_STATUS_COMPLETED
@@ -146,7 +142,7 @@ def test_worker_drains_in_flight_attempts_on_sigterm(cluster: Cluster, tmp_path:
         cluster.start_worker()
         final = client.wait_for_run(run.id, timeout=30)
     assert final.status == run_pb2.RUN_STATUS_COMPLETED
-    assert len(_marks(tmp_path, "first", run.id)) == 1
+    assert len(read_marks(tmp_path, "first", run.id)) == 1
 
 
 async def _count(cluster: Cluster, query: str) -> int:

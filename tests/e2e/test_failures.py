@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from squidmesh.v1 import run_pb2
 
 from tests.e2e.conftest import Cluster
+from tests.e2e.marks import read_marks
 from tests.support import wait_for
 from worker_sdk import Client, struct_to_dict, value_to_python
 
@@ -30,12 +31,6 @@ BACKOFF_TOLERANCE = 0.05  # the issue's window: each gap within ±50 ms of its b
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _marks(directory: Path, step: str, run_id: str) -> list[str]:
-    """The lines the handlers of `step` wrote for `run_id` ("<attempt> <pid>"), in order."""
-    path = directory / f"{step}-{run_id}"
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def _journal(directory: Path, run_id: str) -> list[list[Any]]:
@@ -105,7 +100,7 @@ def test_failing_twice_then_succeeding_and_exhausting_the_attempts(
     assert value_to_python(flaky.output) == {"attempt": 3}
     assert _context(ok_final)["flaky"] == {"attempt": 3}
     assert not ok_final.HasField("error")
-    assert [m.split()[0] for m in _marks(tmp_path, "flaky", ok.id)] == ["1", "2", "3"]
+    assert [m.split()[0] for m in read_marks(tmp_path, "flaky", ok.id)] == ["1", "2", "3"]
 
     # Always fails: three attempts, then the run fails with the last error, which is also the
     # step's and the last attempt's.
@@ -122,7 +117,7 @@ def test_failing_twice_then_succeeding_and_exhausting_the_attempts(
         assert _error(failure) == last
         assert failure.step == "flaky"
         assert failure.attempt_number == 3
-    assert len(_marks(tmp_path, "flaky", bad.id)) == 3
+    assert len(read_marks(tmp_path, "flaky", bad.id)) == 3
 
     # Last, as it is the least central: StepRun.error is "the last error, for failed steps"
     # (run.proto), so the step that succeeded on attempt 3 has none.
@@ -149,9 +144,9 @@ def test_an_exhausted_step_follows_its_error_route(cluster: Cluster, tmp_path: P
     assert _context(step_final)["fallback"] == {"recovered": True}
     assert "celebrated" not in _context(step_final)
     assert not step_final.HasField("error")
-    assert len(_marks(tmp_path, "doomed", to_step.id)) == 2
-    assert len(_marks(tmp_path, "fallback", to_step.id)) == 1
-    assert _marks(tmp_path, "celebrate", to_step.id) == []
+    assert len(read_marks(tmp_path, "doomed", to_step.id)) == 2
+    assert len(read_marks(tmp_path, "fallback", to_step.id)) == 1
+    assert read_marks(tmp_path, "celebrate", to_step.id) == []
     transitions = [
         (e.step, struct_to_dict(e.data)["to"])
         for e in step_history
@@ -166,7 +161,7 @@ def test_an_exhausted_step_follows_its_error_route(cluster: Cluster, tmp_path: P
     assert doomed.status == run_pb2.STEP_STATUS_FAILED
     assert [a.status for a in doomed.attempts] == [FAILED, FAILED]
     assert not complete_final.HasField("error")
-    assert _marks(tmp_path, "celebrate", to_complete.id) == []
+    assert read_marks(tmp_path, "celebrate", to_complete.id) == []
     transitions = [
         (e.step, struct_to_dict(e.data)["to"])
         for e in complete_history
@@ -253,7 +248,7 @@ def test_non_retryable_errors_skip_the_retries(cluster: Cluster, tmp_path: Path)
     assert sdk.error.non_retryable
     assert struct_to_dict(sdk.error.details) == {"code": 7}
     assert retry_reason("sdk") == "non_retryable"
-    assert len(_marks(tmp_path, "choosy", runs["sdk"].id)) == 1
+    assert len(read_marks(tmp_path, "choosy", runs["sdk"].id)) == 1
 
     # An error type the policy lists as non-retryable: one attempt.
     listed = finals["listed"]
@@ -262,7 +257,7 @@ def test_non_retryable_errors_skip_the_retries(cluster: Cluster, tmp_path: Path)
     assert [a.status for a in step.attempts] == [FAILED]
     assert _error(listed.error) == ("handler_error", "DeclinedError", "card declined")
     assert retry_reason("listed") == "non_retryable"
-    assert len(_marks(tmp_path, "choosy", runs["listed"].id)) == 1
+    assert len(read_marks(tmp_path, "choosy", runs["listed"].id)) == 1
 
     # The same step with any other error uses all four attempts.
     other = finals["other"]
@@ -271,7 +266,7 @@ def test_non_retryable_errors_skip_the_retries(cluster: Cluster, tmp_path: Path)
     assert [a.status for a in step.attempts] == [FAILED] * 4
     assert _error(other.error) == ("handler_error", "ValueError", "transient trouble 4")
     assert retry_reason("other") == "attempts_exhausted"
-    assert len(_marks(tmp_path, "choosy", runs["other"].id)) == 4
+    assert len(read_marks(tmp_path, "choosy", runs["other"].id)) == 4
 
 
 # --- 3. attempt timeouts and lost leases ---------------------------------------------------------
@@ -306,7 +301,9 @@ def test_an_attempt_past_its_timeout_fails_as_timed_out_and_is_retried(
         # Sync: attempt 1 ignores the cancellation and returns after 1.5 s, too late.
         stubborn = client.start_run("f_timeout_sync", {"seconds": 1.5, "marks": str(tmp_path)})
         stubborn_done = client.wait_for_run(stubborn.id, timeout=30)
-        wait_for(lambda: _marks(tmp_path, "stubborn:late", stubborn.id), 10, "the late sync result")
+        wait_for(
+            lambda: read_marks(tmp_path, "stubborn:late", stubborn.id), 10, "the late sync result"
+        )
 
         def refused() -> list[dict[str, Any]]:
             return [
@@ -335,7 +332,7 @@ def test_an_attempt_past_its_timeout_fails_as_timed_out_and_is_retried(
         assert 0.5 <= duration < 1.2, f"attempt 1 ran {duration:.3f} s"
         assert value_to_python(step.attempts[1].output)["attempt"] == 2
         assert value_to_python(step.output)["attempt"] == 2
-    assert [m.split()[0] for m in _marks(tmp_path, "sleepy", run.id)] == ["1", "2"]
+    assert [m.split()[0] for m in read_marks(tmp_path, "sleepy", run.id)] == ["1", "2"]
     assert [r["attempt_number"] for r in refusals] == [1]
 
 
@@ -348,7 +345,7 @@ def test_a_worker_that_stops_heartbeating_loses_its_attempt(
     with cluster.client() as client:
         cluster.wait_registered(client, "f_lease")
         run = client.start_run("f_lease", {"seconds": 2.0, "marks": str(tmp_path)})
-        wait_for(lambda: _marks(tmp_path, "stalls", run.id), 30, "attempt 1 to start")
+        wait_for(lambda: read_marks(tmp_path, "stalls", run.id), 30, "attempt 1 to start")
         os.kill(stopped.proc.pid, signal.SIGSTOP)  # mid-step: no more heartbeats
         try:
             cluster.start_worker(WORKER, concurrency=1)  # takes the retry
@@ -356,7 +353,7 @@ def test_a_worker_that_stops_heartbeating_loses_its_attempt(
         finally:
             os.kill(stopped.proc.pid, signal.SIGCONT)
         # The stopped worker wakes up, its handler returns, and it reports attempt 1's result.
-        wait_for(lambda: _marks(tmp_path, "stalls:late", run.id), 10, "the late handler")
+        wait_for(lambda: read_marks(tmp_path, "stalls:late", run.id), 10, "the late handler")
 
         def refused() -> list[dict[str, Any]]:
             return [
@@ -370,7 +367,7 @@ def test_a_worker_that_stops_heartbeating_loses_its_attempt(
         after = client.get_run(run.id)
 
     assert final.status == run_pb2.RUN_STATUS_COMPLETED, final
-    stopped_pid = int(_marks(tmp_path, "stalls", run.id)[0].split()[1])
+    stopped_pid = int(read_marks(tmp_path, "stalls", run.id)[0].split()[1])
     assert stopped_pid == stopped.proc.pid
     assert [r["attempt_number"] for r in refusals] == [1]
     # Nothing changed after the late result: attempt 1 stays lost, attempt 2's output stands.
@@ -462,7 +459,7 @@ def test_a_wait_survives_a_server_kill_and_ends_on_time(cluster: Cluster, tmp_pa
     assert 3.0 <= started <= 4.0, f"successor started {started:.3f} s after the wait began"
     completed = [e.step for e in history if e.type == run_pb2.RUN_EVENT_TYPE_STEP_COMPLETED]
     assert completed == ["before", "hold", "after"]
-    assert len(_marks(tmp_path, "after", run.id)) == 1
+    assert len(read_marks(tmp_path, "after", run.id)) == 1
 
 
 # --- 5. log steps --------------------------------------------------------------------------------
@@ -525,11 +522,13 @@ def test_a_failed_saga_compensates_its_steps_newest_first_exactly_once(
         ("reserve:compensate", 1),
     ]
     executions = {
-        step: len(_marks(tmp_path, step, run.id))
+        step: len(read_marks(tmp_path, step, run.id))
         for step in ("reserve", "charge", "ship", "confirm")
     }
     assert executions == {"reserve": 1, "charge": 1, "ship": 1, "confirm": 1}
-    undo = {s: _marks(tmp_path, f"{s}:compensate", run.id) for s in ("reserve", "charge", "ship")}
+    undo = {
+        s: read_marks(tmp_path, f"{s}:compensate", run.id) for s in ("reserve", "charge", "ship")
+    }
     assert {s: [m.split()[0] for m in lines] for s, lines in undo.items()} == {
         "ship": ["1"],
         "charge": ["1", "2"],  # failed once, then succeeded once
