@@ -82,6 +82,7 @@ class App:
             EngineConfig(
                 heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
                 max_payload_bytes=settings.max_payload_bytes,
+                handoff=settings.handoff,
             ),
         )
         self._hub = EventHub(libpq_url(settings.database_url))

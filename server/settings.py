@@ -11,6 +11,9 @@ from urllib.parse import urlsplit, urlunsplit
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 class SettingsError(ValueError):
     """A SQUIDMESH_* variable has an invalid value."""
 
@@ -43,6 +46,9 @@ class Settings:
     """Keep-alive period of idle WatchRun streams (SQUIDMESH_WATCH_KEEPALIVE_MS)."""
     max_payload_bytes: int = 1_048_576
     """Largest accepted payload or step output (SQUIDMESH_MAX_PAYLOAD_BYTES)."""
+    handoff: bool = True
+    """Whether the answer to a worker's result may hand it the run's next attempt, claimed in
+    the same transaction, instead of publishing it (SQUIDMESH_HANDOFF: true or false)."""
     stream_prefix: str = "squidmesh:queue:"
     """Prefix of the Redis stream of each task queue (SQUIDMESH_STREAM_PREFIX)."""
     log_level: str = "info"
@@ -97,6 +103,10 @@ def _parse(name: str, raw: str, type_name: Any) -> Any:
             raise SettingsError(
                 f"SQUIDMESH_{name.upper()} must be an integer, got {raw!r}"
             ) from None
+    if type_name in ("bool", bool):
+        if raw.lower() not in _BOOLEANS:
+            raise SettingsError(f"SQUIDMESH_{name.upper()} must be true or false, got {raw!r}")
+        return _BOOLEANS[raw.lower()]
     if type_name in ("Path", Path):
         return Path(raw)
     return raw

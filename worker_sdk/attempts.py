@@ -12,6 +12,13 @@ The life of a delivered step task (`AttemptRunner.run`):
 4. report `AttemptCompleted` / `AttemptFailed` and wait for the server's `ResultAck`
    (accepted or refused), then return so the message is acked.
 The attempt stays registered (and heartbeated) until its result was answered.
+
+Handoff: a result is reported with `accept_handoff`, keeping the slot for what follows. When
+the server's answer hands over the run's next attempt (already claimed for this worker), it
+runs in the same slot at once, from step 3, with no broker round trip; the task message is
+acked once the last attempt of the chain was answered. A slot accepts at most
+`MAX_HANDOFFS_IN_A_ROW` in a row, so that the tasks waiting in the queues get their turn, and
+none once the worker drains.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from squidmesh.v1 import worker_service_pb2 as pb
 
 from worker_sdk.attempt_stream import AttemptStream
 from worker_sdk.context import StepContext
-from worker_sdk.errors import CANCELLED
+from worker_sdk.errors import CANCELLED, Failure
 from worker_sdk.execution import Completed, Outcome, execute
 from worker_sdk.values import to_struct, value_to_python
 from worker_sdk.workflow import Handler
@@ -37,6 +44,9 @@ from worker_sdk.workflow import Handler
 __all__ = ["AttemptRunner"]
 
 log = structlog.get_logger("squidmesh.worker")
+
+MAX_HANDOFFS_IN_A_ROW = 32
+_CANCELS_REMEMBERED = 1_000
 
 
 @dataclass(eq=False)
@@ -59,6 +69,7 @@ class AttemptRunner:
         handlers: Mapping[str, Handler],
         executor: Executor | None,
         concurrency: int,
+        handoff: bool = True,
     ) -> None:
         self._worker_id = worker_id
         self._stream = stream
@@ -71,8 +82,11 @@ class AttemptRunner:
         self._running: dict[str, _Running] = {}
         """Attempts claimed and accepted, until their result was answered."""
         self._early_cancels: dict[str, str] = {}
-        """Cancellations of delivered attempts not yet running, by attempt: the server can
-        push one right behind its start decision, before the claim's waiter has resumed."""
+        """Cancellations of attempts not yet running, by attempt (the most recent
+        `_CANCELS_REMEMBERED`): the server can push one right behind its start decision or
+        the handoff of the attempt, before the waiter has resumed."""
+        self._handoff = handoff
+        """Whether results accept the run's next attempt (see the module docstring)."""
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -82,6 +96,10 @@ class AttemptRunner:
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+
+    def stop_handoffs(self) -> None:
+        """Accept no more handoffs (the worker drains)."""
+        self._handoff = False
 
     async def run(self, attempt_id: str, token: str, run_id: str, step: str, handler: str) -> None:
         """The step task: claim, run and report one attempt."""
@@ -94,23 +112,33 @@ class AttemptRunner:
         self._idle.clear()
         try:
             async with self._slots:
-                await self._claim_and_run(attempt_id, token, handler, attempt_log)
+                handoff = await self._claim_and_run(attempt_id, token, handler, attempt_log)
+                in_a_row = 0
+                while handoff is not None:
+                    in_a_row += 1
+                    handoff = await self._run_handoff(handoff, in_a_row)
         finally:
-            self._running.pop(attempt_id, None)
-            self._early_cancels.pop(attempt_id, None)
-            self._delivered.discard(attempt_id)
-            if not self._delivered:
-                self._idle.set()
+            self._forget(attempt_id)
+
+    def _forget(self, attempt_id: str) -> None:
+        self._running.pop(attempt_id, None)
+        self._early_cancels.pop(attempt_id, None)
+        self._delivered.discard(attempt_id)
+        if not self._delivered:
+            self._idle.set()
 
     def cancel(self, attempt_ids: Iterable[str], reason: str) -> None:
-        """Asks the handlers of these attempts to stop (unknown ids are ignored)."""
+        """Asks the handlers of these attempts to stop; one not running yet is asked when it
+        starts."""
         for attempt_id in attempt_ids:
             running = self._running.get(attempt_id)
             if running is not None:
                 if not running.handler_returned:
                     _request_cancel(running.ctx, reason)
-            elif attempt_id in self._delivered:
+            else:  # delivered and not running yet, or handed over in an answer not yet read
                 self._early_cancels.setdefault(attempt_id, reason)
+                if len(self._early_cancels) > _CANCELS_REMEMBERED:
+                    del self._early_cancels[next(iter(self._early_cancels))]
 
     def progress(self) -> list[pb.AttemptProgress]:
         """One entry per running attempt, with the progress recorded since the last call."""
@@ -135,19 +163,52 @@ class AttemptRunner:
 
     async def _claim_and_run(
         self, attempt_id: str, token: str, handler_name: str, attempt_log: Any
-    ) -> None:
+    ) -> pb.Handoff | None:
         handler = self._handlers.get(handler_name)
         if handler is None:
             # Not ours to run (e.g. a newer version's handler during a rolling deploy): leave
             # the attempt unclaimed; the server publishes it again for a worker that has it.
             attempt_log.warning("attempt_handler_unknown", handler=handler_name)
-            return
+            return None
         decision = await self._stream.started(
             pb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id=self._worker_id)
         )
         if not decision.accepted:
             attempt_log.info("attempt_refused", reason=decision.refusal_reason)
-            return
+            return None
+        return await self._run_accepted(attempt_id, token, handler, decision, attempt_log, 0)
+
+    async def _run_handoff(self, handoff: pb.Handoff, in_a_row: int) -> pb.Handoff | None:
+        """Runs an attempt handed over in a result's answer; returns the next one, if any."""
+        attempt_id, decision = handoff.attempt_id, handoff.start  # in _delivered already
+        attempt_log = self._log.bind(attempt=attempt_id, run_id=decision.run_id, step=decision.step)
+        try:
+            handler = self._handlers.get(decision.handler)
+            if handler is None:
+                # The server hands over only the handlers this worker registered; should it
+                # not, the attempt fails (and is retried through the queue), never hangs.
+                failure = Failure(
+                    "HandlerNotFound", f"this worker has no handler {decision.handler!r}"
+                )
+                await self._stream.failed(failure.to_proto(attempt_id, handoff.token))
+                return None
+            return await self._run_accepted(
+                attempt_id, handoff.token, handler, decision, attempt_log, in_a_row
+            )
+        finally:
+            self._forget(attempt_id)
+
+    async def _run_accepted(
+        self,
+        attempt_id: str,
+        token: str,
+        handler: Handler,
+        decision: pb.StartDecision,
+        attempt_log: Any,
+        in_a_row: int,
+    ) -> pb.Handoff | None:
+        """Runs a claimed attempt's handler and reports its outcome; returns the attempt the
+        answer hands over, if any (`in_a_row`: how many this slot ran so far)."""
         attempt_log = attempt_log.bind(
             run_id=decision.run_id, step=decision.step, attempt_number=decision.attempt_number
         )
@@ -162,18 +223,37 @@ class AttemptRunner:
         with _cancel_at_deadline(ctx):
             outcome: Outcome = await execute(handler, step_input, ctx, self._executor)
         running.handler_returned = True
-        await self._report(attempt_id, token, outcome, attempt_log, time.monotonic() - began)
+        accept_handoff = self._handoff and in_a_row < MAX_HANDOFFS_IN_A_ROW
+        ack = await self._report(
+            attempt_id, token, outcome, attempt_log, time.monotonic() - began, accept_handoff
+        )
+        handoff = ack.handoff if ack.HasField("handoff") else None
+        if handoff is not None:
+            # Registered before this one is forgotten, so the worker is never idle between.
+            self._delivered.add(handoff.attempt_id)
+        self._forget(attempt_id)
+        return handoff
 
     async def _report(
-        self, attempt_id: str, token: str, outcome: Outcome, attempt_log: Any, seconds: float
-    ) -> None:
+        self,
+        attempt_id: str,
+        token: str,
+        outcome: Outcome,
+        attempt_log: Any,
+        seconds: float,
+        accept_handoff: bool,
+    ) -> pb.ResultAck:
         duration_ms = round(seconds * 1000, 1)
         if isinstance(outcome, Completed):
-            ack = await self._stream.completed(outcome.to_proto(attempt_id, token))
+            message = outcome.to_proto(attempt_id, token)
+            message.accept_handoff = accept_handoff
+            ack = await self._stream.completed(message)
             event = "attempt_completed"
             fields: dict[str, Any] = {}
         else:
-            ack = await self._stream.failed(outcome.to_proto(attempt_id, token))
+            failed = outcome.to_proto(attempt_id, token)
+            failed.accept_handoff = accept_handoff
+            ack = await self._stream.failed(failed)
             event = "attempt_cancelled" if outcome.error_type == CANCELLED else "attempt_failed"
             fields = {
                 "error_type": outcome.error_type,
@@ -190,6 +270,7 @@ class AttemptRunner:
             attempt_log.info(
                 event, duration_ms=duration_ms, result_refused=ack.refusal_reason, **fields
             )
+        return ack
 
 
 def _request_cancel(ctx: StepContext, reason: str) -> None:

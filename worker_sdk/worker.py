@@ -60,7 +60,9 @@ class Worker:
 
     `queues` defaults to every queue the workflows' task steps use. `concurrency` bounds the
     attempts running at once (and the threads running sync handlers). `broker_url` overrides
-    the Redis URL the server hands out. `token` is sent as a bearer token.
+    the Redis URL the server hands out. `token` is sent as a bearer token. `handoff` lets the
+    server answer a result with the run's next attempt, run at once in the same slot (see
+    `worker_sdk.attempts`); turn it off to take every attempt from the queues.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class Worker:
         worker_id: str | None = None,
         register_workflows: bool = True,
         token: str | None = None,
+        handoff: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -94,6 +97,7 @@ class Worker:
         self.broker_url = broker_url
         self.worker_id = worker_id or default_worker_id()
         self.register_workflows = register_workflows
+        self.handoff = handoff
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
@@ -180,6 +184,7 @@ class Worker:
                 handlers=self.handlers,
                 executor=executor,
                 concurrency=self.concurrency,
+                handoff=self.handoff,
             )
             stream.on_cancel = runner.cancel  # the server's push; heartbeats are the fallback
             stream.start()
@@ -215,6 +220,7 @@ class Worker:
             failure = await self._wait_for_stop(tasks[:-1])
 
             self._log.info("worker_draining", in_flight=runner.in_flight)
+            runner.stop_handoffs()
             finish.set()
             await asyncio.gather(*tasks[:-1], return_exceptions=True)  # receivers drained
             await runner.wait_idle()

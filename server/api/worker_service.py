@@ -27,6 +27,7 @@ from server.dispatch.publisher import CONSUMER_GROUP, TASK_NAME
 from server.engine.commands import Engine
 from server.engine.errors import FieldViolation, InvalidArgument
 from server.engine.model import Failure, FailureReason
+from server.engine.views import HandoffOffer, StartDecision
 
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 Answers: TypeAlias = "asyncio.Queue[pb.StreamAttemptsResponse | None]"
@@ -46,6 +47,8 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         """The open attempt streams of each worker, by worker id."""
         self._open: set[Answers] = set()
         """Every open attempt stream."""
+        self._offers: dict[str, HandoffOffer] = {}
+        """What each worker with a stream here can be handed (its queues and handlers)."""
 
     def close_streams(self) -> None:
         """Ends every attempt stream (server shutdown): their workers reconnect to another
@@ -77,6 +80,9 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             request.concurrency,
             dict(request.labels),
         )
+        self._offers[request.worker_id] = HandoffOffer(
+            request.worker_id, frozenset(request.queues), frozenset(request.handlers)
+        )
         interval = duration_pb2.Duration()
         interval.FromMilliseconds(self._heartbeat_interval_ms)
         return pb.RegisterWorkerResponse(
@@ -94,13 +100,13 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         answers: Answers = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
         self._open.add(answers)
-        worker_id = dict(context.invocation_metadata() or ()).get(WORKER_ID_METADATA, "")
+        worker_id = str(dict(context.invocation_metadata() or ()).get(WORKER_ID_METADATA, ""))
         if worker_id:
-            self._streams.setdefault(str(worker_id), set()).add(answers)
+            self._streams.setdefault(worker_id, set()).add(answers)
 
         async def answer(request: pb.StreamAttemptsRequest) -> None:
             try:
-                response = await self._handle(request)
+                response = await self._handle(request, worker_id)
             except Exception:
                 # No answer: the worker times the request out and sends it again.
                 log.exception("attempt_stream_request_failed", request_id=request.request_id)
@@ -126,17 +132,31 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         finally:
             self._open.discard(answers)
             if worker_id:
-                streams = self._streams.get(str(worker_id), set())
+                streams = self._streams.get(worker_id, set())
                 streams.discard(answers)
                 if not streams:
-                    self._streams.pop(str(worker_id), None)
+                    self._streams.pop(worker_id, None)
+                    self._offers.pop(worker_id, None)
             reader.cancel()
             for task in list(pending):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    async def _handle(self, request: pb.StreamAttemptsRequest) -> pb.StreamAttemptsResponse:
+    async def _offer(self, worker_id: str, accept: bool) -> HandoffOffer | None:
+        """What the worker behind a result that accepts a handoff can be handed."""
+        if not accept or not worker_id:
+            return None
+        offer = self._offers.get(worker_id)
+        if offer is None:  # registered with another replica, or before a restart
+            offer = await self._engine.handoff_offer(worker_id)
+            if offer is not None and worker_id in self._streams:
+                self._offers[worker_id] = offer
+        return offer
+
+    async def _handle(
+        self, request: pb.StreamAttemptsRequest, worker_id: str
+    ) -> pb.StreamAttemptsResponse:
         kind = request.WhichOneof("message")
         if kind == "started":
             started = request.started
@@ -145,27 +165,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 started.token,
                 started.worker_id,
             )
-            timeout = duration_pb2.Duration()
-            timeout.FromMilliseconds(decision.heartbeat_timeout_ms)
-            attempt_timeout = None
-            if decision.attempt_timeout_ms:
-                attempt_timeout = duration_pb2.Duration()
-                attempt_timeout.FromMilliseconds(decision.attempt_timeout_ms)
-            return pb.StreamAttemptsResponse(
-                start=pb.StartDecision(
-                    accepted=decision.accepted,
-                    refusal_reason=decision.refusal_reason,
-                    run_id=str(decision.run_id) if decision.run_id else "",
-                    workflow=decision.workflow,
-                    step=decision.step,
-                    handler=decision.handler,
-                    attempt_number=decision.attempt_number,
-                    input=value_from_json(decision.input) if decision.accepted else None,
-                    idempotency_key=decision.idempotency_key,
-                    heartbeat_timeout=timeout,
-                    attempt_timeout=attempt_timeout,
-                )
-            )
+            return pb.StreamAttemptsResponse(start=_start_decision(decision))
         if kind == "heartbeat":
             beat = request.heartbeat
             result = await self._engine.heartbeat(
@@ -190,6 +190,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 convert.parse_uuid(done.attempt_id, "completed.attempt_id"),
                 done.token,
                 json_from_value(done.output),
+                await self._offer(worker_id, done.accept_handoff),
             )
         elif kind == "failed":
             failed = request.failed
@@ -209,12 +210,43 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                     non_retryable=failed.non_retryable,
                 ),
                 failed.retry_after.ToMilliseconds() if failed.HasField("retry_after") else None,
+                await self._offer(worker_id, failed.accept_handoff),
             )
         else:
             raise InvalidArgument("empty attempt stream message", [])
+        handoff = result_decision.handoff
         return pb.StreamAttemptsResponse(
             result=pb.ResultAck(
                 accepted=result_decision.accepted,
                 refusal_reason=result_decision.refusal_reason,
+                handoff=pb.Handoff(
+                    attempt_id=str(handoff.attempt_id),
+                    token=handoff.token,
+                    start=_start_decision(handoff.start),
+                )
+                if handoff is not None
+                else None,
             )
         )
+
+
+def _start_decision(decision: StartDecision) -> pb.StartDecision:
+    timeout = duration_pb2.Duration()
+    timeout.FromMilliseconds(decision.heartbeat_timeout_ms)
+    attempt_timeout = None
+    if decision.attempt_timeout_ms:
+        attempt_timeout = duration_pb2.Duration()
+        attempt_timeout.FromMilliseconds(decision.attempt_timeout_ms)
+    return pb.StartDecision(
+        accepted=decision.accepted,
+        refusal_reason=decision.refusal_reason,
+        run_id=str(decision.run_id) if decision.run_id else "",
+        workflow=decision.workflow,
+        step=decision.step,
+        handler=decision.handler,
+        attempt_number=decision.attempt_number,
+        input=value_from_json(decision.input) if decision.accepted else None,
+        idempotency_key=decision.idempotency_key,
+        heartbeat_timeout=timeout,
+        attempt_timeout=attempt_timeout,
+    )

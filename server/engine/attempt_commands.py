@@ -14,6 +14,7 @@ from server.engine.batcher import Batcher
 from server.engine.context import merge_output, select_input
 from server.engine.core import EngineCore
 from server.engine.errors import ResourceExhausted
+from server.engine.handoff import hand_off
 from server.engine.model import (
     ACTIVE_RUN_STATUSES,
     JSON,
@@ -31,12 +32,14 @@ from server.engine.model import (
 )
 from server.engine.retry import DEFAULT_RETRY_POLICY, RetryDecision, decide_retry
 from server.engine.views import (
+    Handoff,
+    HandoffOffer,
     HeartbeatResult,
     ResultDecision,
     StartDecision,
 )
 from server.store import attempts, changes, runs, workers
-from server.store.changes import NewEvent, RunChange, StepUpdate
+from server.store.changes import NewAttempt, NewEvent, RunChange, StepUpdate
 from server.store.db import Connection, retry_conflicts
 from server.store.runs import LockedRun
 
@@ -68,8 +71,13 @@ class AttemptCommands(EngineCore):
                 return StartDecision(accepted=False, refusal_reason="cancelled")
             else:
                 return StartDecision(accepted=False, refusal_reason="duplicate")
-        defn = await self._cached_definition(claimed.workflow_id)
         self._wakeups.run_changed(str(claimed.run_id))
+        return await self._accepted(attempt_id, claimed)
+
+    async def _accepted(self, attempt_id: uuid.UUID, claimed: attempts.Claimed) -> StartDecision:
+        """What the worker that claimed an attempt (or was handed it) runs. The claim is
+        remembered for the one-statement path of its result."""
+        defn = await self._cached_definition(claimed.workflow_id)
         self._claims[attempt_id] = claimed
         if len(self._claims) > _CLAIMS_REMEMBERED:
             self._claims.popitem(last=False)  # results that never came (lost workers)
@@ -112,10 +120,49 @@ class AttemptCommands(EngineCore):
             claimed = await attempts.claim(conn, requests)
         return [claimed.get((attempt_id, worker)) for attempt_id, _, worker in requests]
 
+    def _hand_off(
+        self, change: RunChange, offer: HandoffOffer | None, attempt_id: uuid.UUID
+    ) -> NewAttempt | None:
+        if offer is None or not self._config.handoff:
+            return None
+        return hand_off(change, offer, attempt_id)
+
+    async def _answer(
+        self,
+        change: RunChange,
+        handed: NewAttempt | None,
+        run: attempts.Claimed | LockedRun,
+        last_seq: int,
+    ) -> ResultDecision:
+        """The answer to a recorded result, with the attempt handed off (if any) to run next.
+        `run`: the run as claimed or locked before `change`; `last_seq`: its sequence after."""
+        if handed is None:
+            return ResultDecision(accepted=True)
+        claimed = attempts.Claimed(
+            run_id=change.run_id,
+            workflow_id=run.workflow_id,
+            workflow_name=run.workflow_name,
+            step_name=handed.step_name,
+            number=handed.number,
+            handler=handed.handler,
+            heartbeat_timeout_ms=handed.heartbeat_timeout_ms,
+            attempt_timeout_ms=handed.attempt_timeout_ms,
+            context=run.context if change.context is None else change.context,
+            last_seq=last_seq,
+        )
+        start = await self._accepted(handed.id, claimed)
+        return ResultDecision(accepted=True, handoff=Handoff(handed.id, handed.token, start))
+
     @retry_conflicts
     async def complete_attempt(
-        self, attempt_id: uuid.UUID, token: str, output: JSON
+        self,
+        attempt_id: uuid.UUID,
+        token: str,
+        output: JSON,
+        offer: HandoffOffer | None = None,
     ) -> ResultDecision:
+        """Records a succeeded attempt and decides what follows; with `offer`, the answer may
+        hand the reporting worker the run's next attempt."""
         try:
             self._check_size("output", output)
         except ResourceExhausted as exc:
@@ -125,22 +172,23 @@ class AttemptCommands(EngineCore):
                 message=exc.message,
                 non_retryable=True,
             )
-            return await self.fail_attempt(attempt_id, token, failure, None)
+            return await self.fail_attempt(attempt_id, token, failure, None, offer)
         claimed = self._claims.pop(attempt_id, None)
-        if claimed is not None and await self._complete_as_claimed(
-            attempt_id, token, output, claimed
-        ):
-            return ResultDecision(accepted=True)
+        if claimed is not None:
+            decision = await self._complete_as_claimed(attempt_id, token, output, claimed, offer)
+            if decision is not None:
+                return decision
         async with self._db.transaction() as conn:
             finished = await attempts.finish(
                 conn, attempt_id, token, AttemptStatus.SUCCEEDED, output=output
             )
             if finished is None:
-                return await self._refusal(conn, attempt_id, token, AttemptStatus.SUCCEEDED)
+                return await self._refusal(conn, attempt_id, token, AttemptStatus.SUCCEEDED, offer)
             change = await self._step_succeeded(conn, finished, output)
-            await changes.apply(conn, change)
+            handed = self._hand_off(change, offer, attempt_id)
+            last_seq = await changes.apply(conn, change)
         await self._after_commit(change)
-        return ResultDecision(accepted=True)
+        return await self._answer(change, handed, finished.run, last_seq)
 
     async def _step_succeeded(
         self, conn: Connection, finished: attempts.Finished, output: JSON
@@ -172,29 +220,42 @@ class AttemptCommands(EngineCore):
         return change
 
     async def _complete_as_claimed(
-        self, attempt_id: uuid.UUID, token: str, output: JSON, claimed: attempts.Claimed
-    ) -> bool:
+        self,
+        attempt_id: uuid.UUID,
+        token: str,
+        output: JSON,
+        claimed: attempts.Claimed,
+        offer: HandoffOffer | None,
+    ) -> ResultDecision | None:
         """The common case in one statement: nothing happened to the run since this process
         claimed the attempt, so the decision can be made from the run as the claim saw it.
-        False when that no longer holds (nothing written)."""
+        None when that no longer holds (nothing written)."""
         defn = self._definitions[claimed.workflow_id].definition
         if defn.uses_dependencies or compensated_step(claimed.step_name) is not None:
             # Readiness depends on the other steps' states; a compensation's end depends on
             # the other compensations.
-            return False
+            return None
         change = self._success(
             defn, claimed.run_id, claimed.step_name, claimed.number, claimed.context, output, {}
         )
         if _needs_compensation(defn, change):
-            return False
-        applied = await self._result_batcher.submit(
-            changes.AttemptEnded(
-                change, attempt_id, token, AttemptStatus.SUCCEEDED, claimed.last_seq, output
-            )
+            return None
+        handed = self._hand_off(change, offer, attempt_id)
+        ended = changes.AttemptEnded(
+            change, attempt_id, token, AttemptStatus.SUCCEEDED, claimed.last_seq, output
         )
-        if applied:
-            await self._after_commit(change)
-        return applied
+        return await self._apply_as_claimed(ended, handed, claimed)
+
+    async def _apply_as_claimed(
+        self, ended: changes.AttemptEnded, handed: NewAttempt | None, claimed: attempts.Claimed
+    ) -> ResultDecision | None:
+        """Writes a result decided from the run as claimed (see `_complete_as_claimed`), in a
+        statement shared with the results that arrive together."""
+        if not await self._result_batcher.submit(ended):
+            return None
+        await self._after_commit(ended.change)
+        last_seq = claimed.last_seq + len(ended.change.events)
+        return await self._answer(ended.change, handed, claimed, last_seq)
 
     @functools.cached_property
     def _result_batcher(self) -> Batcher[changes.AttemptEnded, bool]:
@@ -286,19 +347,21 @@ class AttemptCommands(EngineCore):
         token: str,
         failure: Failure,
         retry_after_ms: int | None,
+        offer: HandoffOffer | None = None,
         *,
         expired: attempts.Expired | None = None,
     ) -> ResultDecision:
         """Records a failed attempt and decides what follows: a retry, the step's error
         route, compensation, or the run's failure. With `expired`, only if the attempt's
-        lease or deadline passed (the timer loop's calls)."""
+        lease or deadline passed (the timer loop's calls). With `offer`, the answer may hand
+        the reporting worker the run's next attempt (not a retry)."""
         claimed = self._claims.pop(attempt_id, None)
-        if (
-            claimed is not None
-            and expired is None
-            and await self._fail_as_claimed(attempt_id, token, failure, retry_after_ms, claimed)
-        ):
-            return ResultDecision(accepted=True)
+        if claimed is not None and expired is None:
+            answer = await self._fail_as_claimed(
+                attempt_id, token, failure, retry_after_ms, claimed, offer
+            )
+            if answer is not None:
+                return answer
         async with self._db.transaction() as conn:
             finished = await attempts.finish(
                 conn,
@@ -309,7 +372,7 @@ class AttemptCommands(EngineCore):
                 expired=expired,
             )
             if finished is None:
-                return await self._refusal(conn, attempt_id, token, AttemptStatus.FAILED)
+                return await self._refusal(conn, attempt_id, token, AttemptStatus.FAILED, offer)
             run, name, number = finished.run, finished.step_name, finished.number
             defn = await self._definition(conn, run.workflow_id)
             step = defn.step(name)
@@ -345,9 +408,10 @@ class AttemptCommands(EngineCore):
                 self._failed(change, defn, name, number, failure, decision, run.context, completed)
                 if gives_up and compensation:
                     await self._continue_compensation(conn, change, defn, run, name, failure)
-            await changes.apply(conn, change)
+            handed = self._hand_off(change, offer, attempt_id)
+            last_seq = await changes.apply(conn, change)
         await self._after_commit(change)
-        return ResultDecision(accepted=True)
+        return await self._answer(change, handed, run, last_seq)
 
     async def _fail_as_claimed(
         self,
@@ -356,16 +420,17 @@ class AttemptCommands(EngineCore):
         failure: Failure,
         retry_after_ms: int | None,
         claimed: attempts.Claimed,
-    ) -> bool:
+        offer: HandoffOffer | None,
+    ) -> ResultDecision | None:
         """`_complete_as_claimed` for a failure: decided from the run as the claim saw it, in
-        one statement shared with the results that arrive together. False when that does not
+        one statement shared with the results that arrive together. None when that does not
         hold (nothing written)."""
         defn = self._definitions[claimed.workflow_id].definition
         name, number = claimed.step_name, claimed.number
         step = defn.step(name)
         if defn.uses_dependencies or compensated_step(name) is not None or step.attempt_timeout_ms:
             # The general path: readiness, compensations, or the deadline's clock (Postgres').
-            return False
+            return None
         failure = replace(failure, step=name, attempt_number=number)
         decision = decide_retry(step.retry or DEFAULT_RETRY_POLICY, number, failure, retry_after_ms)
         change = RunChange(
@@ -374,20 +439,17 @@ class AttemptCommands(EngineCore):
         )
         self._failed(change, defn, name, number, failure, decision, claimed.context, ())
         if _needs_compensation(defn, change):
-            return False
-        applied = await self._result_batcher.submit(
-            changes.AttemptEnded(
-                change,
-                attempt_id,
-                token,
-                AttemptStatus.FAILED,
-                claimed.last_seq,
-                error=failure.to_json(),
-            )
+            return None
+        handed = self._hand_off(change, offer, attempt_id)
+        ended = changes.AttemptEnded(
+            change,
+            attempt_id,
+            token,
+            AttemptStatus.FAILED,
+            claimed.last_seq,
+            error=failure.to_json(),
         )
-        if applied:
-            await self._after_commit(change)
-        return applied
+        return await self._apply_as_claimed(ended, handed, claimed)
 
     def _failed(
         self,
@@ -442,6 +504,11 @@ class AttemptCommands(EngineCore):
             cancel=[attempt_id for attempt_id, cancel in alive if cancel],
             lost=[str(attempt_id) for attempt_id, _, _ in beats if str(attempt_id) not in kept],
         )
+
+    async def handoff_offer(self, worker_id: str) -> HandoffOffer | None:
+        """What a registered worker can be handed (its queues and handlers), if it is known."""
+        async with self._db.connect() as conn:
+            return await workers.handoff_offer(conn, worker_id)
 
     async def register_worker(
         self,
@@ -521,13 +588,28 @@ class AttemptCommands(EngineCore):
             return await attempts.next_timer_due_ms(conn)
 
     async def _refusal(
-        self, conn: Connection, attempt_id: uuid.UUID, token: str, outcome: AttemptStatus
+        self,
+        conn: Connection,
+        attempt_id: uuid.UUID,
+        token: str,
+        outcome: AttemptStatus,
+        offer: HandoffOffer | None = None,
     ) -> ResultDecision:
         state = await attempts.state(conn, attempt_id)
         if state is None:
             return ResultDecision(accepted=False, refusal_reason="unknown")
         if state.token == token and state.status == outcome:
-            return ResultDecision(accepted=True)  # a resend of a result already recorded
+            # A resend of a result already recorded (its answer was lost): hand over again
+            # what the first answer handed over, if that attempt still waits for its worker.
+            handed = None
+            if offer is not None:
+                handed = await attempts.handed_off(
+                    conn, state.claimed.run_id, attempt_id, offer.worker_id
+                )
+            if handed is None:
+                return ResultDecision(accepted=True)
+            start = await self._accepted(handed.id, handed.claimed)
+            return ResultDecision(accepted=True, handoff=Handoff(handed.id, handed.token, start))
         if state.token != token or not state.is_latest:
             return ResultDecision(accepted=False, refusal_reason="stale")
         return ResultDecision(accepted=False, refusal_reason=f"attempt is {state.status.value}")

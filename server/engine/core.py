@@ -57,6 +57,8 @@ class Wakeups(Protocol):
 class EngineConfig:
     heartbeat_timeout_ms: int = 10_000
     max_payload_bytes: int = 1_048_576
+    handoff: bool = True
+    """Whether results may hand their worker the run's next attempt (`engine.handoff`)."""
 
 
 class EngineCore:
@@ -234,8 +236,8 @@ class EngineCore:
         change.events.append(NewEvent("run_cancelled"))
 
     async def _after_commit(self, change: RunChange) -> None:
-        """Writes the lines of log steps, publishes the attempts due now, and wakes watchers
-        and timer loops."""
+        """Writes the lines of log steps, publishes the attempts due now (but the one handed
+        off), and wakes watchers and timer loops."""
         for event in change.events:
             if event.type == "log":
                 log.info(
@@ -250,7 +252,7 @@ class EngineCore:
         due = [
             Dispatch(a.id, a.token, change.run_id, a.step_name, a.handler, a.queue)
             for a in change.new_attempts
-            if a.delay_ms == 0 and a.kind == AttemptKind.TASK
+            if a.delay_ms == 0 and a.kind == AttemptKind.TASK and a.worker_id is None
         ]
         if due:
             await self._publish(due)

@@ -117,9 +117,29 @@ class StartDecision:
 
 
 @dataclass(frozen=True)
+class HandoffOffer:
+    """A worker keeps the slot of the attempt it reports for the run's next attempt, if that
+    one is due now on one of its queues, for one of its handlers."""
+
+    worker_id: str
+    queues: frozenset[str]
+    handlers: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """An attempt claimed for the reporting worker in the same transaction as its result."""
+
+    attempt_id: uuid.UUID
+    token: str
+    start: StartDecision
+
+
+@dataclass(frozen=True)
 class ResultDecision:
     accepted: bool
     refusal_reason: str = ""
+    handoff: Handoff | None = None
 
 
 @dataclass(frozen=True)

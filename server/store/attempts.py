@@ -150,6 +150,38 @@ async def state(conn: Connection, attempt_id: uuid.UUID) -> AttemptState | None:
 
 
 @dataclass(frozen=True)
+class Handed:
+    """An attempt handed off to a worker (see `server.engine.handoff`), as the run is now."""
+
+    id: uuid.UUID
+    token: str
+    claimed: Claimed
+
+
+async def handed_off(
+    conn: Connection, run_id: uuid.UUID, from_attempt: uuid.UUID, worker_id: str
+) -> Handed | None:
+    """The attempt the answer to `from_attempt`'s result handed to `worker_id`, while it is
+    still running there."""
+    row = (
+        await conn.execute(
+            (
+                "SELECT a.id, a.token, a.run_id, a.step_name, a.number, a.handler, "
+                "a.heartbeat_timeout_ms, a.attempt_timeout_ms, r.workflow_id, "
+                "r.workflow_name, r.context, r.last_seq "
+                "FROM attempts a JOIN runs r ON r.id = a.run_id "
+                "WHERE a.run_id = :run_id AND a.handoff_from = :from_attempt "
+                "AND a.worker_id = :worker_id AND a.status = 'running'"
+            ),
+            {"run_id": run_id, "from_attempt": from_attempt, "worker_id": worker_id},
+        )
+    ).first()
+    if row is None:
+        return None
+    return Handed(id=row.id, token=row.token, claimed=_claimed(row))
+
+
+@dataclass(frozen=True)
 class Finished:
     run: LockedRun
     step_name: str

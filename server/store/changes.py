@@ -56,6 +56,10 @@ class NewAttempt:
     kind: str = "task"
     """"task", or "wait": a timer, due after delay_ms, that the server completes itself."""
     attempt_timeout_ms: int | None = None
+    worker_id: str | None = None
+    """Set for an attempt handed off to this worker: inserted running, under its lease."""
+    handoff_from: str | None = None
+    """The attempt whose result answer hands this one over (see `worker_id`)."""
 
 
 @dataclass(frozen=True)
@@ -101,14 +105,24 @@ ns AS (
   RETURNING 1
 ), na AS (
   INSERT INTO attempts (id, run_id, step_name, number, token, status, queue, handler, kind,
-                        heartbeat_timeout_ms, attempt_timeout_ms, due_at, kicked_at)
-  SELECT x.id, {rel}.run_id, x.step_name, x.number, x.token, 'scheduled', x.queue, x.handler,
+                        heartbeat_timeout_ms, attempt_timeout_ms, due_at, kicked_at,
+                        worker_id, started_at, lease_expires_at, deadline_at, handoff_from)
+  SELECT x.id, {rel}.run_id, x.step_name, x.number, x.token,
+         CASE WHEN x.worker_id IS NULL THEN 'scheduled' ELSE 'running' END, x.queue, x.handler,
          x.kind, x.heartbeat_timeout_ms, x.attempt_timeout_ms,
          now() + x.delay_ms * interval '1 millisecond',
-         CASE WHEN x.delay_ms = 0 AND x.kind = 'task' THEN now() END
+         CASE WHEN x.delay_ms = 0 AND x.kind = 'task' THEN now() END,
+         x.worker_id,
+         CASE WHEN x.worker_id IS NOT NULL THEN now() END,
+         CASE WHEN x.worker_id IS NOT NULL
+              THEN now() + x.heartbeat_timeout_ms * interval '1 millisecond' END,
+         CASE WHEN x.worker_id IS NOT NULL
+              THEN now() + x.attempt_timeout_ms * interval '1 millisecond' END,
+         x.handoff_from
   FROM {rel}, jsonb_to_recordset({rel}.new_attempts) AS x(
     id uuid, step_name text, number int, token text, queue text, handler text, kind text,
-    heartbeat_timeout_ms int, attempt_timeout_ms int, delay_ms bigint)
+    heartbeat_timeout_ms int, attempt_timeout_ms int, delay_ms bigint, worker_id text,
+    handoff_from uuid)
   RETURNING 1
 )"""
 
@@ -159,7 +173,7 @@ _APPLY = (
     + _DOCUMENT
     + "),"
     + _CHANGE.replace("{rel}", "doc")
-    + " SELECT count(*) FROM e"
+    + " SELECT last_seq FROM r"
 )
 
 # Whole "attempt ended" commands, each decided from its run as the claim saw it: the run
@@ -237,9 +251,10 @@ class AttemptEnded:
     error: dict[str, JSON] | None = None
 
 
-async def apply(conn: Connection, change: RunChange) -> None:
-    """Writes `change` in one statement."""
-    await conn.execute(_APPLY, {"changes": dumps([_document(change)])})
+async def apply(conn: Connection, change: RunChange) -> int:
+    """Writes `change` in one statement; returns the run's event sequence after it."""
+    rows = await conn.execute(_APPLY, {"changes": dumps([_document(change)])})
+    return int(rows.scalar_one())
 
 
 async def apply_if_current(conn: Connection, items: list[AttemptEnded]) -> list[bool]:

@@ -114,6 +114,10 @@ attempts = Table(
     Column("started_at", DateTime(timezone=True)),
     Column("ended_at", DateTime(timezone=True)),
     Column("lease_expires_at", DateTime(timezone=True)),
+    # Set when the attempt was handed to its worker in the answer to this earlier attempt's
+    # result (claimed at once, never published), so a worker resending that result after a
+    # lost answer is handed it again.
+    Column("handoff_from", UUID(as_uuid=True)),
     UniqueConstraint("run_id", "step_name", "number", name="attempts_run_step_number_key"),
     # Timer and reconciler scans touch only live attempts.
     Index(

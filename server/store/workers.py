@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from server.engine.views import HandoffOffer
 from server.store.db import Connection, dumps
 
 
@@ -29,3 +30,13 @@ async def register(
             "labels": dumps(labels),
         },
     )
+
+
+async def handoff_offer(conn: Connection, worker_id: str) -> HandoffOffer | None:
+    """The queues and handlers a registered worker can be handed attempts of."""
+    row = (
+        await conn.execute("SELECT queues, handlers FROM workers WHERE id = :id", {"id": worker_id})
+    ).first()
+    if row is None:
+        return None
+    return HandoffOffer(worker_id, frozenset(row.queues), frozenset(row.handlers))

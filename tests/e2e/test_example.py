@@ -21,6 +21,7 @@ def test_payment_example_runs_to_completion(cluster: Cluster) -> None:
         large = client.start_run("payment", {"amount": 5000})
         small_final = client.wait_for_run(small.id, timeout=30)
         large_final = client.wait_for_run(large.id, timeout=30)
+        small_history = list(client.watch_run(small.id, after_sequence=0))
 
     assert server.proc.poll() is None
     assert small_final.status == run_pb2.RUN_STATUS_COMPLETED, small_final
@@ -28,6 +29,19 @@ def test_payment_example_runs_to_completion(cluster: Cluster) -> None:
     for step in small_final.steps:
         assert step.status == run_pb2.STEP_STATUS_COMPLETED
         assert [a.status for a in step.attempts] == [run_pb2.ATTEMPT_STATUS_SUCCEEDED]
+    # The first step came through the queue; each next one was handed to the same worker in
+    # the answer to the previous result.
+    started = [
+        (m.event.step, json_format.MessageToDict(m.event.data))
+        for m in small_history
+        if m.event.type == run_pb2.RUN_EVENT_TYPE_ATTEMPT_STARTED
+    ]
+    assert [(step, data.get("handoff", False)) for step, data in started] == [
+        ("validate", False),
+        ("charge_card", True),
+        ("send_receipt", True),
+    ]
+    assert len({data["worker_id"] for _, data in started}) == 1
     context = json_format.MessageToDict(small_final.context)
     assert context["validation"] == {"amount": 42, "currency": "EUR", "risk": "low"}
     assert context["charge"]["status"] == "captured"

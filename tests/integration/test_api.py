@@ -224,9 +224,10 @@ async def test_start_run_validation_and_idempotency(
 class Protocol:
     """Drives the attempt stream the way a worker does."""
 
-    def __init__(self, channel: aio.Channel) -> None:
+    def __init__(self, channel: aio.Channel, worker_id: str = "") -> None:
         self.stub = WorkerServiceStub(channel)
-        self.call = self.stub.StreamAttempts()
+        metadata = (("squidmesh-worker-id", worker_id),) if worker_id else None
+        self.call = self.stub.StreamAttempts(metadata=metadata)
         self.next_id = 0
 
     async def send(self, **message: object) -> wpb.StreamAttemptsResponse:

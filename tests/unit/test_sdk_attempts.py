@@ -13,7 +13,7 @@ from squidmesh.v1 import worker_service_pb2 as pb
 from tests.unit.test_sdk_attempt_stream import FakeServer
 from worker_sdk import StepContext
 from worker_sdk.attempt_stream import AttemptStream
-from worker_sdk.attempts import AttemptRunner
+from worker_sdk.attempts import MAX_HANDOFFS_IN_A_ROW, AttemptRunner
 from worker_sdk.values import to_duration
 from worker_sdk.workflow import Handler
 
@@ -218,3 +218,86 @@ async def test_a_cancel_while_the_result_is_reported_leaves_the_finished_handler
     await attempt
     assert not contexts[0].cancelled
     assert [type(r) for r in stream.results] == [pb.AttemptCompleted]
+
+
+# -- handoff --------------------------------------------------------------------------------
+
+
+class HandoffStream(FakeStream):
+    """Answers each result with the next of `chain` (a handoff), then with none."""
+
+    def __init__(self, chain: list[str]) -> None:
+        super().__init__(decision())
+        self.chain = list(chain)
+        self.accepts: list[bool] = []
+        self.on_result: Any = None
+
+    async def completed(self, message: pb.AttemptCompleted) -> pb.ResultAck:
+        self.results.append(message)
+        self.accepts.append(message.accept_handoff)
+        if self.on_result is not None:
+            self.on_result(message)
+        if not message.accept_handoff or not self.chain:
+            return pb.ResultAck(accepted=True)
+        next_id = self.chain.pop(0)
+        start = pb.StartDecision(
+            accepted=True, run_id="r1", step=next_id, handler="w.s", attempt_number=1
+        )
+        return pb.ResultAck(
+            accepted=True, handoff=pb.Handoff(attempt_id=next_id, token=f"t-{next_id}", start=start)
+        )
+
+
+async def test_a_handed_off_attempt_runs_at_once_in_the_same_slot() -> None:
+    steps: list[str] = []
+    in_flight: list[int] = []
+
+    async def record(input: Any, ctx: StepContext) -> dict[str, str]:
+        steps.append(ctx.step)
+        in_flight.append(runner.in_flight)
+        return {"step": ctx.step}
+
+    stream = HandoffStream(["b", "c"])
+    runner = runner_for(stream, record)
+    await run_attempt(runner)
+    assert steps == ["s", "b", "c"]
+    assert in_flight == [1, 1, 1]  # one slot, one attempt at a time
+    assert [(r.attempt_id, r.token) for r in stream.results] == [
+        ("a1", "tok"),
+        ("b", "t-b"),
+        ("c", "t-c"),
+    ]
+    assert stream.accepts == [True, True, True]
+    assert runner.in_flight == 0
+
+
+async def test_no_handoff_is_accepted_past_the_limit_or_once_draining() -> None:
+    async def quick(input: Any, ctx: StepContext) -> None:
+        return None
+
+    stream = HandoffStream([f"h{i}" for i in range(MAX_HANDOFFS_IN_A_ROW + 5)])
+    await run_attempt(runner_for(stream, quick))
+    assert len(stream.results) == MAX_HANDOFFS_IN_A_ROW + 1
+    assert stream.accepts == [True] * MAX_HANDOFFS_IN_A_ROW + [False]
+
+    draining = HandoffStream(["b"])
+    runner = runner_for(draining, quick)
+    runner.stop_handoffs()
+    await run_attempt(runner)
+    assert draining.accepts == [False] and len(draining.results) == 1
+
+
+async def test_a_cancel_pushed_before_the_handoff_is_read_stops_that_attempt() -> None:
+    async def slow_after_first(input: Any, ctx: StepContext) -> None:
+        if ctx.step != "s":
+            await asyncio.sleep(30)
+
+    stream = HandoffStream(["b"])
+    runner = runner_for(stream, slow_after_first)
+    # The server pushes the cancel of "b" while the answer that hands "b" over is in flight.
+    stream.on_result = lambda message: runner.cancel(["b"], "run cancelled")
+    await run_attempt(runner)
+    first, second = stream.results
+    assert isinstance(first, pb.AttemptCompleted)
+    assert isinstance(second, pb.AttemptFailed) and second.attempt_id == "b"
+    assert second.error_type == "Cancelled" and "run cancelled" in second.message

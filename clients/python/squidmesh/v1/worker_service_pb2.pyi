@@ -278,10 +278,13 @@ class AttemptCompleted(_message.Message):
     ATTEMPT_ID_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    ACCEPT_HANDOFF_FIELD_NUMBER: _builtins.int
     attempt_id: _builtins.str
     """Attempt id."""
     token: _builtins.str
     """Fencing token."""
+    accept_handoff: _builtins.bool
+    """The worker keeps this attempt's slot for the run's next attempt: see ResultAck.handoff."""
     @_builtins.property
     def output(self) -> _struct_pb2.Value:
         """The handler's output (JSON)."""
@@ -292,10 +295,11 @@ class AttemptCompleted(_message.Message):
         attempt_id: _builtins.str = ...,
         token: _builtins.str = ...,
         output: _struct_pb2.Value | None = ...,
+        accept_handoff: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "output", b"output", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_handoff", b"accept_handoff", "attempt_id", b"attempt_id", "output", b"output", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -314,6 +318,7 @@ class AttemptFailed(_message.Message):
     DETAILS_FIELD_NUMBER: _builtins.int
     NON_RETRYABLE_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    ACCEPT_HANDOFF_FIELD_NUMBER: _builtins.int
     attempt_id: _builtins.str
     """Attempt id."""
     token: _builtins.str
@@ -324,6 +329,8 @@ class AttemptFailed(_message.Message):
     """Error message."""
     non_retryable: _builtins.bool
     """The handler declared the error non-retryable."""
+    accept_handoff: _builtins.bool
+    """The worker keeps this attempt's slot for the run's next attempt: see ResultAck.handoff."""
     @_builtins.property
     def details(self) -> _struct_pb2.Struct:
         """Structured details."""
@@ -342,10 +349,11 @@ class AttemptFailed(_message.Message):
         details: _struct_pb2.Struct | None = ...,
         non_retryable: _builtins.bool = ...,
         retry_after: _duration_pb2.Duration | None = ...,
+        accept_handoff: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "details", b"details", "error_type", b"error_type", "message", b"message", "non_retryable", b"non_retryable", "retry_after", b"retry_after", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_handoff", b"accept_handoff", "attempt_id", b"attempt_id", "details", b"details", "error_type", b"error_type", "message", b"message", "non_retryable", b"non_retryable", "retry_after", b"retry_after", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -535,20 +543,63 @@ class ResultAck(_message.Message):
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
     REFUSAL_REASON_FIELD_NUMBER: _builtins.int
+    HANDOFF_FIELD_NUMBER: _builtins.int
     accepted: _builtins.bool
     """True when the result was recorded. False when refused (stale or superseded attempt)."""
     refusal_reason: _builtins.str
     """Why it was refused."""
+    @_builtins.property
+    def handoff(self) -> Global___Handoff:
+        """When the result asked for it (accept_handoff) and the decision scheduled a first attempt
+        due now, on a queue this worker consumes, for a handler it runs: that attempt, already
+        claimed for this worker (running, under its lease). The worker runs it in the slot it
+        kept, without a broker round trip, and reports it like any other. Retries and delayed
+        attempts always go through the broker.
+        """
+
     def __init__(
         self,
         *,
         accepted: _builtins.bool = ...,
         refusal_reason: _builtins.str = ...,
+        handoff: Global___Handoff | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "refusal_reason", b"refusal_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "handoff", b"handoff", "refusal_reason", b"refusal_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResultAck: _TypeAlias = ResultAck  # noqa: Y015
+
+@_typing.final
+class Handoff(_message.Message):
+    """An attempt handed to the worker in the answer to its previous result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    attempt_id: _builtins.str
+    """Attempt id."""
+    token: _builtins.str
+    """Fencing token."""
+    @_builtins.property
+    def start(self) -> Global___StartDecision:
+        """What to run, as for a claim (accepted is always true)."""
+
+    def __init__(
+        self,
+        *,
+        attempt_id: _builtins.str = ...,
+        token: _builtins.str = ...,
+        start: Global___StartDecision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "start", b"start", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Handoff: _TypeAlias = Handoff  # noqa: Y015

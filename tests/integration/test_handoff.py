@@ -1,0 +1,212 @@
+"""Handoff against a real server, Postgres and Redis: the answer to a result hands the
+reporting worker the run's next attempt, claimed in the same transaction and never published;
+a resent result (its answer lost) hands the same attempt over again; and nothing is handed
+over that the worker did not ask for, cannot run, or that is a retry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from google.protobuf import duration_pb2, struct_pb2
+from grpc import aio
+from redis.asyncio import Redis
+from squidmesh.v1 import run_pb2, run_service_pb2
+from squidmesh.v1 import worker_service_pb2 as wpb
+from squidmesh.v1.worker_service_pb2_grpc import WorkerServiceStub
+
+from server.app import App
+from server.embedded import EmbeddedUrls
+from server.settings import Settings
+from server.store.db import libpq_url
+from tests.integration.test_api import Protocol, payload, register_orders, scheduled_attempt
+from tests.support import stream_prefix
+
+ORDERS_HANDLERS = ["orders.reserve", "orders.ship"]
+
+
+async def worker_protocol(channel: aio.Channel, worker_id: str, handlers: list[str]) -> Protocol:
+    """A registered worker's attempt stream (opened with its id, as the SDK does)."""
+    await WorkerServiceStub(channel).RegisterWorker(
+        wpb.RegisterWorkerRequest(
+            worker_id=worker_id, queues=["default"], handlers=handlers, concurrency=1
+        )
+    )
+    return Protocol(channel, worker_id=worker_id)
+
+
+async def start_and_claim(
+    channel: aio.Channel, database_url: str, protocol: Protocol, worker_id: str
+) -> tuple[Any, str, str]:
+    """A new orders run with its first attempt claimed: (run, attempt id, token)."""
+    runs = await register_orders(channel)
+    run = (
+        await runs.StartRun(
+            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=5))
+        )
+    ).run
+    attempt_id, token = await scheduled_attempt(database_url, run.id, "reserve")
+    claimed = await protocol.send(
+        started=wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id=worker_id)
+    )
+    assert claimed.start.accepted
+    return run, attempt_id, token
+
+
+def completed(attempt_id: str, token: str, accept: bool = True) -> wpb.AttemptCompleted:
+    return wpb.AttemptCompleted(
+        attempt_id=attempt_id,
+        token=token,
+        output=struct_pb2.Value(string_value="held"),
+        accept_handoff=accept,
+    )
+
+
+async def attempt_row(database_url: str, run_id: str, step: str) -> dict[str, Any]:
+    async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+        cursor = await conn.execute(
+            "SELECT id::text, status, worker_id, handoff_from::text, started_at IS NOT NULL, "
+            "lease_expires_at IS NOT NULL, kicked_at IS NOT NULL FROM attempts "
+            "WHERE run_id = %s AND step_name = %s ORDER BY number DESC LIMIT 1",
+            (run_id, step),
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    keys = ("id", "status", "worker_id", "handoff_from", "started", "leased", "kicked")
+    return dict(zip(keys, row, strict=True))
+
+
+async def published(redis_url: str, app: App) -> int:
+    """Step tasks published to the default queue's stream so far."""
+    async with Redis.from_url(redis_url) as redis:
+        return int(await redis.xlen(app.settings.stream_prefix + "default"))
+
+
+async def test_a_result_hands_the_next_attempt_to_its_worker(
+    app: App, channel: aio.Channel, database_url: str, services: EmbeddedUrls
+) -> None:
+    protocol = await worker_protocol(channel, "w1", ORDERS_HANDLERS)
+    run, reserve_id, reserve_token = await start_and_claim(channel, database_url, protocol, "w1")
+
+    answer = await protocol.send(completed=completed(reserve_id, reserve_token))
+    assert answer.result.accepted and answer.result.HasField("handoff")
+    handoff = answer.result.handoff
+    assert handoff.start.accepted and handoff.start.run_id == run.id
+    assert (handoff.start.step, handoff.start.handler) == ("ship", "orders.ship")
+    assert handoff.start.attempt_number == 1
+    assert handoff.start.idempotency_key == f"{run.id}:ship"
+    assert handoff.start.input.struct_value.fields["reserve"].string_value == "held"
+    ship = await attempt_row(database_url, run.id, "ship")
+    assert ship == {
+        "id": handoff.attempt_id,
+        "status": "running",
+        "worker_id": "w1",
+        "handoff_from": reserve_id,
+        "started": True,
+        "leased": True,
+        "kicked": True,
+    }
+    assert await published(services.redis_url, app) == 1  # reserve's task only
+
+    # The answer was lost: the worker resends the result and is handed the same attempt.
+    resent = await protocol.send(completed=completed(reserve_id, reserve_token))
+    assert resent.result.accepted
+    assert (resent.result.handoff.attempt_id, resent.result.handoff.token) == (
+        handoff.attempt_id,
+        handoff.token,
+    )
+    assert resent.result.handoff.start.step == "ship"
+
+    # A claim of the handed-off attempt (a duplicate delivery) is refused; its result counts.
+    duplicate = await protocol.send(
+        started=wpb.AttemptStarted(
+            attempt_id=handoff.attempt_id, token=handoff.token, worker_id="w2"
+        )
+    )
+    assert (duplicate.start.accepted, duplicate.start.refusal_reason) == (False, "duplicate")
+    beat = await protocol.send(
+        heartbeat=wpb.WorkerHeartbeat(
+            worker_id="w1",
+            attempts=[wpb.AttemptProgress(attempt_id=handoff.attempt_id, token=handoff.token)],
+        )
+    )
+    assert list(beat.heartbeat.lost_attempt_ids) == []
+    last = await protocol.send(completed=completed(handoff.attempt_id, handoff.token))
+    assert last.result.accepted and not last.result.HasField("handoff")
+    protocol.call.cancel()
+
+    runs = await register_orders(channel)
+    final = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=run.id))).run
+    assert final.status == run_pb2.RUN_STATUS_COMPLETED
+    assert [len(step.attempts) for step in final.steps] == [1, 1]
+    assert final.steps[1].attempts[0].worker_id == "w1"
+    watch = runs.WatchRun(run_service_pb2.WatchRunRequest(run_id=run.id, after_sequence=0))
+    ship_events = [m.event.type async for m in watch if m.event.step == "ship"]
+    assert ship_events[:2] == [
+        run_pb2.RUN_EVENT_TYPE_ATTEMPT_SCHEDULED,
+        run_pb2.RUN_EVENT_TYPE_ATTEMPT_STARTED,
+    ]
+
+
+async def test_nothing_is_handed_over_unasked_unrunnable_or_a_retry(
+    app: App, channel: aio.Channel, database_url: str, services: EmbeddedUrls
+) -> None:
+    # Not asked for: the next attempt is published as usual.
+    protocol = await worker_protocol(channel, "w1", ORDERS_HANDLERS)
+    run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
+    answer = await protocol.send(completed=completed(attempt_id, token, accept=False))
+    assert answer.result.accepted and not answer.result.HasField("handoff")
+    assert (await attempt_row(database_url, run.id, "ship"))["status"] == "scheduled"
+
+    # A worker without the next step's handler.
+    narrow = await worker_protocol(channel, "w2", ["orders.reserve"])
+    run, attempt_id, token = await start_and_claim(channel, database_url, narrow, "w2")
+    answer = await narrow.send(completed=completed(attempt_id, token))
+    assert not answer.result.HasField("handoff")
+    ship = await attempt_row(database_url, run.id, "ship")
+    assert (ship["status"], ship["worker_id"], ship["kicked"]) == ("scheduled", None, True)
+
+    # A retry, even one due at once, goes back through the broker.
+    run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
+    failed = await protocol.send(
+        failed=wpb.AttemptFailed(
+            attempt_id=attempt_id,
+            token=token,
+            error_type="Flaky",
+            message="try again",
+            retry_after=duration_pb2.Duration(),
+            accept_handoff=True,
+        )
+    )
+    assert failed.result.accepted and not failed.result.HasField("handoff")
+    retry = await attempt_row(database_url, run.id, "reserve")
+    assert (retry["status"], retry["worker_id"]) == ("scheduled", None)
+    # Three first steps, the ship steps of the first two runs, and the retry.
+    assert await published(services.redis_url, app) == 6
+    protocol.call.cancel()
+    narrow.call.cancel()
+
+
+async def test_a_server_with_handoff_off_hands_nothing_over(
+    services: EmbeddedUrls, database_url: str
+) -> None:
+    app = App(
+        Settings(
+            address="127.0.0.1:0",
+            database_url=database_url,
+            redis_url=services.redis_url,
+            stream_prefix=stream_prefix(),
+            handoff=False,
+        )
+    )
+    await app.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            protocol = await worker_protocol(channel, "w1", ORDERS_HANDLERS)
+            run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
+            answer = await protocol.send(completed=completed(attempt_id, token))
+            assert answer.result.accepted and not answer.result.HasField("handoff")
+            assert (await attempt_row(database_url, run.id, "ship"))["status"] == "scheduled"
+            protocol.call.cancel()
+    finally:
+        await app.stop(grace_s=0.5)
