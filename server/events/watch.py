@@ -25,6 +25,8 @@ class KeepAlive:
 WatchItem = RunView | EventView | KeepAlive
 
 POLL_S = 1.0
+READ_LIMIT = 500
+"""Events read per query; a full batch means there may be more."""
 
 
 async def watch(
@@ -46,18 +48,24 @@ async def watch(
         while True:
             wake.clear()
             async with db.connect() as conn:
-                batch = await events.read_after(conn, run_id, cursor)
+                batch = await events.read_after(conn, run_id, cursor, READ_LIMIT)
                 position = None if batch else await events.run_position(conn, run_id)
             for item in batch:
                 yield item
                 cursor = item.seq
                 last_sent = time.monotonic()
-            if batch:
+            if len(batch) == READ_LIMIT:
                 continue  # read until caught up before deciding anything
-            if position is None:
+            if batch:
+                # Caught up: each event carries the run's status as of its commit, so the last
+                # one tells whether the run ended, without another query.
+                terminal = batch[-1].run_status.terminal
+            elif position is None:
                 raise run_not_found(run_id)
-            status, last_seq = position
-            if status.terminal and cursor >= last_seq:
+            else:
+                status, last_seq = position
+                terminal = status.terminal and cursor >= last_seq
+            if terminal:
                 return
             # Notifications are hints sent after commit; polling now and then covers a lost one.
             with contextlib.suppress(TimeoutError):
