@@ -12,6 +12,8 @@ measures:
       attempt for a deterministic 10% of (run, step) pairs and are retried after a fixed 10 ms
       backoff → completed steps/s (attempts not counted) as a percentage of (a). It checks that
       every run completed and that exactly the planned attempts failed.
+(a), (d) and (e) also say which share of the attempts were handed off (run by the worker that
+reported the previous step, without going through Redis; `--no-handoff` turns that off).
 The last line is `throughput_ratio=R steps_per_s=S p50_ms=P p99_ms=Q step_overhead_p50_ms=O
 failing_throughput_pct=F` (on one line)."""
 
@@ -95,6 +97,8 @@ class Throughput:
     run_ids: list[str]
     cpu_s: list[float]
     """CPU seconds used meanwhile by the server, then by each worker."""
+    handed_off: float
+    """The share of attempts handed to their worker in a result's answer (not published)."""
 
     @property
     def steps_per_s(self) -> float:
@@ -106,7 +110,8 @@ class Throughput:
             f"{self.runs} runs x {self.steps_per_run} steps in {self.seconds:.2f}s: "
             f"{self.runs / self.seconds:.0f} runs/s, {self.steps_per_s:.0f} steps/s "
             f"(CPU per step: server {self.cpu_s[0] * 1000 / steps:.2f} ms, "
-            f"workers {sum(self.cpu_s[1:]) * 1000 / steps:.2f} ms)"
+            f"workers {sum(self.cpu_s[1:]) * 1000 / steps:.2f} ms; "
+            f"{100 * self.handed_off:.0f}% of attempts handed off)"
         )
 
 
@@ -125,7 +130,21 @@ def measure_throughput(
         throughput(address, database_url, workflow.name, runs, concurrency)
     )
     cpu = [_cpu_seconds(pid) - b for pid, b in zip(pids, cpu_before, strict=True)]
-    return Throughput(runs, len(workflow.step_names), seconds, run_ids, cpu)
+    handed_off = handed_off_share(database_url, workflow.name)
+    return Throughput(runs, len(workflow.step_names), seconds, run_ids, cpu, handed_off)
+
+
+def handed_off_share(database_url: str, workflow: str) -> float:
+    """The share of `workflow`'s attempts that were handed off rather than published."""
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE attempts.handoff_from IS NOT NULL), count(*) "
+            "FROM attempts JOIN runs ON runs.id = attempts.run_id "
+            "WHERE runs.workflow_name = %s",
+            (workflow,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0]) / max(int(row[1]), 1)
 
 
 def failed_attempts(database_url: str, workflow: str) -> int:
@@ -207,6 +226,12 @@ def main() -> int:
     parser.add_argument("--worker-concurrency", type=int, default=64)
     parser.add_argument("--db-pool-size", type=int, default=20)
     parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "bench")
+    parser.add_argument(
+        "--no-handoff",
+        action="store_true",
+        help="publish every attempt (SQUIDMESH_HANDOFF=false) instead of handing the next one "
+        "to the worker that reported the previous result",
+    )
     args = parser.parse_args()
 
     log_dir = REPO / "bench" / "results"
@@ -222,6 +247,7 @@ def main() -> int:
             "SQUIDMESH_STREAM_PREFIX": stream_prefix(),
             "SQUIDMESH_LOG_LEVEL": "warning",
             "SQUIDMESH_DB_POOL_SIZE": str(args.db_pool_size),
+            "SQUIDMESH_HANDOFF": "false" if args.no_handoff else "true",
         }
         server = ServerProcess(env, log_dir)
         processes.append(server)
@@ -266,12 +292,13 @@ def main() -> int:
         per_step = [
             ms / NOOP10_STEPS for ms in latency(server.address, noop10.name, args.overhead_samples)
         ]
+        overhead_handed_off = handed_off_share(database_url, noop10.name)
         overhead_p50 = statistics.median(per_step)
         overhead_p99 = statistics.quantiles(per_step, n=100)[98]
         print(
             f"(d) per-step overhead: {len(per_step)} {NOOP10_STEPS}-step runs one at a time, "
             f"run latency / {NOOP10_STEPS}: p50 {overhead_p50:.2f} ms, "
-            f"p99 {overhead_p99:.2f} ms",
+            f"p99 {overhead_p99:.2f} ms ({100 * overhead_handed_off:.0f}% of attempts handed off)",
             flush=True,
         )
 

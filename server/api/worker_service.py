@@ -6,7 +6,9 @@ sends its unanswered requests again.
 
 A stream opened with the metadata "squidmesh-worker-id" is also where the server pushes
 `CancelAttempts` (request_id 0) when attempts of that worker must stop; any replica asks for
-it through the event hub, and the replica holding the stream sends it."""
+it through the event hub, and the replica holding the stream sends it. On such a stream a
+result with `accept_handoff` may be answered with the run's next attempt (`ResultAck.handoff`,
+see `server.engine.handoff`), matched against the queues and handlers the worker registered."""
 
 from __future__ import annotations
 

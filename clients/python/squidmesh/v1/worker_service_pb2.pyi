@@ -107,7 +107,8 @@ class RegisterWorkerResponse(_message.Message):
     task_name: _builtins.str
     """The taskiq task name of step tasks. Its keyword arguments are attempt_id, token, run_id,
     step and handler (all strings); the worker claims the attempt with AttemptStarted before
-    running the handler, and acks the message only after the result was answered.
+    running the handler, and acks the message only after the result was answered (and those of
+    the attempts handed over after it, see ResultAck.handoff).
     """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
