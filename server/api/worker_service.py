@@ -50,7 +50,8 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         self._open: set[Answers] = set()
         """Every open attempt stream."""
         self._offers: dict[str, HandoffOffer] = {}
-        """What each worker with a stream here can be handed (its queues and handlers)."""
+        """What each worker with a stream here can be handed (its queues and handlers, read
+        from its registration at its first result that accepts a handoff)."""
 
     def close_streams(self) -> None:
         """Ends every attempt stream (server shutdown): their workers reconnect to another
@@ -82,9 +83,10 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             request.concurrency,
             dict(request.labels),
         )
-        self._offers[request.worker_id] = HandoffOffer(
-            request.worker_id, frozenset(request.queues), frozenset(request.handlers)
-        )
+        if request.worker_id in self._streams:  # re-registered with its stream open here
+            self._offers[request.worker_id] = HandoffOffer(
+                request.worker_id, frozenset(request.queues), frozenset(request.handlers)
+            )
         interval = duration_pb2.Duration()
         interval.FromMilliseconds(self._heartbeat_interval_ms)
         return pb.RegisterWorkerResponse(
@@ -150,7 +152,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         if not accept or not worker_id:
             return None
         offer = self._offers.get(worker_id)
-        if offer is None:  # registered with another replica, or before a restart
+        if offer is None:
             offer = await self._engine.handoff_offer(worker_id)
             if offer is not None and worker_id in self._streams:
                 self._offers[worker_id] = offer

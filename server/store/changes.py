@@ -113,11 +113,13 @@ ns AS (
          now() + x.delay_ms * interval '1 millisecond',
          CASE WHEN x.delay_ms = 0 AND x.kind = 'task' THEN now() END,
          x.worker_id,
-         CASE WHEN x.worker_id IS NOT NULL THEN now() END,
+         -- A handed-off attempt starts now, not at the transaction's start (now()): its
+         -- prerequisites may have committed after that, while this one waited for the run.
+         CASE WHEN x.worker_id IS NOT NULL THEN clock_timestamp() END,
          CASE WHEN x.worker_id IS NOT NULL
-              THEN now() + x.heartbeat_timeout_ms * interval '1 millisecond' END,
+              THEN clock_timestamp() + x.heartbeat_timeout_ms * interval '1 millisecond' END,
          CASE WHEN x.worker_id IS NOT NULL
-              THEN now() + x.attempt_timeout_ms * interval '1 millisecond' END,
+              THEN clock_timestamp() + x.attempt_timeout_ms * interval '1 millisecond' END,
          x.handoff_from
   FROM {rel}, jsonb_to_recordset({rel}.new_attempts) AS x(
     id uuid, step_name text, number int, token text, queue text, handler text, kind text,
