@@ -150,8 +150,14 @@ class AttemptCommands(EngineCore):
             context=run.context if change.context is None else change.context,
             last_seq=last_seq,
         )
-        start = await self._accepted(handed.id, claimed)
-        return ResultDecision(accepted=True, handoff=Handoff(handed.id, handed.token, start))
+        return await self._hand_over(handed.id, handed.token, claimed)
+
+    async def _hand_over(
+        self, attempt_id: uuid.UUID, token: str, claimed: attempts.Claimed
+    ) -> ResultDecision:
+        """The answer to a recorded result that hands over the attempt claimed for its worker."""
+        start = await self._accepted(attempt_id, claimed)
+        return ResultDecision(accepted=True, handoff=Handoff(attempt_id, token, start))
 
     @retry_conflicts
     async def complete_attempt(
@@ -608,8 +614,7 @@ class AttemptCommands(EngineCore):
                 )
             if handed is None:
                 return ResultDecision(accepted=True)
-            start = await self._accepted(handed.id, handed.claimed)
-            return ResultDecision(accepted=True, handoff=Handoff(handed.id, handed.token, start))
+            return await self._hand_over(handed.id, handed.token, handed.claimed)
         if state.token != token or not state.is_latest:
             return ResultDecision(accepted=False, refusal_reason="stale")
         return ResultDecision(accepted=False, refusal_reason=f"attempt is {state.status.value}")

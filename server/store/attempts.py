@@ -96,6 +96,13 @@ async def claim(
     return {(row.id, row.worker_id): _claimed(row) for row in rows}
 
 
+_CLAIMED_COLUMNS = (
+    "a.run_id, a.step_name, a.number, a.handler, a.heartbeat_timeout_ms, "
+    "a.attempt_timeout_ms, r.workflow_id, r.workflow_name, r.context, r.last_seq"
+)
+"""The columns `_claimed` reads, from attempts aliased as a joined to its run as r."""
+
+
 def _claimed(row: Any) -> Claimed:
     return Claimed(
         run_id=row.run_id,
@@ -126,10 +133,8 @@ async def state(conn: Connection, attempt_id: uuid.UUID) -> AttemptState | None:
     row = (
         await conn.execute(
             (
-                "SELECT a.token, a.status, a.worker_id, a.run_id, a.step_name, a.number, "
-                "a.handler, a.heartbeat_timeout_ms, a.attempt_timeout_ms, "
-                "r.status AS run_status, r.workflow_id, "
-                "r.workflow_name, r.context, r.last_seq, NOT EXISTS (SELECT 1 FROM attempts b "
+                f"SELECT a.token, a.status, a.worker_id, {_CLAIMED_COLUMNS}, "
+                "r.status AS run_status, NOT EXISTS (SELECT 1 FROM attempts b "
                 "WHERE b.run_id = a.run_id AND b.step_name = a.step_name "
                 "AND b.number > a.number) AS is_latest "
                 "FROM attempts a JOIN runs r ON r.id = a.run_id WHERE a.id = :id"
@@ -166,9 +171,7 @@ async def handed_off(
     row = (
         await conn.execute(
             (
-                "SELECT a.id, a.token, a.run_id, a.step_name, a.number, a.handler, "
-                "a.heartbeat_timeout_ms, a.attempt_timeout_ms, r.workflow_id, "
-                "r.workflow_name, r.context, r.last_seq "
+                f"SELECT a.id, a.token, {_CLAIMED_COLUMNS} "
                 "FROM attempts a JOIN runs r ON r.id = a.run_id "
                 "WHERE a.run_id = :run_id AND a.handoff_from = :from_attempt "
                 "AND a.worker_id = :worker_id AND a.status = 'running'"
