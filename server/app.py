@@ -104,6 +104,12 @@ class App:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.max_receive_message_length", settings.max_payload_bytes * 4),
+                # Calls that arrived but that the event loop has not taken up yet. Past the
+                # soft limit (grpc's default: 1,000) grpc cancels new ones at random, so a
+                # client starting 2,000 runs at once saw some fail with CANCELLED; they are
+                # cheap to hold, and StartRuns that wait together are written together.
+                ("grpc.server.max_pending_requests", 20_000),
+                ("grpc.server.max_pending_requests_hard_limit", 40_000),
             ]
         )
         workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(

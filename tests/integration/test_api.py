@@ -519,3 +519,19 @@ async def test_server_side_steps_at_start_and_features_still_refused(
         [("definition.steps[0].pause", "pause steps are not supported yet")],
     )
     assert await count_rows(database_url, "workflows") == 2
+
+
+async def test_a_burst_of_starts_is_queued_not_cancelled(
+    channel: aio.Channel, database_url: str
+) -> None:
+    """More StartRuns at once than grpc's default limit of pending calls (1,000, past which it
+    cancels new calls at random): every one is served."""
+    runs = await register_orders(channel)
+    request = run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=1))
+    burst = 3000
+    responses = await asyncio.gather(
+        *(runs.StartRun(request) for _ in range(burst)), return_exceptions=True
+    )
+    failed = [r for r in responses if isinstance(r, BaseException)]
+    assert not failed, f"{len(failed)} of {burst} failed, e.g. {failed[0]!r}"
+    assert await count_rows(database_url, "runs") == burst
