@@ -71,6 +71,9 @@ class EngineCore:
         self._config = config
         # Versions are immutable, so a definition once read never needs reading again.
         self._definitions: dict[int, WorkflowVersion] = {}
+        # The latest version of each workflow as this process last read it. StartRun trusts it
+        # without a query: its statement writes the run only if no newer version exists.
+        self._latest_ids: dict[str, int] = {}
         # Attempts this process claimed, as the claim saw their run (see _complete_as_claimed).
         self._claims: OrderedDict[uuid.UUID, attempts.Claimed] = OrderedDict()
 

@@ -83,6 +83,7 @@ class RunCommands(EngineCore):
         async with self._db.transaction() as conn:
             version, created = await workflows.register(conn, defn)
         if created:
+            self._latest_ids.pop(defn.name, None)
             log.info("workflow_registered", workflow=version.name, version=version.version)
         return version, created
 
@@ -113,69 +114,85 @@ class RunCommands(EngineCore):
         source_workflow_id: int | None = None,
     ) -> tuple[RunView, bool]:
         self._check_size("payload", payload)
-        async with self._db.connect() as conn:
-            workflow_id = source_workflow_id or await workflows.latest_id(conn, workflow)
-            if workflow_id is None:
+        while True:  # again only if a newer version was registered meanwhile
+            if source_workflow_id is not None:
+                workflow_id = source_workflow_id
+            else:
+                workflow_id = await self._latest_id(workflow)
+            defn = await self._cached_definition(workflow_id)
+            version = self._definitions[workflow_id]
+            chosen = defn.trigger(trigger)
+            if chosen is None:
                 raise NotFound(
-                    f"workflow '{workflow}' does not exist",
-                    reason="WORKFLOW_NOT_FOUND",
-                    metadata={"workflow": workflow},
+                    f"workflow '{workflow}' has no trigger '{trigger}'",
+                    reason="TRIGGER_NOT_FOUND",
+                    metadata={"workflow": workflow, "trigger": trigger},
                 )
-            defn = await self._definition(conn, workflow_id)
-        version = self._definitions[workflow_id]
-        chosen = defn.trigger(trigger)
-        if chosen is None:
-            raise NotFound(
-                f"workflow '{workflow}' has no trigger '{trigger}'",
-                reason="TRIGGER_NOT_FOUND",
-                metadata={"workflow": workflow, "trigger": trigger},
+            valid = validate_payload(chosen, payload, datetime.now(UTC))
+            new = NewRun(
+                id=uuid.uuid4(),
+                workflow_id=workflow_id,
+                workflow_name=defn.name,
+                workflow_version=version.version,
+                trigger=chosen.name,
+                payload=valid,
+                payload_hash=payload_hash(valid),
+                idempotency_key=idempotency_key or None,
+                source_run_id=source.id if source else None,
+                latest=source_workflow_id is None,
             )
-        payload = validate_payload(chosen, payload, datetime.now(UTC))
-        new = NewRun(
-            id=uuid.uuid4(),
-            workflow_id=workflow_id,
-            workflow_name=defn.name,
-            workflow_version=version.version,
-            trigger=chosen.name,
-            payload=payload,
-            payload_hash=payload_hash(payload),
-            idempotency_key=idempotency_key or None,
-            source_run_id=source.id if source else None,
-        )
-        change = RunChange(
-            new.id,
-            events=[
-                NewEvent(
-                    "run_created",
-                    data={
-                        "workflow": defn.name,
-                        "workflow_version": version.version,
-                        "trigger": chosen.name,
-                        "idempotency_key": idempotency_key,
-                        "source_run_id": str(source.id) if source else "",
-                    },
-                )
-            ],
-        )
-        entry = planner.Plan(schedule=planner.entry_steps(defn))
-        self._apply_plan(change, defn, entry, payload, {})
-        if change.status is RunStatus.RUNNING:
-            change.status = None  # pending until a worker claims an attempt
-        created_at = await self._start_batcher.submit((new, change))
-        if created_at is None:
+            change = RunChange(
+                new.id,
+                events=[
+                    NewEvent(
+                        "run_created",
+                        data={
+                            "workflow": defn.name,
+                            "workflow_version": version.version,
+                            "trigger": chosen.name,
+                            "idempotency_key": idempotency_key,
+                            "source_run_id": str(source.id) if source else "",
+                        },
+                    )
+                ],
+            )
+            entry = planner.Plan(schedule=planner.entry_steps(defn))
+            self._apply_plan(change, defn, entry, valid, {})
+            if change.status is RunStatus.RUNNING:
+                change.status = None  # pending until a worker claims an attempt
+            created_at = await self._start_batcher.submit((new, change))
+            if created_at is not changes.NotStarted.NOT_LATEST:
+                break
+            self._latest_ids.pop(workflow, None)
+        if created_at is changes.NotStarted.KEY_TAKEN:
             async with self._db.connect() as conn:
                 return await self._existing_run(conn, new), False
         await self._after_commit(change)
         log.debug("run_started", run_id=str(new.id), workflow=defn.name)
         return _started_view(new, change, created_at), True
 
+    async def _latest_id(self, workflow: str) -> int:
+        """The id of the workflow's latest version, as last read (see `_latest_ids`)."""
+        workflow_id = self._latest_ids.get(workflow)
+        if workflow_id is None:
+            async with self._db.connect() as conn:
+                workflow_id = await workflows.latest_id(conn, workflow)
+            if workflow_id is None:
+                raise NotFound(
+                    f"workflow '{workflow}' does not exist",
+                    reason="WORKFLOW_NOT_FOUND",
+                    metadata={"workflow": workflow},
+                )
+            self._latest_ids[workflow] = workflow_id
+        return workflow_id
+
     @functools.cached_property
-    def _start_batcher(self) -> Batcher[tuple[NewRun, RunChange], datetime | None]:
+    def _start_batcher(self) -> Batcher[tuple[NewRun, RunChange], datetime | changes.NotStarted]:
         return Batcher(self._start_batch)
 
     async def _start_batch(
         self, runs_to_start: list[tuple[NewRun, RunChange]]
-    ) -> list[datetime | None]:
+    ) -> list[datetime | changes.NotStarted]:
         """One statement for the runs started together."""
         async with self._db.connect() as conn:
             return await changes.start(conn, runs_to_start)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from server.engine.model import ACTIVE_RUN_STATUSES, JSON, RunStatus
@@ -93,7 +94,7 @@ _DOCUMENT = """jsonb_to_recordset(CAST(:changes AS jsonb)) AS d(
     context jsonb, error jsonb, started bool, ended bool, cancel_scheduled bool, n_events int,
     step_updates jsonb, new_steps jsonb, new_attempts jsonb, events jsonb,
     workflow_id bigint, workflow_name text, workflow_version int, trigger text, payload jsonb,
-    payload_hash text, idempotency_key text, source_run_id uuid)"""
+    payload_hash text, idempotency_key text, source_run_id uuid, latest bool)"""
 
 _NEW_ROWS = """
 ns AS (
@@ -211,7 +212,12 @@ _APPLY_IF_CURRENT = (
 _START = (
     "WITH doc AS (SELECT * FROM "
     + _DOCUMENT
-    + """), ins AS (
+    + """), stale AS (
+  SELECT doc.run_id FROM doc
+  WHERE doc.latest AND doc.workflow_id IS DISTINCT FROM (
+    SELECT w.id FROM workflows w WHERE w.name = doc.workflow_name
+    ORDER BY w.version DESC LIMIT 1)
+), ins AS (
   INSERT INTO runs (id, workflow_id, workflow_name, workflow_version, trigger, status, payload,
                     context, error, payload_hash, idempotency_key, source_run_id, last_seq,
                     ended_at)
@@ -219,7 +225,7 @@ _START = (
          coalesce(doc.status, 'pending'), doc.payload, coalesce(doc.context, doc.payload),
          doc.error, doc.payload_hash, doc.idempotency_key, doc.source_run_id, doc.n_events,
          CASE WHEN doc.ended THEN now() END
-  FROM doc
+  FROM doc WHERE doc.run_id NOT IN (SELECT run_id FROM stale)
   ON CONFLICT (workflow_name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING id, created_at
 ), ok AS (
@@ -235,8 +241,18 @@ _START = (
     AS x(ord int, type text, step_name text, attempt_number int, data jsonb)
   RETURNING 1
 )
-SELECT id, created_at FROM ins"""
+SELECT id, created_at, false AS stale FROM ins
+UNION ALL SELECT run_id, NULL, true FROM stale"""
 )
+
+
+class NotStarted(Enum):
+    """Why `start` wrote nothing for a run."""
+
+    KEY_TAKEN = "key_taken"
+    """Its idempotency key already started a run."""
+    NOT_LATEST = "not_latest"
+    """A newer version of its workflow was registered since it was chosen."""
 
 
 @dataclass(frozen=True)
@@ -283,9 +299,11 @@ async def apply_if_current(conn: Connection, items: list[AttemptEnded]) -> list[
     return [item.attempt_id in written for item in items]
 
 
-async def start(conn: Connection, runs: list[tuple[NewRun, RunChange]]) -> list[datetime | None]:
-    """Inserts pending runs with their first changes; per run its creation time, or None when
-    its idempotency key is already taken (nothing written for it)."""
+async def start(
+    conn: Connection, runs: list[tuple[NewRun, RunChange]]
+) -> list[datetime | NotStarted]:
+    """Inserts pending runs with their first changes; per run its creation time, or why
+    nothing was written for it."""
     documents = [
         _document(
             change,
@@ -297,12 +315,13 @@ async def start(conn: Connection, runs: list[tuple[NewRun, RunChange]]) -> list[
             payload_hash=run.payload_hash,
             idempotency_key=run.idempotency_key,
             source_run_id=str(run.source_run_id) if run.source_run_id else None,
+            latest=run.latest,
         )
         for run, change in runs
     ]
     rows = await conn.execute(_START, {"changes": dumps(documents)})
-    created = {row.id: row.created_at for row in rows}
-    return [created.get(run.id) for run, _ in runs]
+    created = {row.id: NotStarted.NOT_LATEST if row.stale else row.created_at for row in rows}
+    return [created.get(run.id, NotStarted.KEY_TAKEN) for run, _ in runs]
 
 
 def _document(change: RunChange, **extra: JSON) -> dict[str, JSON]:

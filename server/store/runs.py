@@ -35,6 +35,9 @@ class NewRun:
     payload_hash: str
     idempotency_key: str | None
     source_run_id: uuid.UUID | None
+    latest: bool = False
+    """Started on the version believed to be the workflow's latest: written only if it still
+    is when the statement runs (a replay keeps its source's version)."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,11 @@ from squidmesh.v1.run_service_pb2_grpc import RunServiceStub
 from squidmesh.v1.worker_service_pb2_grpc import WorkerServiceStub
 from squidmesh.v1.workflow_service_pb2_grpc import WorkflowServiceStub
 
+from server.app import App
+from server.embedded import EmbeddedUrls
+from server.settings import Settings
 from server.store.db import libpq_url
+from tests.support import stream_prefix
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     from squidmesh.v1.run_service_pb2_grpc import RunServiceAsyncStub
@@ -535,3 +539,52 @@ async def test_a_burst_of_starts_is_queued_not_cancelled(
     failed = [r for r in responses if isinstance(r, BaseException)]
     assert not failed, f"{len(failed)} of {burst} failed, e.g. {failed[0]!r}"
     assert await count_rows(database_url, "runs") == burst
+
+
+async def test_a_version_registered_on_another_server_is_used_at_once(
+    channel: aio.Channel, services: EmbeddedUrls, database_url: str
+) -> None:
+    """A server starts runs on the latest version it knows without reading it each time; the
+    start statement catches a newer one registered by another server, and the run is decided
+    again on it (here: its payload checked against the new contract)."""
+    runs = await register_orders(channel)
+    first = await runs.StartRun(
+        run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=1))
+    )
+    assert first.run.workflow_version == 1
+
+    other = App(
+        Settings(
+            address="127.0.0.1:0",
+            database_url=database_url,
+            redis_url=services.redis_url,
+            stream_prefix=stream_prefix(),
+        )
+    )
+    await other.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{other.port}") as other_channel:
+            v2 = definition()
+            v2.triggers[0].payload.add(
+                name="customer", type=workflow_pb2.FIELD_TYPE_STRING, required=True
+            )
+            registered = await WorkflowServiceStub(other_channel).RegisterWorkflow(
+                workflow_service_pb2.RegisterWorkflowRequest(definition=v2)
+            )
+            assert registered.workflow.version == 2
+    finally:
+        await other.stop(grace_s=0.5)
+
+    with pytest.raises(aio.AioRpcError) as raised:
+        await runs.StartRun(
+            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=1))
+        )
+    assert raised.value.code() == StatusCode.INVALID_ARGUMENT
+    assert details(raised.value)[1] == [("payload.customer", "is required")]
+    second = await runs.StartRun(
+        run_service_pb2.StartRunRequest(
+            workflow="orders", payload=payload(amount=1, customer="c-1")
+        )
+    )
+    assert second.run.workflow_version == 2
+    assert await count_rows(database_url, "runs") == 2
