@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
@@ -10,11 +11,16 @@ import structlog
 __all__ = ["configure_logging"]
 
 
-def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
+LOG_LEVEL_ENV = "SQUIDMESH_LOG_LEVEL"
+
+
+def configure_logging(level: str | None = None, *, json: bool | None = None) -> None:
     """Configures structlog (and the standard library's logging, which taskiq, redis and grpc
-    use) for a worker process. `json` defaults to "stdout is not a TTY"."""
+    use) for a worker process. `level` defaults to $SQUIDMESH_LOG_LEVEL, else INFO; `json` to
+    "stdout is not a TTY"."""
     if json is None:
         json = not sys.stdout.isatty()
+    level = level or os.environ.get(LOG_LEVEL_ENV) or "INFO"
     level_number = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

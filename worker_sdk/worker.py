@@ -129,8 +129,10 @@ class Worker:
     def run_sync(self) -> None:
         """Runs the worker in this process (uvloop when available) until SIGTERM/SIGINT:
         the first signal drains the attempts in flight and returns (exit 0), a second one
-        exits at once (unacked tasks are redelivered and the server retries them)."""
-        configure_logging()
+        exits at once (unacked tasks are redelivered and the server retries them). Logging is
+        configured (`configure_logging`) unless structlog already was."""
+        if not structlog.is_configured():
+            configure_logging()
         signals_seen = 0
 
         def on_signal(signum: int) -> None:
