@@ -178,7 +178,10 @@ class Worker:
             if registration is None:
                 return  # stopped before the server answered
             stream = AttemptStream.for_channel(
-                channel, worker_id=self.worker_id, metadata=self._metadata
+                channel,
+                worker_id=self.worker_id,
+                metadata=self._metadata,
+                batches=registration.accepts_batches,
             )
             runner = AttemptRunner(
                 worker_id=self.worker_id,

@@ -588,3 +588,71 @@ async def test_a_version_registered_on_another_server_is_used_at_once(
     )
     assert second.run.workflow_version == 2
     assert await count_rows(database_url, "runs") == 2
+
+
+async def test_requests_sent_as_one_batch_are_each_answered(
+    channel: aio.Channel, database_url: str
+) -> None:
+    runs = await register_orders(channel)
+    attempts = []
+    for amount in (1, 2):
+        run = (
+            await runs.StartRun(
+                run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=amount))
+            )
+        ).run
+        attempts.append(await scheduled_attempt(database_url, run.id, "reserve"))
+    workers = WorkerServiceStub(channel)
+    registered = await workers.RegisterWorker(
+        wpb.RegisterWorkerRequest(
+            worker_id="w-batch", queues=["default"], handlers=["orders.reserve"], concurrency=2
+        )
+    )
+    assert registered.accepts_batches
+    call = workers.StreamAttempts(metadata=(("squidmesh-accepts-batches", "1"),))
+
+    async def exchange(
+        requests: list[wpb.StreamAttemptsRequest],
+    ) -> list[wpb.StreamAttemptsResponse]:
+        """Sends `requests` as one message; returns the messages that answer them all."""
+        await call.write(wpb.StreamAttemptsRequest(batch=requests))
+        messages: list[wpb.StreamAttemptsResponse] = []
+        answered: set[int] = set()
+        while len(answered) < len(requests):
+            message = await call.read()
+            assert isinstance(message, wpb.StreamAttemptsResponse)
+            messages.append(message)
+            answered.update(r.request_id for r in message.batch or (message,))
+        assert answered == {r.request_id for r in requests}
+        return messages
+
+    claims = await exchange(
+        [
+            wpb.StreamAttemptsRequest(
+                request_id=i + 1,
+                started=wpb.AttemptStarted(attempt_id=attempt, token=token, worker_id="w-batch"),
+            )
+            for i, (attempt, token) in enumerate(attempts)
+        ]
+    )
+    # Claimed in one statement, so answered together, in one message.
+    assert len(claims) == 1 and len(claims[0].batch) == 2
+    assert all(r.start.accepted and r.start.step == "reserve" for r in claims[0].batch)
+    results = await exchange(
+        [
+            wpb.StreamAttemptsRequest(
+                request_id=10 + i,
+                completed=wpb.AttemptCompleted(
+                    attempt_id=attempt, token=token, output=struct_pb2.Value(string_value="ok")
+                ),
+            )
+            for i, (attempt, token) in enumerate(attempts)
+        ]
+    )
+    assert all(r.result.accepted for m in results for r in m.batch or (m,))
+    call.cancel()
+    async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+        rows = await (
+            await conn.execute("SELECT status FROM attempts WHERE step_name = 'reserve'")
+        ).fetchall()
+    assert [r[0] for r in rows] == ["succeeded", "succeeded"]

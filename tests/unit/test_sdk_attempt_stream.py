@@ -60,6 +60,10 @@ class FakeCall:
             )
         )
 
+    def answer_together(self, responses: list[pb.StreamAttemptsResponse]) -> None:
+        """Answers sent as one message (`batch`)."""
+        self._responses.put_nowait(pb.StreamAttemptsResponse(batch=responses))
+
     def break_(self) -> None:
         self._responses.put_nowait(ConnectionResetError("server restarted"))
 
@@ -106,6 +110,60 @@ async def test_requests_are_multiplexed_by_request_id() -> None:
         call.answer(ids["a1"], accepted=True)
         assert (await first).accepted and not (await second).accepted
         assert stream.unanswered == 0
+    finally:
+        await stream.close()
+
+
+async def test_requests_ready_together_are_written_as_one_batch() -> None:
+    server = FakeServer()
+    recorder = CancelRecorder()
+    stream = AttemptStream(server.open, min_backoff=0.01, batches=True, on_cancel=recorder)
+    stream.start()
+    try:
+        call = await server.next_call(1)
+        requests = [asyncio.create_task(stream.started(started(f"a{i}"))) for i in range(3)]
+        await call.wait_written(1)
+        assert len(call.written) == 1
+        batch = call.written[0].batch
+        assert [r.started.attempt_id for r in batch] == ["a0", "a1", "a2"]
+        assert call.written[0].request_id == 0 and not call.written[0].HasField("started")
+        # Answers come batched too, in any order, with a pushed cancel among them.
+        call.answer_together(
+            [
+                pb.StreamAttemptsResponse(
+                    request_id=batch[2].request_id, start=pb.StartDecision(accepted=False)
+                ),
+                pb.StreamAttemptsResponse(
+                    cancel=pb.CancelAttempts(attempt_ids=["x"], reason="run cancelled")
+                ),
+                pb.StreamAttemptsResponse(
+                    request_id=batch[0].request_id, start=pb.StartDecision(accepted=True)
+                ),
+                pb.StreamAttemptsResponse(
+                    request_id=batch[1].request_id, start=pb.StartDecision(accepted=True)
+                ),
+            ]
+        )
+        assert [(await r).accepted for r in requests] == [True, True, False]
+        assert await recorder.wait() == [(["x"], "run cancelled")]
+        assert stream.unanswered == 0
+    finally:
+        await stream.close()
+
+
+async def test_without_the_servers_word_requests_are_written_one_by_one() -> None:
+    server = FakeServer()
+    stream = AttemptStream(server.open, min_backoff=0.01)
+    stream.start()
+    try:
+        call = await server.next_call(1)
+        requests = [asyncio.create_task(stream.started(started(f"a{i}"))) for i in range(3)]
+        await call.wait_written(3)
+        assert [r.started.attempt_id for r in call.written] == ["a0", "a1", "a2"]
+        assert not any(r.batch for r in call.written)
+        for r in call.written:
+            call.answer(r.request_id)
+        assert [(await r).accepted for r in requests] == [True, True, True]
     finally:
         await stream.close()
 
@@ -303,6 +361,7 @@ async def test_over_grpc_the_stream_carries_the_worker_id_and_receives_pushes() 
         assert (await asyncio.wait_for(stream.started(started("a1")), 5)).accepted
         assert await recorder.wait() == [(["a0"], "lease lost")]
         assert servicer.metadata["squidmesh-worker-id"] == "w-1"
+        assert servicer.metadata["squidmesh-accepts-batches"] == "1"
         assert servicer.metadata["authorization"] == "Bearer t"
     finally:
         await stream.close()

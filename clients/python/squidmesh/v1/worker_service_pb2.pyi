@@ -96,6 +96,7 @@ class RegisterWorkerResponse(_message.Message):
     CONSUMER_GROUP_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     TASK_NAME_FIELD_NUMBER: _builtins.int
+    ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """The worker id as recorded."""
     broker_url: _builtins.str
@@ -110,6 +111,8 @@ class RegisterWorkerResponse(_message.Message):
     running the handler, and acks the message only after the result was answered (and those of
     the attempts handed over after it, see ResultAck.handoff).
     """
+    accepts_batches: _builtins.bool
+    """The server reads StreamAttemptsRequest.batch."""
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """How often the worker should heartbeat while attempts run."""
@@ -123,10 +126,11 @@ class RegisterWorkerResponse(_message.Message):
         consumer_group: _builtins.str = ...,
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         task_name: _builtins.str = ...,
+        accepts_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["broker_url", b"broker_url", "consumer_group", b"consumer_group", "heartbeat_interval", b"heartbeat_interval", "stream_prefix", b"stream_prefix", "task_name", b"task_name", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "broker_url", b"broker_url", "consumer_group", b"consumer_group", "heartbeat_interval", b"heartbeat_interval", "stream_prefix", b"stream_prefix", "task_name", b"task_name", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -143,6 +147,7 @@ class StreamAttemptsRequest(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     COMPLETED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """Chosen by the worker; the server's answer carries the same id."""
     @_builtins.property
@@ -161,6 +166,13 @@ class StreamAttemptsRequest(_message.Message):
     def failed(self) -> Global___AttemptFailed:
         """Reports failure."""
 
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamAttemptsRequest]:
+        """Several requests the worker had ready at once, each answered on its own. The message then
+        carries nothing else (request_id 0, no content), and the requests in it carry no batch.
+        Only to a server whose RegisterWorkerResponse set accepts_batches.
+        """
+
     def __init__(
         self,
         *,
@@ -169,10 +181,11 @@ class StreamAttemptsRequest(_message.Message):
         heartbeat: Global___WorkerHeartbeat | None = ...,
         completed: Global___AttemptCompleted | None = ...,
         failed: Global___AttemptFailed | None = ...,
+        batch: _abc.Iterable[Global___StreamAttemptsRequest] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "failed", b"failed", "heartbeat", b"heartbeat", "message", b"message", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "failed", b"failed", "heartbeat", b"heartbeat", "message", b"message", "request_id", b"request_id", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "completed", b"completed", "failed", b"failed", "heartbeat", b"heartbeat", "message", b"message", "request_id", b"request_id", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["started", "heartbeat", "completed", "failed"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
@@ -371,6 +384,7 @@ class StreamAttemptsResponse(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """The request_id of the request answered."""
     @_builtins.property
@@ -389,6 +403,13 @@ class StreamAttemptsResponse(_message.Message):
     def cancel(self) -> Global___CancelAttempts:
         """Sent by the server on its own (request_id 0): stop these attempts."""
 
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamAttemptsResponse]:
+        """Several answers (or cancels) the server had ready at once, in order. The message then
+        carries nothing else (request_id 0, no content), and those in it carry no batch. Sent only
+        on a stream opened with the metadata "squidmesh-accepts-batches: 1".
+        """
+
     def __init__(
         self,
         *,
@@ -397,10 +418,11 @@ class StreamAttemptsResponse(_message.Message):
         heartbeat: Global___HeartbeatAck | None = ...,
         result: Global___ResultAck | None = ...,
         cancel: Global___CancelAttempts | None = ...,
+        batch: _abc.Iterable[Global___StreamAttemptsResponse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat", b"heartbeat", "message", b"message", "result", b"result", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat", b"heartbeat", "message", b"message", "request_id", b"request_id", "result", b"result", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "cancel", b"cancel", "heartbeat", b"heartbeat", "message", b"message", "request_id", b"request_id", "result", b"result", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["start", "heartbeat", "result", "cancel"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015

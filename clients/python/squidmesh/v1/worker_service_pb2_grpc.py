@@ -62,7 +62,9 @@ class WorkerServiceServicer:
         """The attempt stream: the worker claims attempts, heartbeats and reports results; the server
         answers each request (matched by request_id). A worker that opens it with the metadata
         "squidmesh-worker-id" also receives CancelAttempts as soon as one of its attempts must stop
-        (otherwise it learns that from its next heartbeat's answer).
+        (otherwise it learns that from its next heartbeat's answer). Either side may send several
+        messages as one `batch` (see StreamAttemptsRequest.batch): a stream message costs far more
+        than the bytes in it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

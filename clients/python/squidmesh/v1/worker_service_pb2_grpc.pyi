@@ -39,7 +39,9 @@ class WorkerServiceStub:
     """The attempt stream: the worker claims attempts, heartbeats and reports results; the server
     answers each request (matched by request_id). A worker that opens it with the metadata
     "squidmesh-worker-id" also receives CancelAttempts as soon as one of its attempts must stop
-    (otherwise it learns that from its next heartbeat's answer).
+    (otherwise it learns that from its next heartbeat's answer). Either side may send several
+    messages as one `batch` (see StreamAttemptsRequest.batch): a stream message costs far more
+    than the bytes in it.
     """
 
 @_typing.type_check_only
@@ -53,7 +55,9 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     """The attempt stream: the worker claims attempts, heartbeats and reports results; the server
     answers each request (matched by request_id). A worker that opens it with the metadata
     "squidmesh-worker-id" also receives CancelAttempts as soon as one of its attempts must stop
-    (otherwise it learns that from its next heartbeat's answer).
+    (otherwise it learns that from its next heartbeat's answer). Either side may send several
+    messages as one `batch` (see StreamAttemptsRequest.batch): a stream message costs far more
+    than the bytes in it.
     """
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -76,7 +80,9 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         """The attempt stream: the worker claims attempts, heartbeats and reports results; the server
         answers each request (matched by request_id). A worker that opens it with the metadata
         "squidmesh-worker-id" also receives CancelAttempts as soon as one of its attempts must stop
-        (otherwise it learns that from its next heartbeat's answer).
+        (otherwise it learns that from its next heartbeat's answer). Either side may send several
+        messages as one `batch` (see StreamAttemptsRequest.batch): a stream message costs far more
+        than the bytes in it.
         """
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
