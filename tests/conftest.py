@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.embedded import EmbeddedServices, EmbeddedUrls
-from tests.support import fresh_database, stream_prefix
+from tests.support import drop_database, fresh_database, stream_prefix
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +28,11 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedUrls]
 
 
 @pytest.fixture
-def database_url(services: EmbeddedUrls) -> str:
-    return fresh_database(services.database_url)
+def database_url(services: EmbeddedUrls) -> Iterator[str]:
+    url = fresh_database(services.database_url)
+    yield url
+    # Databases left behind slow the rest of the session: autovacuum visits each of them.
+    drop_database(services.database_url, url)
 
 
 @pytest.fixture

@@ -41,6 +41,13 @@ def fresh_database(base_url: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+def drop_database(base_url: str, url: str) -> None:
+    """Drops the database of `url` (made by `fresh_database`), ending its sessions."""
+    name = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(libpq_url(base_url), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def stream_prefix() -> str:
     """A stream prefix of its own, so tests sharing one Redis never see each other's tasks."""
     return f"sm:{uuid.uuid4().hex[:8]}:queue:"

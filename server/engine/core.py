@@ -240,7 +240,8 @@ class EngineCore:
 
     async def _after_commit(self, change: RunChange) -> None:
         """Writes the lines of log steps, publishes the attempts due now (but the one handed
-        off), and wakes watchers and timer loops."""
+        off), and wakes watchers and timer loops (after publishing: a worker waits for the
+        publish, a watcher only for news)."""
         for event in change.events:
             if event.type == "log":
                 log.info(
@@ -249,16 +250,18 @@ class EngineCore:
                     step=event.step_name,
                     **event.data,
                 )
-        self._wakeups.run_changed(str(change.run_id))
-        if any(a.delay_ms or a.kind == AttemptKind.WAIT for a in change.new_attempts):
-            self._wakeups.timers_changed()
         due = [
             Dispatch(a.id, a.token, change.run_id, a.step_name, a.handler, a.queue)
             for a in change.new_attempts
             if a.delay_ms == 0 and a.kind == AttemptKind.TASK and a.worker_id is None
         ]
-        if due:
-            await self._publish(due)
+        try:
+            if due:
+                await self._publish(due)
+        finally:
+            self._wakeups.run_changed(str(change.run_id))
+            if any(a.delay_ms or a.kind == AttemptKind.WAIT for a in change.new_attempts):
+                self._wakeups.timers_changed()
 
     def _check_size(self, what: str, value: JSON) -> None:
         size = len(dumps(value))

@@ -24,6 +24,13 @@ metadata = MetaData()
 
 NOW = text("now()")
 
+# Rows of runs, steps and attempts are updated a few times each and then left alone, so these
+# tables collect dead tuples at the pace of the work, and the partial indexes the timer loop
+# scans (live attempts only) fill with entries of dead ones: measured, 25 ms per lease scan and
+# +1.4 ms per step of latency after 12,000 runs. Postgres' default waits for 20% of a table to
+# be dead; vacuum them after 2% or 2,000 rows, whichever is more.
+HOT_TABLE = {"autovacuum_vacuum_scale_factor": "0.02", "autovacuum_vacuum_threshold": "2000"}
+
 workflows = Table(
     "workflows",
     metadata,
@@ -67,6 +74,7 @@ runs = Table(
     Index("runs_created", "created_at", "id"),
     Index("runs_workflow_created", "workflow_name", "created_at", "id"),
     Index("runs_status_created", "status", "created_at", "id"),
+    postgresql_with=HOT_TABLE,
 )
 
 steps = Table(
@@ -82,6 +90,7 @@ steps = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
     Column("ended_at", DateTime(timezone=True)),
     PrimaryKeyConstraint("run_id", "name", name="steps_pkey"),
+    postgresql_with=HOT_TABLE,
 )
 
 attempts = Table(
@@ -140,6 +149,7 @@ attempts = Table(
         "deadline_at",
         postgresql_where=text("status = 'running' AND deadline_at IS NOT NULL"),
     ),
+    postgresql_with=HOT_TABLE,
 )
 
 run_events = Table(
