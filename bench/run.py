@@ -282,6 +282,16 @@ def main() -> int:
         with Client(server.address) as client:
             wait_for(lambda: _registered(client), 60, "bench workflows registered", every=0.2)
 
+        # Latency first, on a quiet system (after the rounds, autovacuum is still busy).
+        samples, _ = latency(server.address, noop1.name, args.latency_samples)
+        p50 = statistics.median(samples)
+        p99 = statistics.quantiles(samples, n=100)[98]
+        overhead, overhead_runs = latency(server.address, noop10.name, args.overhead_samples)
+        per_step = [ms / NOOP10_STEPS for ms in overhead]
+        overhead_handed_off = handed_off_share(database_url, overhead_runs)
+        overhead_p50 = statistics.median(per_step)
+        overhead_p99 = statistics.quantiles(per_step, n=100)[98]
+
         pids = [p.proc.pid for p in processes]
         # (a), (e) and (c) take a few seconds each on a machine whose speed drifts: they run in
         # rounds, interleaved, and the medians are reported.
@@ -318,10 +328,6 @@ def main() -> int:
         ratio = steps_per_s / chain_steps
         failing_pct = 100 * e.steps_per_s / steps_per_s
         print(f"(a) throughput (median of {args.rounds} rounds): {a.describe()}", flush=True)
-
-        samples, _ = latency(server.address, noop1.name, args.latency_samples)
-        p50 = statistics.median(samples)
-        p99 = statistics.quantiles(samples, n=100)[98]
         print(
             f"(b) latency: {len(samples)} 1-step runs one at a time: p50 {p50:.1f} ms, "
             f"p99 {p99:.1f} ms",
@@ -332,12 +338,6 @@ def main() -> int:
             f"tasks: {chain_steps:.0f} tasks/s; ratio {ratio:.2f}",
             flush=True,
         )
-
-        overhead, overhead_runs = latency(server.address, noop10.name, args.overhead_samples)
-        per_step = [ms / NOOP10_STEPS for ms in overhead]
-        overhead_handed_off = handed_off_share(database_url, overhead_runs)
-        overhead_p50 = statistics.median(per_step)
-        overhead_p99 = statistics.quantiles(per_step, n=100)[98]
         print(
             f"(d) per-step overhead: {len(per_step)} {NOOP10_STEPS}-step runs one at a time, "
             f"run latency / {NOOP10_STEPS}: p50 {overhead_p50:.2f} ms, "
