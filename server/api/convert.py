@@ -8,10 +8,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from squidmesh.v1 import run_pb2, workflow_pb2
 
-from server.api.definitions import definition_to_proto, value_from_json
+from server.api.definitions import definition_to_proto
 from server.engine.errors import FieldViolation, InvalidArgument
 from server.engine.model import (
     JSON,
@@ -22,6 +22,7 @@ from server.engine.model import (
     compensated_step,
 )
 from server.engine.views import AttemptView, EventView, RunView, StepView, WorkflowVersion
+from worker_sdk.values import to_value
 
 
 def timestamp(dt: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -37,10 +38,6 @@ def struct(value: dict[str, JSON] | None) -> struct_pb2.Struct:
     if value:
         s.update(value)
     return s
-
-
-def from_struct(s: struct_pb2.Struct) -> dict[str, JSON]:
-    return json_format.MessageToDict(s)
 
 
 def parse_uuid(raw: str, field: str) -> uuid.UUID:
@@ -109,7 +106,7 @@ def step(view: StepView) -> run_pb2.StepRun:
         name=view.name,
         status=_STEP_STATUS[view.status],
         attempts=[attempt(a) for a in view.attempts],
-        output=value_from_json(view.output) if view.output is not None else None,
+        output=to_value(view.output) if view.output is not None else None,
         error=failure(view.error),
         create_time=timestamp(view.created_at),
         end_time=timestamp(view.ended_at),
@@ -126,7 +123,7 @@ def attempt(view: AttemptView) -> run_pb2.Attempt:
         create_time=timestamp(view.created_at),
         start_time=timestamp(view.started_at),
         end_time=timestamp(view.ended_at),
-        output=value_from_json(view.output) if view.output is not None else None,
+        output=to_value(view.output) if view.output is not None else None,
         error=failure(view.error),
         progress=struct(view.progress) if view.progress is not None else None,
     )

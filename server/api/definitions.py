@@ -10,13 +10,12 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TypeVar
 
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import duration_pb2
 from squidmesh.v1 import workflow_pb2
 
 from server.engine.errors import FieldViolation, InvalidArgument
 from server.engine.model import (
     DEFAULT_QUEUE,
-    JSON,
     Backoff,
     Condition,
     FieldType,
@@ -34,6 +33,7 @@ from server.engine.model import (
 )
 from server.engine.retry import DEFAULT_RETRY_POLICY
 from server.engine.validation import validate_definition
+from worker_sdk.values import to_value, value_to_python
 
 DEFAULT_TIME_ZONE = "UTC"
 DEFAULT_MULTIPLIER = 2.0
@@ -91,13 +91,6 @@ def definition_from_proto(pb: workflow_pb2.WorkflowDefinition) -> WorkflowDef:
     return defn
 
 
-def json_from_value(value: struct_pb2.Value) -> JSON:
-    """Plain JSON of a Value; an unset Value and a null one are both None."""
-    if value.WhichOneof("kind") in (None, "null_value"):
-        return None
-    return json_format.MessageToDict(value)
-
-
 def _trigger(pb: workflow_pb2.Trigger, where: str, problems: list[FieldViolation]) -> Trigger:
     payload = tuple(
         _payload_field(f, f"{where}.payload[{j}]", problems) for j, f in enumerate(pb.payload)
@@ -130,7 +123,7 @@ def _payload_field(
         # Without a type the default cannot be checked; the placeholder drops it.
         type=field_type or FieldType.STRING,
         required=pb.required,
-        default=json_from_value(pb.default_value) if field_type else None,
+        default=value_to_python(pb.default_value) if field_type else None,
         description=pb.description,
     )
 
@@ -220,7 +213,7 @@ def _transition(
             path=pb.condition.path,
             # EQUALS is a placeholder for a missing operator: it accepts any value.
             operator=operator or Operator.EQUALS,
-            value=json_from_value(pb.condition.value),
+            value=value_to_python(pb.condition.value),
         )
     return Transition(
         from_step=pb.from_step,
@@ -274,12 +267,6 @@ def definition_to_proto(defn: WorkflowDef) -> workflow_pb2.WorkflowDefinition:
     )
 
 
-def value_from_json(data: JSON) -> struct_pb2.Value:
-    value = struct_pb2.Value()
-    json_format.ParseDict(data, value)
-    return value
-
-
 def _trigger_to_proto(trigger: Trigger) -> workflow_pb2.Trigger:
     pb = workflow_pb2.Trigger(
         name=trigger.name,
@@ -288,7 +275,7 @@ def _trigger_to_proto(trigger: Trigger) -> workflow_pb2.Trigger:
                 name=f.name,
                 type=_to_proto(_FIELD_TYPES, f.type),
                 required=f.required,
-                default_value=None if f.default is None else value_from_json(f.default),
+                default_value=None if f.default is None else to_value(f.default),
                 description=f.description,
             )
             for f in trigger.payload
@@ -355,7 +342,7 @@ def _transition_to_proto(t: Transition) -> workflow_pb2.Transition:
         condition = workflow_pb2.Condition(
             path=t.condition.path,
             operator=_to_proto(_OPERATORS, t.condition.operator),
-            value=None if t.condition.value is None else value_from_json(t.condition.value),
+            value=None if t.condition.value is None else to_value(t.condition.value),
         )
     return workflow_pb2.Transition(
         from_step=t.from_step, on=_to_proto(_OUTCOMES, t.on), to=t.to, condition=condition

@@ -22,6 +22,7 @@ from server.events.hub import EventHub
 from server.events.watch import watch
 from server.store.db import Database
 from server.store.runs import RunFilter
+from worker_sdk.values import struct_to_dict
 
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 
@@ -46,7 +47,7 @@ class RunService(pb_grpc.RunServiceServicer):
         run, created = await self._engine.start_run(
             request.workflow,
             request.trigger,
-            convert.from_struct(request.payload),
+            struct_to_dict(request.payload),
             request.idempotency_key,
         )
         return pb.StartRunResponse(run=convert.run(run), created=created)

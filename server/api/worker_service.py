@@ -27,13 +27,13 @@ from squidmesh.v1 import worker_service_pb2 as pb
 from squidmesh.v1 import worker_service_pb2_grpc as pb_grpc
 
 from server.api import convert
-from server.api.definitions import json_from_value, value_from_json
 from server.api.errors import handle_errors, log
 from server.dispatch.publisher import CONSUMER_GROUP, TASK_NAME
 from server.engine.commands import Engine
 from server.engine.errors import FieldViolation, InvalidArgument
 from server.engine.model import Failure, FailureReason
 from server.engine.views import HandoffOffer, StartDecision
+from worker_sdk.values import struct_to_dict, to_value, value_to_python
 
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 Answers: TypeAlias = "asyncio.Queue[pb.StreamAttemptsResponse | None]"
@@ -198,7 +198,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                     (
                         convert.parse_uuid(a.attempt_id, "heartbeat.attempts.attempt_id"),
                         a.token,
-                        convert.from_struct(a.details) if a.HasField("details") else None,
+                        struct_to_dict(a.details) if a.HasField("details") else None,
                     )
                     for a in beat.attempts
                 ],
@@ -213,7 +213,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             result_decision = await self._engine.complete_attempt(
                 convert.parse_uuid(done.attempt_id, "completed.attempt_id"),
                 done.token,
-                json_from_value(done.output),
+                value_to_python(done.output),
                 await self._offer(worker_id, done.accept_handoff),
             )
         elif kind == "failed":
@@ -230,7 +230,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                     reason=reason,
                     type=failed.error_type,
                     message=failed.message,
-                    details=convert.from_struct(failed.details),
+                    details=struct_to_dict(failed.details),
                     non_retryable=failed.non_retryable,
                 ),
                 failed.retry_after.ToMilliseconds() if failed.HasField("retry_after") else None,
@@ -269,7 +269,7 @@ def _start_decision(decision: StartDecision) -> pb.StartDecision:
         step=decision.step,
         handler=decision.handler,
         attempt_number=decision.attempt_number,
-        input=value_from_json(decision.input) if decision.accepted else None,
+        input=to_value(decision.input) if decision.accepted else None,
         idempotency_key=decision.idempotency_key,
         heartbeat_timeout=timeout,
         attempt_timeout=attempt_timeout,

@@ -8,12 +8,7 @@ import pytest
 from google.protobuf import duration_pb2, struct_pb2
 from squidmesh.v1 import workflow_pb2 as pb
 
-from server.api.definitions import (
-    definition_from_proto,
-    definition_to_proto,
-    json_from_value,
-    value_from_json,
-)
+from server.api.definitions import definition_from_proto, definition_to_proto
 from server.engine.errors import FieldViolation, InvalidArgument
 from server.engine.model import (
     COMPLETE,
@@ -32,6 +27,7 @@ from server.engine.model import (
     Trigger,
     WorkflowDef,
 )
+from worker_sdk.values import to_value
 
 
 def ms(value: int) -> duration_pb2.Duration:
@@ -60,17 +56,17 @@ def rich_proto() -> pb.WorkflowDefinition:
                     pb.PayloadField(
                         name="currency",
                         type=pb.FIELD_TYPE_STRING,
-                        default_value=value_from_json("EUR"),
+                        default_value=to_value("EUR"),
                     ),
                     pb.PayloadField(
                         name="meta",
                         type=pb.FIELD_TYPE_OBJECT,
-                        default_value=value_from_json({"source": "web", "tags": ["a", 1.5]}),
+                        default_value=to_value({"source": "web", "tags": ["a", 1.5]}),
                     ),
                     pb.PayloadField(
                         name="at",
                         type=pb.FIELD_TYPE_TIMESTAMP,
-                        default_value=value_from_json("now"),
+                        default_value=to_value("now"),
                     ),
                 ],
             ),
@@ -117,7 +113,7 @@ def rich_proto() -> pb.WorkflowDefinition:
                 condition=pb.Condition(
                     path="charge.amount",
                     operator=pb.CONDITION_OPERATOR_GREATER_THAN,
-                    value=value_from_json(1000),
+                    value=to_value(1000),
                 ),
             ),
             pb.Transition(from_step="charge", on=pb.OUTCOME_OK, to="cool_down"),
@@ -133,7 +129,7 @@ def rich_proto() -> pb.WorkflowDefinition:
                 condition=pb.Condition(
                     path="approve.actor",
                     operator=pb.CONDITION_OPERATOR_NOT_EQUALS,
-                    value=value_from_json({"name": "bot", "ok": False}),
+                    value=to_value({"name": "bot", "ok": False}),
                 ),
             ),
             pb.Transition(from_step="approve", on=pb.OUTCOME_ERROR, to=COMPLETE),
@@ -248,12 +244,6 @@ def test_null_and_unset_defaults_both_mean_no_default() -> None:
     message.triggers[0].payload[2].ClearField("default_value")
     payload = definition_from_proto(message).triggers[0].payload
     assert (payload[1].default, payload[2].default) == (None, None)
-
-
-def test_json_from_value() -> None:
-    assert json_from_value(struct_pb2.Value()) is None
-    assert json_from_value(value_from_json({"a": [1, True, None]})) == {"a": [1.0, True, None]}
-    assert json_from_value(value_from_json("x")) == "x"
 
 
 def violations(message: pb.WorkflowDefinition) -> list[FieldViolation]:
