@@ -93,7 +93,8 @@ class AttemptCommands(EngineCore):
                 "output": output,
             }
         if claimed.attempt_timeout_ms:
-            self._wakeups.timers_changed()  # a new deadline for the timer loops
+            # A new deadline for the timer loops.
+            self._wakeups.timers_changed(claimed.attempt_timeout_ms)
         return StartDecision(
             accepted=True,
             run_id=claimed.run_id,

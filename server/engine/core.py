@@ -46,7 +46,9 @@ class Wakeups(Protocol):
 
     def run_changed(self, run_id: str) -> None: ...
 
-    def timers_changed(self) -> None: ...
+    def timers_changed(self, due_in_ms: float) -> None:
+        """A timer or a deadline was set, the earliest due in `due_in_ms` milliseconds."""
+        ...
 
     def stop_attempts(self, worker_attempts: list[tuple[str, str]], reason: str) -> None:
         """Asks the workers running these (worker id, attempt id) to stop them."""
@@ -260,8 +262,11 @@ class EngineCore:
                 await self._publish(due)
         finally:
             self._wakeups.run_changed(str(change.run_id))
-            if any(a.delay_ms or a.kind == AttemptKind.WAIT for a in change.new_attempts):
-                self._wakeups.timers_changed()
+            timers = [
+                a.delay_ms for a in change.new_attempts if a.delay_ms or a.kind == AttemptKind.WAIT
+            ]
+            if timers:
+                self._wakeups.timers_changed(min(timers))
 
     def _check_size(self, what: str, value: JSON) -> None:
         size = len(dumps(value))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -27,7 +28,8 @@ class EventHub:
         self._conninfo = conninfo
         self._watchers: dict[str, set[asyncio.Event]] = {}
         self.timers = asyncio.Event()
-        """Set when any replica scheduled a timer (wakes the timer loop)."""
+        """Set when any replica set a timer or a deadline (wakes the timer loop)."""
+        self._timer_due_ms = math.inf
         self.on_stop: StopAttempts | None = None
         """Called when any replica asks a worker to stop attempts (the worker service pushes
         it to the worker's stream, if this replica holds it)."""
@@ -74,7 +76,7 @@ class EventHub:
                     delay = 0.1
                     async for note in conn.notifies():
                         if note.channel == TIMERS_CHANNEL:
-                            self.timers.set()
+                            self._timer_set(note.payload)
                         elif note.channel == STOPS_CHANNEL:
                             self._stop(note.payload)
                         else:
@@ -87,6 +89,19 @@ class EventHub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def take_timer_due_ms(self) -> float:
+        """The earliest due time (epoch ms) of the timers notified since the last call."""
+        due, self._timer_due_ms = self._timer_due_ms, math.inf
+        return due
+
+    def _timer_set(self, payload: str) -> None:
+        try:
+            due = float(payload)
+        except ValueError:  # not from this version: due now, to be safe
+            due = 0.0
+        self._timer_due_ms = min(self._timer_due_ms, due)
+        self.timers.set()
+
     def _stop(self, payload: str) -> None:
         if self.on_stop is None:
             return
@@ -94,6 +109,7 @@ class EventHub:
         self.on_stop(stop["worker"], stop["attempts"], stop["reason"])
 
     def _wake_all(self) -> None:
+        self._timer_due_ms = 0.0
         self.timers.set()
         for watchers in self._watchers.values():
             for wake in watchers:

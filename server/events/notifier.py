@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 
 import psycopg
 import structlog
@@ -27,7 +29,8 @@ class Notifier:
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
         self._runs: set[str] = set()
-        self._timers = False
+        self._timers_due_ms = math.inf
+        """The earliest due time (epoch ms) of the timers set since the last NOTIFY."""
         self._stops: list[str] = []
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -45,8 +48,8 @@ class Notifier:
         self._runs.add(run_id)
         self._pending.set()
 
-    def timers_changed(self) -> None:
-        self._timers = True
+    def timers_changed(self, due_in_ms: float) -> None:
+        self._timers_due_ms = min(self._timers_due_ms, time.time() * 1000 + due_in_ms)
         self._pending.set()
 
     def stop_attempts(self, worker_attempts: list[tuple[str, str]], reason: str) -> None:
@@ -70,13 +73,13 @@ class Notifier:
                         await self._pending.wait()
                         self._pending.clear()
                         runs, self._runs = self._runs, set()
-                        timers, self._timers = self._timers, False
+                        timers_due, self._timers_due_ms = self._timers_due_ms, math.inf
                         stops, self._stops = self._stops, []
                         channels = [EVENTS_CHANNEL] * len(runs) + [STOPS_CHANNEL] * len(stops)
                         payloads = list(runs) + stops
-                        if timers:
+                        if timers_due < math.inf:
                             channels.append(TIMERS_CHANNEL)
-                            payloads.append("")
+                            payloads.append(f"{timers_due:.0f}")
                         await conn.execute(
                             "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS x(c, p)",
                             (channels, payloads),

@@ -2,7 +2,8 @@
 FOR UPDATE SKIP LOCKED, so replicas never fire the same timer twice):
 
 - due timers: attempts whose backoff ended are published at their due time, and wait steps
-  that are due complete, woken early by NOTIFY when any replica schedules one;
+  that are due complete, woken early by NOTIFY when any replica sets one due before the loop
+  would wake anyway (a retry under load: every failure notifies);
 - deadlines: running attempts past their attempt timeout fail as timed_out, on time (the
   loop also wakes at the earliest deadline);
 - lost dispatches: attempts published but not claimed within the dispatch timeout (Redis lost
@@ -57,6 +58,7 @@ class TimerLoop:
         while True:
             try:
                 self._hub.timers.clear()
+                self._hub.take_timer_due_ms()  # what is due now, the queries below find
                 await self._engine.kick_due()
                 timed_out = await self._engine.expire_deadlines()
                 if timed_out:
@@ -82,5 +84,15 @@ class TimerLoop:
             wait_s = self._interval_s
             if next_ms is not None:
                 wait_s = min(max(next_ms / 1000, 0.0), wait_s)
+            await self._sleep_until(time.time() + wait_s)
+
+    async def _sleep_until(self, wake_at: float) -> None:
+        """Until `wake_at` (epoch seconds), or until a timer is notified that is due before."""
+        while (remaining := wake_at - time.time()) > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._hub.timers.wait(), timeout=wait_s)
+                await asyncio.wait_for(self._hub.timers.wait(), timeout=remaining)
+            if not self._hub.timers.is_set():
+                return  # timed out: time to look
+            self._hub.timers.clear()
+            if self._hub.take_timer_due_ms() / 1000 < wake_at:
+                return
