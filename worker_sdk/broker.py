@@ -37,6 +37,8 @@ __all__ = ["QueueConsumer", "StepTaskBroker"]
 log = structlog.get_logger("squidmesh.worker.broker")
 
 AUTOCLAIM_EVERY_S = 10.0
+MAX_READ = 8
+"""Messages read at once at most, when that many slots are free."""
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 2.0
 _TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -47,7 +49,19 @@ RunAttempt = Callable[[str, str, str, str, str], Awaitable[None]]
 class StepTaskBroker(RedisStreamBroker):
     """A stream broker for one task queue whose `listen()` never gives up."""
 
-    def __init__(self, url: str, *, stream: str, consumer_group: str, consumer_name: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str,
+        consumer_group: str,
+        consumer_name: str,
+        free_slots: Callable[[], int] = lambda: 1,
+    ) -> None:
+        """`free_slots()`: how many attempts the worker could start now. Each read takes up
+        to that many messages (at most MAX_READ, at least 1): fewer round trips under load,
+        and no message held back from an idle worker while this one is busy."""
+        self._free_slots = free_slots
         super().__init__(
             url,
             queue_name=stream,
@@ -56,9 +70,6 @@ class StepTaskBroker(RedisStreamBroker):
             consumer_id="0",  # a group created after messages were added still gets them
             idle_timeout=60_000,
             xread_block=1000,  # below redis-py's 5 s socket timeout
-            # One message per read: a busy worker does not sit on messages an idle one could
-            # run (reading 8 at a time measured no faster on the benchmark).
-            xread_count=1,
         )
 
     async def _messages(self) -> AsyncGenerator[AckableMessage, None]:
@@ -89,7 +100,7 @@ class StepTaskBroker(RedisStreamBroker):
                     self.consumer_name,
                     {self.queue_name: ">"},
                     block=self.block,
-                    count=self.count,
+                    count=max(1, min(MAX_READ, self._free_slots())),
                 )
                 for _stream, entries in fetched or ():
                     for msg_id, fields in entries:

@@ -202,6 +202,7 @@ class Worker:
                         stream=registration.stream_prefix + queue,
                         consumer_group=registration.consumer_group,
                         consumer_name=self.worker_id,
+                        free_slots=lambda: self.concurrency - runner.in_flight,
                     ),
                     task_name=registration.task_name,
                     run_attempt=runner.run,
