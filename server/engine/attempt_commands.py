@@ -590,9 +590,9 @@ class AttemptCommands(EngineCore):
             await changes.apply(conn, change)
         await self._after_commit(change)
 
-    async def next_timer_ms(self) -> float | None:
+    async def next_timers(self) -> attempts.NextTimers:
         async with self._db.connect() as conn:
-            return await attempts.next_timer_due_ms(conn)
+            return await attempts.next_timers(conn)
 
     async def _refusal(
         self,

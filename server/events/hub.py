@@ -1,8 +1,8 @@
 """One LISTEN connection per server process, fanned out to every watcher of a run.
 
-A notification only says "run X has new events"; watchers read the events themselves from
-Postgres after their cursor, so a lost or coalesced notification can delay but never drop an
-event. After a reconnect every watcher is woken to catch up."""
+A notification only says "runs X, Y, ... have new events"; watchers read the events themselves
+from Postgres after their cursor, so a lost or coalesced notification can delay but never drop
+an event. After a reconnect every watcher is woken to catch up."""
 
 from __future__ import annotations
 
@@ -80,14 +80,21 @@ class EventHub:
                         elif note.channel == STOPS_CHANNEL:
                             self._stop(note.payload)
                         else:
-                            for wake in self._watchers.get(note.payload, ()):
-                                wake.set()
+                            self._runs_changed(note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("listen_connection_lost", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _runs_changed(self, payload: str) -> None:
+        """Wakes the watchers of the runs in a notification's payload."""
+        if not self._watchers:
+            return
+        for run_id in payload.split(","):
+            for wake in self._watchers.get(run_id, ()):
+                wake.set()
 
     def take_timer_due_ms(self) -> float:
         """The earliest due time (epoch ms) of the timers notified since the last call."""

@@ -330,18 +330,30 @@ def _dispatch(row: Any) -> Dispatch:
     )
 
 
-async def next_timer_due_ms(conn: Connection) -> float | None:
-    """Milliseconds until the earliest timer: an unkicked scheduled attempt (a retry's backoff,
-    a wait) is due, or a running attempt's deadline passes."""
-    due = (
+@dataclass(frozen=True)
+class NextTimers:
+    """Milliseconds from now (negative: overdue), None when there is none."""
+
+    due_ms: float | None
+    """Until the earliest unkicked scheduled attempt is due (a retry's backoff, a wait)."""
+    deadline_ms: float | None
+    """Until the earliest running attempt's deadline passes."""
+
+
+async def next_timers(conn: Connection) -> NextTimers:
+    row = (
         await conn.execute(
-            "SELECT extract(epoch FROM least("
-            "(SELECT min(due_at) FROM attempts WHERE status = 'scheduled' AND kicked_at IS NULL), "
-            "(SELECT min(deadline_at) FROM attempts "
-            "WHERE status = 'running' AND deadline_at IS NOT NULL)) - now()) * 1000"
+            "SELECT extract(epoch FROM (SELECT min(due_at) FROM attempts "
+            "  WHERE status = 'scheduled' AND kicked_at IS NULL) - now()) * 1000 AS due_ms, "
+            "extract(epoch FROM (SELECT min(deadline_at) FROM attempts "
+            "  WHERE status = 'running' AND deadline_at IS NOT NULL) - now()) * 1000 "
+            "  AS deadline_ms"
         )
-    ).scalar()
-    return float(due) if due is not None else None
+    ).one()
+    return NextTimers(
+        float(row.due_ms) if row.due_ms is not None else None,
+        float(row.deadline_ms) if row.deadline_ms is not None else None,
+    )
 
 
 @dataclass(frozen=True)

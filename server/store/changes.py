@@ -18,6 +18,7 @@ from server.store.db import Connection, dumps
 from server.store.runs import NewRun
 
 EVENTS_CHANNEL = "squidmesh_run_events"
+"""Payload: ids of runs with new events, comma-separated."""
 TIMERS_CHANNEL = "squidmesh_timers"
 STOPS_CHANNEL = "squidmesh_attempt_stops"
 """Payload: {"worker": id, "attempts": [ids], "reason": text}, for the replica that holds the

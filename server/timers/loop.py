@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 
 import structlog
@@ -55,15 +56,19 @@ class TimerLoop:
     async def _run(self) -> None:
         next_scan = time.monotonic()
         next_leases = time.monotonic() + self._lease_grace_s
+        # When a running attempt's deadline may have passed: from the last look at the next
+        # timers, so that a wake-up for a retry does not also scan for timeouts.
+        deadline_at = time.monotonic()
         while True:
             try:
                 self._hub.timers.clear()
                 self._hub.take_timer_due_ms()  # what is due now, the queries below find
                 await self._engine.kick_due()
-                timed_out = await self._engine.expire_deadlines()
-                if timed_out:
-                    log.info("attempts_timed_out", count=timed_out)
                 now = time.monotonic()
+                if now >= deadline_at:
+                    timed_out = await self._engine.expire_deadlines()
+                    if timed_out:
+                        log.info("attempts_timed_out", count=timed_out)
                 if now >= next_scan:  # the scans for what went missing, once per interval
                     republished = await self._engine.kick_lost(self._dispatch_timeout_ms)
                     if republished:
@@ -74,7 +79,12 @@ class TimerLoop:
                     if expired:
                         log.info("leases_expired", count=expired)
                     next_leases = now + self._interval_s
-                next_ms = await self._engine.next_timer_ms()
+                following = await self._engine.next_timers()
+                deadline_at = (
+                    math.inf
+                    if following.deadline_ms is None
+                    else time.monotonic() + following.deadline_ms / 1000
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -82,8 +92,9 @@ class TimerLoop:
                 await asyncio.sleep(self._interval_s)
                 continue
             wait_s = self._interval_s
-            if next_ms is not None:
-                wait_s = min(max(next_ms / 1000, 0.0), wait_s)
+            for next_ms in (following.due_ms, following.deadline_ms):
+                if next_ms is not None:
+                    wait_s = min(max(next_ms / 1000, 0.0), wait_s)
             await self._sleep_until(time.time() + wait_s)
 
     async def _sleep_until(self, wake_at: float) -> None:

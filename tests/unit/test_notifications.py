@@ -1,12 +1,15 @@
-"""The timer loop sleeps through notifications of timers due after it would wake anyway."""
+"""Notifications: the timer loop sleeps through those of timers due after it would wake
+anyway; those of changed runs carry many runs each."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 from server.events.hub import EventHub
+from server.events.notifier import run_payloads
 from server.timers.loop import TimerLoop
 
 
@@ -48,3 +51,21 @@ async def test_a_notification_without_a_due_time_wakes_the_loop() -> None:
     loop, _ = loop_and_hub()
     took = await slept(loop, 2.0, [(0.05, "")])
     assert took < 0.3
+
+
+def test_run_notifications_carry_many_runs_and_wake_each_watcher() -> None:
+    runs = [str(uuid.uuid4()) for _ in range(450)]
+    payloads = run_payloads(runs)
+    assert len(payloads) == 3
+    assert all(len(p.encode()) < 8000 for p in payloads)  # Postgres' limit on a payload
+    assert [r for p in payloads for r in p.split(",")] == runs
+
+    hub = EventHub("")
+    with (
+        hub.subscribe(runs[0]) as first,
+        hub.subscribe(runs[449]) as last,
+        hub.subscribe(str(uuid.uuid4())) as other,
+    ):
+        for payload in payloads:
+            hub._runs_changed(payload)
+        assert first.is_set() and last.is_set() and not other.is_set()
