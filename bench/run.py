@@ -237,7 +237,7 @@ def main() -> int:
         help="StartRun calls in flight in (a) and (e); 0 (the default): all runs at once",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds of (a), (e) and (c); medians are reported"
+        "--rounds", type=int, default=5, help="rounds of (a), (e) and (c); medians are reported"
     )
     parser.add_argument("--worker-concurrency", type=int, default=64)
     parser.add_argument("--db-pool-size", type=int, default=20)
