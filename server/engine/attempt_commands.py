@@ -18,6 +18,7 @@ from server.engine.handoff import hand_off
 from server.engine.model import (
     ACTIVE_RUN_STATUSES,
     JSON,
+    LIVE_STEP_STATUSES,
     TERMINAL_RUN_STATUSES,
     AttemptStatus,
     Failure,
@@ -223,7 +224,10 @@ class AttemptCommands(EngineCore):
         if run.status == RunStatus.CANCELLING:
             change.context = _with_output(run.context, defn.step(name), output)
             await self._settle_cancel(conn, change)
-        # else the run ended (or began compensating) while this step ran: the record only
+        elif run.status == RunStatus.COMPENSATING and not compensation:
+            # A parallel branch that ran on while the run failed: compensated too.
+            await self._compensate_when_idle(conn, change, defn, run, completed_now=name)
+        # else the run ended while this step ran: the record only
         return change
 
     async def _complete_as_claimed(
@@ -303,6 +307,24 @@ class AttemptCommands(EngineCore):
         self._apply_plan(change, defn, plan, context, statuses, (*completed, name))
         return change
 
+    async def _compensate_when_idle(
+        self,
+        conn: Connection,
+        change: RunChange,
+        defn: WorkflowDef,
+        run: LockedRun,
+        completed_now: str | None = None,
+    ) -> None:
+        """A step of a compensating run ended that is not a compensation: unless one runs
+        (the next one follows it), compensations go on (`_continue_compensation`)."""
+        statuses = await runs.step_statuses(conn, run.id)
+        if any(
+            compensated_step(step) is not None and status in LIVE_STEP_STATUSES
+            for step, status in statuses.items()
+        ):
+            return
+        await self._continue_compensation(conn, change, defn, run, "", completed_now=completed_now)
+
     async def _continue_compensation(
         self,
         conn: Connection,
@@ -311,16 +333,23 @@ class AttemptCommands(EngineCore):
         run: LockedRun,
         name: str,
         error: Failure | None = None,
+        completed_now: str | None = None,
     ) -> None:
-        """After compensation `name` ended (failed for good with `error`, else succeeded):
-        the next compensation, or the run fails with its original error and a summary of
-        what was compensated."""
+        """After compensation `name` ended (failed for good with `error`, else succeeded), or
+        a step that ran on after the run failed (`completed_now` if it completed) ended: the
+        next compensation, or the run fails with its original error and a summary of what was
+        compensated. Nothing while some step still runs: it is let end first."""
+        if await attempts.running(conn, run.id):
+            return
         started = {
             undone
             for step in await runs.step_statuses(conn, run.id)
             if (undone := compensated_step(step)) is not None
         }
-        remaining = planner.compensations(defn, await runs.completed_steps(conn, run.id), started)
+        completed = await runs.completed_steps(conn, run.id)
+        if completed_now is not None:
+            completed = [*completed, completed_now]
+        remaining = planner.compensations(defn, completed, started)
         if remaining:
             self._schedule(change, defn, compensation_step(remaining[0]))
             return
@@ -404,15 +433,22 @@ class AttemptCommands(EngineCore):
                 change.step_updates.append(
                     StepUpdate(name, StepStatus.FAILED, error=failure.to_json(), ended=True)
                 )
+                if run.status == RunStatus.COMPENSATING:
+                    await self._compensate_when_idle(conn, change, defn, run)
             else:
                 decision = decide_retry(
                     step.retry or DEFAULT_RETRY_POLICY, number, failure, retry_after_ms
                 )
                 gives_up = not decision.retry
                 completed: list[str] = []
+                statuses: dict[str, StepStatus] = {}
                 if gives_up and defn.compensates and not compensation:
                     completed = await runs.completed_steps(conn, run.id)
-                self._failed(change, defn, name, number, failure, decision, run.context, completed)
+                    if defn.uses_dependencies:  # parallel branches may still run
+                        statuses = await runs.step_statuses(conn, run.id)
+                self._failed(
+                    change, defn, name, number, failure, decision, run.context, completed, statuses
+                )
                 if gives_up and compensation:
                     await self._continue_compensation(conn, change, defn, run, name, failure)
             handed = self._hand_off(change, offer, attempt_id)
@@ -468,10 +504,13 @@ class AttemptCommands(EngineCore):
         decision: RetryDecision,
         context: dict[str, JSON],
         completed: Sequence[str],
+        statuses: dict[str, StepStatus] | None = None,
     ) -> None:
         """What follows a failed attempt of an active run: its retry; or the step fails, and
         its error route, or the run's failure (or compensation), follows. A compensation that
-        fails for good is followed by the next one (`_continue_compensation`)."""
+        fails for good is followed by the next one (`_continue_compensation`). `statuses` (the
+        run's steps, in a workflow with dependencies that compensates) lets a failing run wait
+        for its running branches."""
         compensation = compensated_step(name) is not None
         if decision.retry:
             self._schedule(change, defn, name, number=number + 1, delay_ms=decision.delay_ms)
@@ -498,7 +537,7 @@ class AttemptCommands(EngineCore):
         )
         if not compensation:
             plan = planner.after_failure(defn, name, failure, context)
-            self._apply_plan(change, defn, plan, context, {}, completed)
+            self._apply_plan(change, defn, plan, context, statuses or {}, completed)
 
     @retry_conflicts
     async def heartbeat(

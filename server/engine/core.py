@@ -190,7 +190,7 @@ class EngineCore:
             if current.complete or current.failure is not None:
                 ends = current
         if ends.failure is not None:
-            self._fail_run(change, defn, ends.failure, completed)
+            self._fail_run(change, defn, ends.failure, completed, statuses)
         elif ends.complete:
             change.status = RunStatus.COMPLETED
             change.ended = True
@@ -204,23 +204,42 @@ class EngineCore:
                 change.status = RunStatus.WAITING if waiting else RunStatus.RUNNING
 
     def _fail_run(
-        self, change: RunChange, defn: WorkflowDef, failure: Failure, completed: Sequence[str]
+        self,
+        change: RunChange,
+        defn: WorkflowDef,
+        failure: Failure,
+        completed: Sequence[str],
+        statuses: dict[str, StepStatus],
     ) -> None:
         """The run fails with `failure`, after compensating its completed steps, if any
-        declare a compensation."""
+        declare a compensation. In a workflow that compensates, steps still running (parallel
+        branches: `statuses`) are let end first: one that completes is compensated too, and
+        compensations go newest first (`_continue_compensation`)."""
         change.error = failure.to_json()
         change.cancel_scheduled_attempts = True
         to_compensate = planner.compensations(defn, completed, ())
-        if to_compensate:
+        running = []
+        if defn.compensates:
+            running = sorted(
+                name
+                for name, status in statuses.items()
+                if status is StepStatus.RUNNING and name != failure.step
+            )
+        if to_compensate or running:
             change.status = RunStatus.COMPENSATING
             change.events.append(
                 NewEvent(
                     "compensation_started",
                     failure.step or None,
-                    data={"error": failure.to_json(), "steps": list(to_compensate)},
+                    data={
+                        "error": failure.to_json(),
+                        "steps": list(to_compensate),
+                        "waiting_for": running,
+                    },
                 )
             )
-            self._schedule(change, defn, compensation_step(to_compensate[0]))
+            if not running:
+                self._schedule(change, defn, compensation_step(to_compensate[0]))
             return
         change.status = RunStatus.FAILED
         change.ended = True

@@ -656,3 +656,72 @@ async def test_requests_sent_as_one_batch_are_each_answered(
             await conn.execute("SELECT status FROM attempts WHERE step_name = 'reserve'")
         ).fetchall()
     assert [r[0] for r in rows] == ["succeeded", "succeeded"]
+
+
+async def test_a_failing_run_lets_running_branches_end_then_compensates_them_too(
+    channel: aio.Channel, database_url: str
+) -> None:
+    """a, then b and c in parallel; b fails for good while c runs. The run waits for c before
+    compensating; c completes, so it is compensated too, newest first: c, then a."""
+    d = workflow_pb2.WorkflowDefinition(name="fanout")
+    d.triggers.add(name="manual", manual=workflow_pb2.ManualTrigger())
+    d.steps.add(name="a", task=workflow_pb2.TaskStep(handler="h.a"), compensate="h.undo_a")
+    d.steps.add(name="b", task=workflow_pb2.TaskStep(handler="h.b"), after=["a"])
+    d.steps.add(
+        name="c", task=workflow_pb2.TaskStep(handler="h.c"), after=["a"], compensate="h.undo_c"
+    )
+    await WorkflowServiceStub(channel).RegisterWorkflow(
+        workflow_service_pb2.RegisterWorkflowRequest(definition=d)
+    )
+    runs = RunServiceStub(channel)
+    run = (await runs.StartRun(run_service_pb2.StartRunRequest(workflow="fanout"))).run
+    protocol = Protocol(channel)
+
+    async def claim(step: str) -> tuple[str, str]:
+        attempt, token = await scheduled_attempt(database_url, run.id, step)
+        started = await protocol.send(
+            started=wpb.AttemptStarted(attempt_id=attempt, token=token, worker_id="w")
+        )
+        assert started.start.accepted, (step, started.start.refusal_reason)
+        return attempt, token
+
+    async def complete(step: str) -> None:
+        attempt, token = await claim(step)
+        done = await protocol.send(completed=wpb.AttemptCompleted(attempt_id=attempt, token=token))
+        assert done.result.accepted
+
+    async def status() -> tuple[int, list[tuple[str, int]]]:
+        got = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=run.id))).run
+        return got.status, [(s.name, s.status) for s in got.steps]
+
+    await complete("a")
+    b = await claim("b")
+    await claim("c")
+    failed = await protocol.send(
+        failed=wpb.AttemptFailed(
+            attempt_id=b[0], token=b[1], error_type="Boom", message="b broke", non_retryable=True
+        )
+    )
+    assert failed.result.accepted
+    run_status, steps = await status()
+    assert run_status == run_pb2.RUN_STATUS_COMPENSATING
+    assert not [name for name, _ in steps if name.endswith(":compensate")]  # waits for c
+
+    attempt, token = await scheduled_attempt(database_url, run.id, "c")
+    done = await protocol.send(completed=wpb.AttemptCompleted(attempt_id=attempt, token=token))
+    assert done.result.accepted
+    await complete("c:compensate")
+    await complete("a:compensate")
+    run_status, steps = await status()
+    assert run_status == run_pb2.RUN_STATUS_FAILED
+    final = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=run.id))).run
+    assert final.error.message == "b broke"
+    async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+        order = await (
+            await conn.execute(
+                "SELECT step_name FROM attempts WHERE run_id = %s AND step_name LIKE %s "
+                "ORDER BY started_at",
+                (run.id, "%:compensate"),
+            )
+        ).fetchall()
+    assert [r[0] for r in order] == ["c:compensate", "a:compensate"]
