@@ -32,16 +32,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import structlog
 from squidmesh.v1 import worker_service_pb2 as pb
 from squidmesh.v1 import worker_service_pb2_grpc as pb_grpc
 
-__all__ = ["WORKER_ID_METADATA", "AttemptStream", "AttemptStreamClosedError", "StreamCall"]
+__all__ = [
+    "WORKER_ID_METADATA",
+    "AttemptStream",
+    "AttemptStreamClosedError",
+    "StreamCall",
+    "in_batches",
+]
 
 log = structlog.get_logger("squidmesh.worker.stream")
 
@@ -50,7 +56,29 @@ WORKER_ID_METADATA = "squidmesh-worker-id"
 BATCHES_METADATA = ("squidmesh-accepts-batches", "1")
 """Tells the server it may send several answers as one message."""
 MAX_BATCH = 256
-"""Requests written in one message at most."""
+"""Messages taken from the queue at once at most (by either side)."""
+MAX_BATCH_BYTES = 1 << 20
+"""A batch's size at most (a larger message goes alone): well under gRPC's default limit of
+4 MiB per received message, whatever the payloads."""
+
+
+M = TypeVar("M", pb.StreamAttemptsRequest, pb.StreamAttemptsResponse)
+
+
+def in_batches(messages: list[M]) -> Iterator[list[M]]:
+    """`messages`, in order, in runs of at most MAX_BATCH_BYTES (a larger one alone): what
+    each stream message carries when several are ready at once."""
+    batch: list[M] = []
+    size = 0
+    for message in messages:
+        n = message.ByteSize()
+        if batch and size + n > MAX_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(message)
+        size += n
+    if batch:
+        yield batch
 
 
 class AttemptStreamClosedError(Exception):
@@ -260,7 +288,10 @@ class AttemptStream:
             ready = [request]
             while len(ready) < MAX_BATCH and not outbox.empty():
                 ready.append(outbox.get_nowait())
-            await connection.call.write(pb.StreamAttemptsRequest(batch=ready))
+            for batch in in_batches(ready):
+                await connection.call.write(
+                    batch[0] if len(batch) == 1 else pb.StreamAttemptsRequest(batch=batch)
+                )
 
     async def _read(self, connection: _Connection) -> None:
         while True:

@@ -33,6 +33,7 @@ from server.engine.commands import Engine
 from server.engine.errors import FieldViolation, InvalidArgument
 from server.engine.model import Failure, FailureReason
 from server.engine.views import HandoffOffer, StartDecision
+from worker_sdk.attempt_stream import MAX_BATCH, in_batches
 from worker_sdk.values import struct_to_dict, to_value, value_to_python
 
 Context: TypeAlias = aio.ServicerContext[Any, Any]
@@ -40,8 +41,6 @@ Answers: TypeAlias = "asyncio.Queue[pb.StreamAttemptsResponse | None]"
 
 WORKER_ID_METADATA = "squidmesh-worker-id"
 BATCHES_METADATA = "squidmesh-accepts-batches"
-MAX_BATCH = 256
-"""Answers sent in one message at most."""
 
 
 class WorkerService(pb_grpc.WorkerServiceServicer):
@@ -152,7 +151,8 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                         answers.put_nowait(None)  # the end: after what is ready
                         break
                     ready.append(more)
-                yield pb.StreamAttemptsResponse(batch=ready)
+                for batch in in_batches(ready):
+                    yield batch[0] if len(batch) == 1 else pb.StreamAttemptsResponse(batch=batch)
         finally:
             self._open.discard(answers)
             if worker_id:

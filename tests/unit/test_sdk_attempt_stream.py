@@ -10,10 +10,16 @@ from typing import Any, TypeAlias
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 from squidmesh.v1 import worker_service_pb2 as pb
 from squidmesh.v1 import worker_service_pb2_grpc as pb_grpc
 
-from worker_sdk.attempt_stream import AttemptStream, AttemptStreamClosedError
+from worker_sdk.attempt_stream import (
+    MAX_BATCH_BYTES,
+    AttemptStream,
+    AttemptStreamClosedError,
+    in_batches,
+)
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -147,6 +153,44 @@ async def test_requests_ready_together_are_written_as_one_batch() -> None:
         assert [(await r).accepted for r in requests] == [True, True, False]
         assert await recorder.wait() == [(["x"], "run cancelled")]
         assert stream.unanswered == 0
+    finally:
+        await stream.close()
+
+
+def test_batches_stay_under_the_size_limit_in_order() -> None:
+    def completed(i: int, size: int) -> pb.StreamAttemptsRequest:
+        output = struct_pb2.Value(string_value="x" * size)
+        return pb.StreamAttemptsRequest(
+            request_id=i, completed=pb.AttemptCompleted(attempt_id=f"a{i}", output=output)
+        )
+
+    third = MAX_BATCH_BYTES // 3
+    messages = [completed(1, third), completed(2, third), completed(3, third)]
+    messages += [completed(4, 2 * MAX_BATCH_BYTES), completed(5, 10), completed(6, 10)]
+    batches = list(in_batches(messages))
+    assert [[m.request_id for m in b] for b in batches] == [[1, 2], [3], [4], [5, 6]]
+    assert all(sum(m.ByteSize() for m in b) <= MAX_BATCH_BYTES for b in batches if len(b) > 1)
+
+
+async def test_large_requests_ready_together_are_split_across_messages() -> None:
+    server = FakeServer()
+    stream = AttemptStream(server.open, min_backoff=0.01, batches=True)
+    stream.start()
+    try:
+        call = await server.next_call(1)
+        big = struct_pb2.Value(string_value="x" * (MAX_BATCH_BYTES // 2))
+        requests = [
+            asyncio.create_task(
+                stream.completed(pb.AttemptCompleted(attempt_id=f"a{i}", token="t", output=big))
+            )
+            for i in range(3)
+        ]
+        await call.wait_written(3)
+        assert not any(m.batch for m in call.written)  # one each: two would not fit
+        assert [m.completed.attempt_id for m in call.written] == ["a0", "a1", "a2"]
+        for m in call.written:
+            call.answer_result(m.request_id)
+        assert [(await r).accepted for r in requests] == [True, True, True]
     finally:
         await stream.close()
 
