@@ -13,6 +13,8 @@ measures:
       attempt for a deterministic 10% of (run, step) pairs and are retried after a fixed 10 ms
       backoff → completed steps/s (attempts not counted) as a percentage of (a). It checks that
       every run completed and that exactly the planned attempts failed.
+(b) and (d) run first, on a quiet system; then (a), (e) and (c) run in interleaved rounds
+(--rounds, default 5) and their medians are reported.
 (a), (d) and (e) also say which share of the attempts were handed off (run by the worker that
 reported the previous step, without going through Redis; `--no-handoff` turns that off).
 The last line is `throughput_ratio=R steps_per_s=S p50_ms=P p99_ms=Q step_overhead_p50_ms=O

@@ -323,7 +323,9 @@ class AttemptCommands(EngineCore):
             for step, status in statuses.items()
         ):
             return
-        await self._continue_compensation(conn, change, defn, run, "", completed_now=completed_now)
+        await self._continue_compensation(
+            conn, change, defn, run, None, completed_now=completed_now
+        )
 
     async def _continue_compensation(
         self,
@@ -331,15 +333,16 @@ class AttemptCommands(EngineCore):
         change: RunChange,
         defn: WorkflowDef,
         run: LockedRun,
-        name: str,
+        name: str | None,
         error: Failure | None = None,
         completed_now: str | None = None,
     ) -> None:
         """After compensation `name` ended (failed for good with `error`, else succeeded), or
         a step that ran on after the run failed (`completed_now` if it completed) ended: the
         next compensation, or the run fails with its original error and a summary of what was
-        compensated. Nothing while some step still runs: it is let end first."""
-        if await attempts.running(conn, run.id):
+        compensated. Nothing while some step still runs (a parallel branch): it is let end
+        first."""
+        if defn.uses_dependencies and await attempts.running(conn, run.id):
             return
         started = {
             undone
