@@ -42,6 +42,7 @@ from squidmesh.v1 import worker_service_pb2 as pb
 from squidmesh.v1 import worker_service_pb2_grpc as pb_grpc
 
 __all__ = [
+    "BATCHES_METADATA",
     "WORKER_ID_METADATA",
     "AttemptStream",
     "AttemptStreamClosedError",
@@ -53,8 +54,8 @@ log = structlog.get_logger("squidmesh.worker.stream")
 
 WORKER_ID_METADATA = "squidmesh-worker-id"
 """The metadata key under which the server registers a stream to push cancellations to."""
-BATCHES_METADATA = ("squidmesh-accepts-batches", "1")
-"""Tells the server it may send several answers as one message."""
+BATCHES_METADATA = "squidmesh-accepts-batches"
+"""Set to "1": tells the server it may send several answers as one message."""
 MAX_BATCH = 256
 """Messages taken from the queue at once at most (by either side)."""
 MAX_BATCH_BYTES = 1 << 20
@@ -157,7 +158,7 @@ class AttemptStream:
         this worker's cancellations on it; `metadata` is sent too (e.g. authorization). Pass
         `batches` if the server reads batched requests (RegisterWorkerResponse)."""
         stub = pb_grpc.WorkerServiceStub(channel)
-        call_metadata = ((WORKER_ID_METADATA, worker_id), BATCHES_METADATA, *metadata)
+        call_metadata = ((WORKER_ID_METADATA, worker_id), (BATCHES_METADATA, "1"), *metadata)
         return cls(
             lambda: stub.StreamAttempts(metadata=call_metadata), worker_id=worker_id, **options
         )

@@ -33,14 +33,16 @@ from server.engine.commands import Engine
 from server.engine.errors import FieldViolation, InvalidArgument
 from server.engine.model import Failure, FailureReason
 from server.engine.views import HandoffOffer, StartDecision
-from worker_sdk.attempt_stream import MAX_BATCH, in_batches
+from worker_sdk.attempt_stream import (
+    BATCHES_METADATA,
+    MAX_BATCH,
+    WORKER_ID_METADATA,
+    in_batches,
+)
 from worker_sdk.values import struct_to_dict, to_value, value_to_python
 
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 Answers: TypeAlias = "asyncio.Queue[pb.StreamAttemptsResponse | None]"
-
-WORKER_ID_METADATA = "squidmesh-worker-id"
-BATCHES_METADATA = "squidmesh-accepts-batches"
 
 
 class WorkerService(pb_grpc.WorkerServiceServicer):

@@ -9,25 +9,13 @@ from grpc import aio
 
 from server.app import App
 from server.embedded import EmbeddedUrls
-from server.settings import Settings
-from tests.support import stream_prefix
+from tests.integration.servers import running_app
 
 
 @pytest_asyncio.fixture
 async def app(services: EmbeddedUrls, database_url: str) -> AsyncIterator[App]:
-    app = App(
-        Settings(
-            address="127.0.0.1:0",
-            database_url=database_url,
-            redis_url=services.redis_url,
-            stream_prefix=stream_prefix(),
-        )
-    )
-    await app.start()
-    try:
+    async with running_app(services, database_url) as app:
         yield app
-    finally:
-        await app.stop(grace_s=0.5)
 
 
 @pytest_asyncio.fixture

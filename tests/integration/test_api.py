@@ -21,11 +21,9 @@ from squidmesh.v1.run_service_pb2_grpc import RunServiceStub
 from squidmesh.v1.worker_service_pb2_grpc import WorkerServiceStub
 from squidmesh.v1.workflow_service_pb2_grpc import WorkflowServiceStub
 
-from server.app import App
 from server.embedded import EmbeddedUrls
-from server.settings import Settings
 from server.store.db import libpq_url
-from tests.support import stream_prefix
+from tests.integration.servers import running_app
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     from squidmesh.v1.run_service_pb2_grpc import RunServiceAsyncStub
@@ -553,27 +551,18 @@ async def test_a_version_registered_on_another_server_is_used_at_once(
     )
     assert first.run.workflow_version == 1
 
-    other = App(
-        Settings(
-            address="127.0.0.1:0",
-            database_url=database_url,
-            redis_url=services.redis_url,
-            stream_prefix=stream_prefix(),
+    async with (
+        running_app(services, database_url) as other,
+        aio.insecure_channel(f"127.0.0.1:{other.port}") as other_channel,
+    ):
+        v2 = definition()
+        v2.triggers[0].payload.add(
+            name="customer", type=workflow_pb2.FIELD_TYPE_STRING, required=True
         )
-    )
-    await other.start()
-    try:
-        async with aio.insecure_channel(f"127.0.0.1:{other.port}") as other_channel:
-            v2 = definition()
-            v2.triggers[0].payload.add(
-                name="customer", type=workflow_pb2.FIELD_TYPE_STRING, required=True
-            )
-            registered = await WorkflowServiceStub(other_channel).RegisterWorkflow(
-                workflow_service_pb2.RegisterWorkflowRequest(definition=v2)
-            )
-            assert registered.workflow.version == 2
-    finally:
-        await other.stop(grace_s=0.5)
+        registered = await WorkflowServiceStub(other_channel).RegisterWorkflow(
+            workflow_service_pb2.RegisterWorkflowRequest(definition=v2)
+        )
+        assert registered.workflow.version == 2
 
     with pytest.raises(aio.AioRpcError) as raised:
         await runs.StartRun(

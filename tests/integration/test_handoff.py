@@ -17,10 +17,9 @@ from squidmesh.v1.worker_service_pb2_grpc import WorkerServiceStub
 
 from server.app import App
 from server.embedded import EmbeddedUrls
-from server.settings import Settings
 from server.store.db import libpq_url
+from tests.integration.servers import running_app
 from tests.integration.test_api import Protocol, payload, register_orders, scheduled_attempt
-from tests.support import stream_prefix
 
 ORDERS_HANDLERS = ["orders.reserve", "orders.ship"]
 
@@ -190,23 +189,13 @@ async def test_nothing_is_handed_over_unasked_unrunnable_or_a_retry(
 async def test_a_server_with_handoff_off_hands_nothing_over(
     services: EmbeddedUrls, database_url: str
 ) -> None:
-    app = App(
-        Settings(
-            address="127.0.0.1:0",
-            database_url=database_url,
-            redis_url=services.redis_url,
-            stream_prefix=stream_prefix(),
-            handoff=False,
-        )
-    )
-    await app.start()
-    try:
-        async with aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            protocol = await worker_protocol(channel, "w1", ORDERS_HANDLERS)
-            run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
-            answer = await protocol.send(completed=completed(attempt_id, token))
-            assert answer.result.accepted and not answer.result.HasField("handoff")
-            assert (await attempt_row(database_url, run.id, "ship"))["status"] == "scheduled"
-            protocol.call.cancel()
-    finally:
-        await app.stop(grace_s=0.5)
+    async with (
+        running_app(services, database_url, handoff=False) as app,
+        aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
+    ):
+        protocol = await worker_protocol(channel, "w1", ORDERS_HANDLERS)
+        run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
+        answer = await protocol.send(completed=completed(attempt_id, token))
+        assert answer.result.accepted and not answer.result.HasField("handoff")
+        assert (await attempt_row(database_url, run.id, "ship"))["status"] == "scheduled"
+        protocol.call.cancel()
