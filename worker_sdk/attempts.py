@@ -16,9 +16,11 @@ The attempt stays registered (and heartbeated) until its result was answered.
 Handoff: a result is reported with `accept_handoff`, keeping the slot for what follows. When
 the server's answer hands over the run's next attempt (already claimed for this worker), it
 runs in the same slot at once, from step 3, with no broker round trip; the task message is
-acked once the last attempt of the chain was answered. A slot accepts at most
-`MAX_HANDOFFS_IN_A_ROW` in a row, so that the tasks waiting in the queues get their turn, and
-none once the worker drains.
+acked once the last attempt of the chain was answered. A failure is reported with
+`accept_retry` too: the answer may hand back the attempt's retry, not claimed, when its
+backoff is short; the slot waits it out and claims the retry from step 2, as if the broker had
+delivered it. A slot accepts at most `MAX_HANDOFFS_IN_A_ROW` in a row, so that the tasks
+waiting in the queues get their turn, and none once the worker drains.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from worker_sdk.attempt_stream import AttemptStream
 from worker_sdk.context import StepContext
 from worker_sdk.errors import CANCELLED, Failure
 from worker_sdk.execution import Completed, Outcome, execute
-from worker_sdk.values import to_struct, value_to_python
+from worker_sdk.values import from_duration, to_struct, value_to_python
 from worker_sdk.workflow import Handler
 
 __all__ = ["AttemptRunner"]
@@ -56,6 +58,22 @@ class _Running:
     handler_returned: bool = False
     """Its result is being reported: nothing left to cancel (a heartbeat answered while the
     result is on its way says "lost")."""
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """A retry handed back in the answer to its failure: claimed once its backoff passed."""
+
+    attempt_id: str
+    token: str
+    delay: float
+    handler: str
+    run_id: str
+    step: str
+
+
+_Handed = pb.Handoff | _Retry
+"""What the answer to a result hands over to the slot that reported it."""
 
 
 class AttemptRunner:
@@ -112,11 +130,14 @@ class AttemptRunner:
         self._idle.clear()
         try:
             async with self._slots:
-                handoff = await self._claim_and_run(attempt_id, token, handler, attempt_log)
+                handed = await self._claim_and_run(attempt_id, token, handler, attempt_log, 0)
                 in_a_row = 0
-                while handoff is not None:
+                while handed is not None:
                     in_a_row += 1
-                    handoff = await self._run_handoff(handoff, in_a_row)
+                    if isinstance(handed, _Retry):
+                        handed = await self._run_retry(handed, in_a_row)
+                    else:
+                        handed = await self._run_handoff(handed, in_a_row)
         finally:
             self._forget(attempt_id)
 
@@ -162,8 +183,8 @@ class AttemptRunner:
         return min(leases) if leases else None
 
     async def _claim_and_run(
-        self, attempt_id: str, token: str, handler_name: str, attempt_log: Any
-    ) -> pb.Handoff | None:
+        self, attempt_id: str, token: str, handler_name: str, attempt_log: Any, in_a_row: int
+    ) -> _Handed | None:
         handler = self._handlers.get(handler_name)
         if handler is None:
             # Not ours to run (e.g. a newer version's handler during a rolling deploy): leave
@@ -176,9 +197,21 @@ class AttemptRunner:
         if not decision.accepted:
             attempt_log.info("attempt_refused", reason=decision.refusal_reason)
             return None
-        return await self._run_accepted(attempt_id, token, handler, decision, attempt_log, 0)
+        return await self._run_accepted(attempt_id, token, handler, decision, attempt_log, in_a_row)
 
-    async def _run_handoff(self, handoff: pb.Handoff, in_a_row: int) -> pb.Handoff | None:
+    async def _run_retry(self, retry: _Retry, in_a_row: int) -> _Handed | None:
+        """Claims and runs a retry handed back in a failure's answer once its backoff passed;
+        returns what follows, if anything."""
+        attempt_log = self._log.bind(attempt=retry.attempt_id, run_id=retry.run_id, step=retry.step)
+        try:
+            await asyncio.sleep(retry.delay)
+            return await self._claim_and_run(
+                retry.attempt_id, retry.token, retry.handler, attempt_log, in_a_row
+            )
+        finally:
+            self._forget(retry.attempt_id)
+
+    async def _run_handoff(self, handoff: pb.Handoff, in_a_row: int) -> _Handed | None:
         """Runs an attempt handed over in a result's answer; returns the next one, if any."""
         attempt_id, decision = handoff.attempt_id, handoff.start  # in _delivered already
         attempt_log = self._log.bind(attempt=attempt_id, run_id=decision.run_id, step=decision.step)
@@ -206,7 +239,7 @@ class AttemptRunner:
         decision: pb.StartDecision,
         attempt_log: Any,
         in_a_row: int,
-    ) -> pb.Handoff | None:
+    ) -> _Handed | None:
         """Runs a claimed attempt's handler and reports its outcome; returns the attempt the
         answer hands over, if any (`in_a_row`: how many this slot ran so far)."""
         attempt_log = attempt_log.bind(
@@ -227,12 +260,23 @@ class AttemptRunner:
         ack = await self._report(
             attempt_id, token, outcome, attempt_log, time.monotonic() - began, accept_handoff
         )
-        handoff = ack.handoff if ack.HasField("handoff") else None
-        if handoff is not None:
+        handed: _Handed | None = None
+        if ack.HasField("handoff"):
+            handed = ack.handoff
+        elif ack.HasField("retry"):
+            handed = _Retry(
+                ack.retry.attempt_id,
+                ack.retry.token,
+                from_duration(ack.retry.delay),
+                decision.handler,
+                decision.run_id,
+                decision.step,
+            )
+        if handed is not None:
             # Registered before this one is forgotten, so the worker is never idle between.
-            self._delivered.add(handoff.attempt_id)
+            self._delivered.add(handed.attempt_id)
         self._forget(attempt_id)
-        return handoff
+        return handed
 
     async def _report(
         self,
@@ -252,7 +296,7 @@ class AttemptRunner:
             fields: dict[str, Any] = {}
         else:
             failed = outcome.to_proto(attempt_id, token)
-            failed.accept_handoff = accept_handoff
+            failed.accept_handoff = failed.accept_retry = accept_handoff
             ack = await self._stream.failed(failed)
             event = "attempt_cancelled" if outcome.error_type == CANCELLED else "attempt_failed"
             fields = {

@@ -8,7 +8,8 @@ A stream opened with the metadata "squidmesh-worker-id" is also where the server
 `CancelAttempts` (request_id 0) when attempts of that worker must stop; any replica asks for
 it through the event hub, and the replica holding the stream sends it. On such a stream a
 result with `accept_handoff` may be answered with the run's next attempt (`ResultAck.handoff`,
-see `server.engine.handoff`), matched against the queues and handlers the worker registered.
+see `server.engine.handoff`), matched against the queues and handlers the worker registered,
+and a failure that also has `accept_retry` with its retry (`ResultAck.retry`).
 
 Several requests may arrive as one message (`batch`), and answers ready at once leave as one
 message when the stream was opened with "squidmesh-accepts-batches: 1": under load most of a
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any, TypeAlias
 
 from google.protobuf import duration_pb2
@@ -39,7 +41,7 @@ from worker_sdk.attempt_stream import (
     WORKER_ID_METADATA,
     in_batches,
 )
-from worker_sdk.values import struct_to_dict, to_value, value_to_python
+from worker_sdk.values import struct_to_dict, to_duration, to_value, value_to_python
 
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 Answers: TypeAlias = "asyncio.Queue[pb.StreamAttemptsResponse | None]"
@@ -169,8 +171,11 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    async def _offer(self, worker_id: str, accept: bool) -> HandoffOffer | None:
-        """What the worker behind a result that accepts a handoff can be handed."""
+    async def _offer(
+        self, worker_id: str, accept: bool, retries: bool = False
+    ) -> HandoffOffer | None:
+        """What the worker behind a result that accepts a handoff (and with `retries`, its
+        retry) can be handed."""
         if not accept or not worker_id:
             return None
         offer = self._offers.get(worker_id)
@@ -178,7 +183,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             offer = await self._engine.handoff_offer(worker_id)
             if offer is not None and worker_id in self._streams:
                 self._offers[worker_id] = offer
-        return offer
+        return replace(offer, retries=True) if offer is not None and retries else offer
 
     async def _handle(
         self, request: pb.StreamAttemptsRequest, worker_id: str
@@ -236,11 +241,11 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                     non_retryable=failed.non_retryable,
                 ),
                 failed.retry_after.ToMilliseconds() if failed.HasField("retry_after") else None,
-                await self._offer(worker_id, failed.accept_handoff),
+                await self._offer(worker_id, failed.accept_handoff, failed.accept_retry),
             )
         else:
             raise InvalidArgument("empty attempt stream message", [])
-        handoff = result_decision.handoff
+        handoff, retry = result_decision.handoff, result_decision.retry
         return pb.StreamAttemptsResponse(
             result=pb.ResultAck(
                 accepted=result_decision.accepted,
@@ -251,6 +256,13 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                     start=_start_decision(handoff.start),
                 )
                 if handoff is not None
+                else None,
+                retry=pb.RetryHandoff(
+                    attempt_id=str(retry.attempt_id),
+                    token=retry.token,
+                    delay=to_duration(retry.delay_ms / 1000),
+                )
+                if retry is not None
                 else None,
             )
         )

@@ -37,6 +37,7 @@ from server.engine.views import (
     HandoffOffer,
     HeartbeatResult,
     ResultDecision,
+    RetryHandoff,
     StartDecision,
 )
 from server.store import attempts, changes, runs, workers
@@ -136,10 +137,14 @@ class AttemptCommands(EngineCore):
         run: attempts.Claimed | LockedRun,
         last_seq: int,
     ) -> ResultDecision:
-        """The answer to a recorded result, with the attempt handed off (if any) to run next.
+        """The answer to a recorded result, with the attempt handed over (if any) to run next.
         `run`: the run as claimed or locked before `change`; `last_seq`: its sequence after."""
         if handed is None:
             return ResultDecision(accepted=True)
+        if handed.worker_id is None:  # a retry handed back, to claim when due
+            return ResultDecision(
+                accepted=True, retry=RetryHandoff(handed.id, handed.token, handed.delay_ms)
+            )
         claimed = attempts.Claimed(
             run_id=change.run_id,
             workflow_id=run.workflow_id,
@@ -393,7 +398,7 @@ class AttemptCommands(EngineCore):
         """Records a failed attempt and decides what follows: a retry, the step's error
         route, compensation, or the run's failure. With `expired`, only if the attempt's
         lease or deadline passed (the timer loop's calls). With `offer`, the answer may hand
-        the reporting worker the run's next attempt (not a retry)."""
+        the reporting worker the run's next attempt, or hand it back the retry."""
         claimed = self._claims.pop(attempt_id, None)
         if claimed is not None and expired is None:
             answer = await self._fail_as_claimed(
@@ -657,6 +662,11 @@ class AttemptCommands(EngineCore):
                 )
             if handed is None:
                 return ResultDecision(accepted=True)
+            if handed.retry_delay_ms is not None:
+                return ResultDecision(
+                    accepted=True,
+                    retry=RetryHandoff(handed.id, handed.token, handed.retry_delay_ms),
+                )
             return await self._hand_over(handed.id, handed.token, handed.claimed)
         if state.token != token or not state.is_latest:
             return ResultDecision(accepted=False, refusal_reason="stale")

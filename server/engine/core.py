@@ -261,7 +261,7 @@ class EngineCore:
 
     async def _after_commit(self, change: RunChange) -> None:
         """Writes the lines of log steps, publishes the attempts due now (but the one handed
-        off), and wakes watchers and timer loops (after publishing: a worker waits for the
+        over), and wakes watchers and timer loops (after publishing: a worker waits for the
         publish, a watcher only for news)."""
         for event in change.events:
             if event.type == "log":
@@ -274,7 +274,7 @@ class EngineCore:
         due = [
             Dispatch(a.id, a.token, change.run_id, a.step_name, a.handler, a.queue)
             for a in change.new_attempts
-            if a.delay_ms == 0 and a.kind == AttemptKind.TASK and a.worker_id is None
+            if a.delay_ms == 0 and a.kind == AttemptKind.TASK and not a.handed_over
         ]
         try:
             if due:
@@ -282,7 +282,9 @@ class EngineCore:
         finally:
             self._wakeups.run_changed(str(change.run_id))
             timers = [
-                a.delay_ms for a in change.new_attempts if a.delay_ms or a.kind == AttemptKind.WAIT
+                a.delay_ms
+                for a in change.new_attempts
+                if (a.delay_ms or a.kind == AttemptKind.WAIT) and not a.handed_over
             ]
             if timers:
                 self._wakeups.timers_changed(min(timers))

@@ -119,11 +119,13 @@ class StartDecision:
 @dataclass(frozen=True)
 class HandoffOffer:
     """A worker keeps the slot of the attempt it reports for the run's next attempt, if that
-    one is due now on one of its queues, for one of its handlers."""
+    one is due now on one of its queues, for one of its handlers; with `retries`, also for
+    the reported attempt's retry, if that one is due soon (see `server.engine.handoff`)."""
 
     worker_id: str
     queues: frozenset[str]
     handlers: frozenset[str]
+    retries: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,10 +138,21 @@ class Handoff:
 
 
 @dataclass(frozen=True)
+class RetryHandoff:
+    """A retry handed back to the worker whose attempt failed: not claimed; the worker claims
+    it once `delay_ms` passed."""
+
+    attempt_id: uuid.UUID
+    token: str
+    delay_ms: int
+
+
+@dataclass(frozen=True)
 class ResultDecision:
     accepted: bool
     refusal_reason: str = ""
     handoff: Handoff | None = None
+    retry: RetryHandoff | None = None
 
 
 @dataclass(frozen=True)

@@ -156,32 +156,43 @@ async def state(conn: Connection, attempt_id: uuid.UUID) -> AttemptState | None:
 
 @dataclass(frozen=True)
 class Handed:
-    """An attempt handed off to a worker (see `server.engine.handoff`), as the run is now."""
+    """An attempt handed over to a worker (see `server.engine.handoff`), as the run is now."""
 
     id: uuid.UUID
     token: str
     claimed: Claimed
+    retry_delay_ms: int | None
+    """For a retry handed back (not claimed yet): what is left of its backoff."""
 
 
 async def handed_off(
     conn: Connection, run_id: uuid.UUID, from_attempt: uuid.UUID, worker_id: str
 ) -> Handed | None:
-    """The attempt the answer to `from_attempt`'s result handed to `worker_id`, while it is
-    still running there."""
+    """The attempt the answer to `from_attempt`'s result handed over to `worker_id`, while it
+    is still running there, or still waits to be claimed (a retry handed back)."""
     row = (
         await conn.execute(
             (
-                f"SELECT a.id, a.token, {_CLAIMED_COLUMNS} "
+                f"SELECT a.id, a.token, {_CLAIMED_COLUMNS}, CASE WHEN a.status = 'scheduled' "
+                "THEN greatest(0, ceil(extract(epoch FROM a.due_at - now()) * 1000)) "
+                "END AS retry_delay_ms "
                 "FROM attempts a JOIN runs r ON r.id = a.run_id "
                 "WHERE a.run_id = :run_id AND a.handoff_from = :from_attempt "
-                "AND a.worker_id = :worker_id AND a.status = 'running'"
+                "AND ((a.worker_id = :worker_id AND a.status = 'running') "
+                "OR a.status = 'scheduled')"
             ),
             {"run_id": run_id, "from_attempt": from_attempt, "worker_id": worker_id},
         )
     ).first()
     if row is None:
         return None
-    return Handed(id=row.id, token=row.token, claimed=_claimed(row))
+    delay = row.retry_delay_ms
+    return Handed(
+        id=row.id,
+        token=row.token,
+        claimed=_claimed(row),
+        retry_delay_ms=None if delay is None else int(delay),
+    )
 
 
 @dataclass(frozen=True)

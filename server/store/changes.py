@@ -61,7 +61,13 @@ class NewAttempt:
     worker_id: str | None = None
     """Set for an attempt handed off to this worker: inserted running, under its lease."""
     handoff_from: str | None = None
-    """The attempt whose result answer hands this one over (see `worker_id`)."""
+    """The attempt whose result answer hands this one over: claimed (`worker_id`), or a retry
+    handed back, inserted scheduled and dispatched (the worker claims it when due)."""
+
+    @property
+    def handed_over(self) -> bool:
+        """Dispatched in a result's answer: neither published nor a timer (unless lost)."""
+        return self.handoff_from is not None
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,8 @@ ns AS (
          CASE WHEN x.worker_id IS NULL THEN 'scheduled' ELSE 'running' END, x.queue, x.handler,
          x.kind, x.heartbeat_timeout_ms, x.attempt_timeout_ms,
          now() + x.delay_ms * interval '1 millisecond',
-         CASE WHEN x.delay_ms = 0 AND x.kind = 'task' THEN now() END,
+         CASE WHEN (x.delay_ms = 0 AND x.kind = 'task') OR x.handoff_from IS NOT NULL
+              THEN now() END,
          x.worker_id,
          -- A handed-off attempt starts now, not at the transaction's start (now()): its
          -- prerequisites may have committed after that, while this one waited for the run.

@@ -204,6 +204,14 @@ def test_exponential_backoff_and_retry_after_are_kept(cluster: Cluster, tmp_path
     (step,) = exp_final.steps
     assert [a.status for a in step.attempts] == [FAILED, FAILED, FAILED, SUCCEEDED]
     assert _scheduled_delays(exp_history, "backs_off") == [100, 200, 400]
+    # The first retry (100 ms) went back to the worker that failed, which claimed it when due.
+    held = [
+        struct_to_dict(e.data).get("held_by")
+        for e in exp_history
+        if e.type == run_pb2.RUN_EVENT_TYPE_ATTEMPT_SCHEDULED and e.attempt_number > 1
+    ]
+    assert held == [step.attempts[0].worker_id, None, None]
+    assert step.attempts[1].worker_id == step.attempts[0].worker_id
     gaps = _gaps(step)
     print("measured: backoff gaps (ms)", [round(g * 1000, 1) for g in gaps])
     for gap, expected in zip(gaps, (0.1, 0.2, 0.4), strict=True):

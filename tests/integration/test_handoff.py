@@ -1,10 +1,13 @@
 """Handoff against a real server, Postgres and Redis: the answer to a result hands the
 reporting worker the run's next attempt, claimed in the same transaction and never published;
-a resent result (its answer lost) hands the same attempt over again; and nothing is handed
-over that the worker did not ask for, cannot run, or that is a retry."""
+a failure's answer hands back its first retry, unclaimed; a resent result (its answer lost)
+hands the same attempt over again; and nothing is handed over that the worker did not ask
+for or cannot run."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -147,7 +150,7 @@ async def test_a_result_hands_the_next_attempt_to_its_worker(
     ]
 
 
-async def test_nothing_is_handed_over_unasked_unrunnable_or_a_retry(
+async def test_nothing_is_handed_over_unasked_or_unrunnable(
     app: App, channel: aio.Channel, database_url: str, services: EmbeddedUrls
 ) -> None:
     # Not asked for: the next attempt is published as usual.
@@ -165,7 +168,8 @@ async def test_nothing_is_handed_over_unasked_unrunnable_or_a_retry(
     ship = await attempt_row(database_url, run.id, "ship")
     assert (ship["status"], ship["worker_id"], ship["kicked"]) == ("scheduled", None, True)
 
-    # A retry, even one due at once, goes back through the broker.
+    # A retry, to a worker that does not accept retries (an older SDK), goes through the
+    # broker, even one due at once.
     run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
     failed = await protocol.send(
         failed=wpb.AttemptFailed(
@@ -199,3 +203,100 @@ async def test_a_server_with_handoff_off_hands_nothing_over(
         assert answer.result.accepted and not answer.result.HasField("handoff")
         assert (await attempt_row(database_url, run.id, "ship"))["status"] == "scheduled"
         protocol.call.cancel()
+
+
+def failed(
+    attempt_id: str, token: str, retry_after_ms: int, accept_retry: bool = True
+) -> wpb.AttemptFailed:
+    after = duration_pb2.Duration()
+    after.FromMilliseconds(retry_after_ms)
+    return wpb.AttemptFailed(
+        attempt_id=attempt_id,
+        token=token,
+        error_type="Flaky",
+        message="try again",
+        retry_after=after,
+        accept_handoff=True,
+        accept_retry=accept_retry,
+    )
+
+
+async def test_a_failure_hands_back_its_first_retry_to_claim_when_due(
+    app: App, channel: aio.Channel, database_url: str, services: EmbeddedUrls
+) -> None:
+    protocol = await worker_protocol(channel, "w1", ORDERS_HANDLERS)
+    run, first_id, first_token = await start_and_claim(channel, database_url, protocol, "w1")
+
+    answer = await protocol.send(failed=failed(first_id, first_token, retry_after_ms=40))
+    assert answer.result.accepted and not answer.result.HasField("handoff")
+    retry = answer.result.retry
+    assert retry.delay.ToMilliseconds() == 40
+    # Scheduled (a timer row, due in 40 ms) but dispatched to w1: neither claimed nor published.
+    row = await attempt_row(database_url, run.id, "reserve")
+    assert row == {
+        "id": retry.attempt_id,
+        "status": "scheduled",
+        "worker_id": None,
+        "handoff_from": first_id,
+        "started": False,
+        "leased": False,
+        "kicked": True,
+    }
+    # The answer was lost: the resent failure hands back the same retry, with what is left.
+    resent = await protocol.send(failed=failed(first_id, first_token, retry_after_ms=40))
+    assert (resent.result.retry.attempt_id, resent.result.retry.token) == (
+        retry.attempt_id,
+        retry.token,
+    )
+    assert 0 <= resent.result.retry.delay.ToMilliseconds() <= 40
+
+    # Claimed like a delivered task. Its own failure's retry (the third attempt) is not
+    # handed back: the timer publishes it, for any worker.
+    claimed = await protocol.send(
+        started=wpb.AttemptStarted(attempt_id=retry.attempt_id, token=retry.token, worker_id="w1")
+    )
+    assert claimed.start.accepted and claimed.start.attempt_number == 2
+    again = await protocol.send(failed=failed(retry.attempt_id, retry.token, retry_after_ms=40))
+    assert again.result.accepted and not again.result.HasField("retry")
+    assert await published(services.redis_url, app) == 1  # the first attempt's task only
+    await wait_until(lambda: published(services.redis_url, app), 2)
+    third = await attempt_row(database_url, run.id, "reserve")
+    assert (third["status"], third["handoff_from"], third["kicked"]) == ("scheduled", None, True)
+    protocol.call.cancel()
+
+    async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+        cursor = await conn.execute(
+            "SELECT attempt_number, data FROM run_events WHERE run_id = %s "
+            "AND type = 'attempt_scheduled' AND attempt_number > 1 ORDER BY seq",
+            (run.id,),
+        )
+        scheduled = await cursor.fetchall()
+    assert [(n, data.get("held_by")) for n, data in scheduled] == [(2, "w1"), (3, None)]
+
+
+async def test_a_retry_handed_back_and_never_claimed_is_published_after_the_dispatch_timeout(
+    services: EmbeddedUrls, database_url: str
+) -> None:
+    async with (
+        running_app(
+            services, database_url, dispatch_timeout_ms=300, reconcile_interval_ms=100
+        ) as app,
+        aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
+    ):
+        protocol = await worker_protocol(channel, "w1", ORDERS_HANDLERS)
+        run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
+        answer = await protocol.send(failed=failed(attempt_id, token, retry_after_ms=10))
+        assert answer.result.HasField("retry")
+        protocol.call.cancel()  # the worker died holding it
+        await wait_until(lambda: published(services.redis_url, app), 2)
+        row = await attempt_row(database_url, run.id, "reserve")
+        assert (row["id"], row["status"]) == (answer.result.retry.attempt_id, "scheduled")
+
+
+async def wait_until(count: Callable[[], Awaitable[int]], expected: int) -> None:
+    """Polls `count` until it reaches `expected` (5 s at most)."""
+    for _ in range(100):
+        if await count() >= expected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still {await count()}, expected {expected}")

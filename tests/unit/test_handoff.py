@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from server.engine.handoff import hand_off
+from server.engine.handoff import RETRY_HANDOFF_MAX_DELAY_MS, hand_off
 from server.engine.model import AttemptKind, StepStatus
 from server.engine.views import HandoffOffer
 from server.store.changes import NewAttempt, NewEvent, NewStep, RunChange
@@ -71,3 +71,42 @@ def test_retries_delays_waits_and_what_the_worker_cannot_run_stay_with_the_broke
         assert hand_off(change, OFFER, FROM) is None
         assert (change.new_attempts, change.new_steps, change.events) == before
     assert hand_off(change_with(), OFFER, FROM) is None
+
+
+RETRIES = HandoffOffer(OFFER.worker_id, OFFER.queues, OFFER.handlers, retries=True)
+
+
+def test_a_first_retry_due_soon_is_handed_back_unclaimed() -> None:
+    for delay_ms in (0, 10, RETRY_HANDOFF_MAX_DELAY_MS):
+        change = change_with(attempt("ship", "h.ship", number=2, delay_ms=delay_ms))
+        handed = hand_off(change, RETRIES, FROM)
+        assert handed is not None and handed.number == 2
+        # Not claimed: the worker claims it when due; but dispatched, so never published.
+        assert (handed.worker_id, handed.handoff_from, handed.delay_ms) == (
+            None,
+            str(FROM),
+            delay_ms,
+        )
+        assert handed.handed_over and change.new_attempts == [handed]
+        assert [e.type for e in change.events] == [
+            "step_completed",
+            "attempt_scheduled",
+            "transition",
+        ]
+        assert change.events[1].data == {"held_by": "w1"}
+
+
+def test_later_retries_long_backoffs_and_unoffered_retries_stay_with_the_broker() -> None:
+    cases = [
+        (RETRIES, attempt("ship", "h.ship", number=3)),
+        (RETRIES, attempt("ship", "h.ship", number=2, delay_ms=RETRY_HANDOFF_MAX_DELAY_MS + 1)),
+        (RETRIES, attempt("ship", "h.ship", number=2, queue="gpu")),
+        (RETRIES, attempt("bill", "h.bill", number=2)),
+        (OFFER, attempt("ship", "h.ship", number=2)),
+    ]
+    for offer, a in cases:
+        change = change_with(a)
+        before = (list(change.new_attempts), list(change.events))
+        assert hand_off(change, offer, FROM) is None
+        assert (change.new_attempts, change.events) == before
+        assert not change.new_attempts[0].handed_over

@@ -301,3 +301,62 @@ async def test_a_cancel_pushed_before_the_handoff_is_read_stops_that_attempt() -
     assert isinstance(first, pb.AttemptCompleted)
     assert isinstance(second, pb.AttemptFailed) and second.attempt_id == "b"
     assert second.error_type == "Cancelled" and "run cancelled" in second.message
+
+
+class RetryStream(FakeStream):
+    """Answers the first failure with its retry handed back after `delay` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(decision())
+        self.delay = delay
+        self.claims: list[tuple[str, str, float]] = []
+        self.failed_at = 0.0
+
+    async def started(self, message: pb.AttemptStarted) -> pb.StartDecision:
+        self.claims.append((message.attempt_id, message.token, time.monotonic()))
+        number = len(self.claims)
+        return pb.StartDecision(
+            accepted=True, run_id="r1", step="s", handler="w.s", attempt_number=number
+        )
+
+    async def failed(self, message: pb.AttemptFailed) -> pb.ResultAck:
+        self.results.append(message)
+        if not (message.accept_handoff and message.accept_retry) or len(self.claims) > 1:
+            return pb.ResultAck(accepted=True)
+        self.failed_at = time.monotonic()
+        retry = pb.RetryHandoff(attempt_id="a2", token="t-a2", delay=to_duration(self.delay))
+        return pb.ResultAck(accepted=True, retry=retry)
+
+
+async def test_a_retry_handed_back_is_claimed_in_the_same_slot_after_its_backoff() -> None:
+    in_flight: list[int] = []
+
+    async def flaky(input: Any, ctx: StepContext) -> dict[str, int]:
+        in_flight.append(runner.in_flight)
+        if ctx.attempt_number == 1:
+            raise RuntimeError("try again")
+        return {"attempt": ctx.attempt_number}
+
+    stream = RetryStream(delay=0.05)
+    runner = runner_for(stream, flaky)
+    await run_attempt(runner)
+    # Claimed like a delivered task (fenced by the server), once the backoff passed.
+    assert [(i, t) for i, t, _ in stream.claims] == [("a1", "tok"), ("a2", "t-a2")]
+    assert stream.claims[1][2] - stream.failed_at >= 0.05
+    first, second = stream.results
+    assert isinstance(first, pb.AttemptFailed) and first.accept_retry
+    assert isinstance(second, pb.AttemptCompleted) and second.attempt_id == "a2"
+    assert in_flight == [1, 1] and runner.in_flight == 0
+
+
+async def test_no_retry_is_accepted_once_draining() -> None:
+    async def failing(input: Any, ctx: StepContext) -> None:
+        raise RuntimeError("no")
+
+    stream = RetryStream(delay=0)
+    runner = runner_for(stream, failing)
+    runner.stop_handoffs()
+    await run_attempt(runner)
+    (failed,) = stream.results
+    assert isinstance(failed, pb.AttemptFailed) and not failed.accept_retry
+    assert len(stream.claims) == 1

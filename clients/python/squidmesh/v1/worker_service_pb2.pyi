@@ -333,6 +333,7 @@ class AttemptFailed(_message.Message):
     NON_RETRYABLE_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_FIELD_NUMBER: _builtins.int
     ACCEPT_HANDOFF_FIELD_NUMBER: _builtins.int
+    ACCEPT_RETRY_FIELD_NUMBER: _builtins.int
     attempt_id: _builtins.str
     """Attempt id."""
     token: _builtins.str
@@ -345,6 +346,10 @@ class AttemptFailed(_message.Message):
     """The handler declared the error non-retryable."""
     accept_handoff: _builtins.bool
     """The worker keeps this attempt's slot for the run's next attempt: see ResultAck.handoff."""
+    accept_retry: _builtins.bool
+    """With accept_handoff: the worker also keeps this attempt's slot for its retry, when that
+    is due soon: see ResultAck.retry.
+    """
     @_builtins.property
     def details(self) -> _struct_pb2.Struct:
         """Structured details."""
@@ -364,10 +369,11 @@ class AttemptFailed(_message.Message):
         non_retryable: _builtins.bool = ...,
         retry_after: _duration_pb2.Duration | None = ...,
         accept_handoff: _builtins.bool = ...,
+        accept_retry: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_handoff", b"accept_handoff", "attempt_id", b"attempt_id", "details", b"details", "error_type", b"error_type", "message", b"message", "non_retryable", b"non_retryable", "retry_after", b"retry_after", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_handoff", b"accept_handoff", "accept_retry", b"accept_retry", "attempt_id", b"attempt_id", "details", b"details", "error_type", b"error_type", "message", b"message", "non_retryable", b"non_retryable", "retry_after", b"retry_after", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -567,6 +573,7 @@ class ResultAck(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     REFUSAL_REASON_FIELD_NUMBER: _builtins.int
     HANDOFF_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     accepted: _builtins.bool
     """True when the result was recorded. False when refused (stale or superseded attempt)."""
     refusal_reason: _builtins.str
@@ -576,8 +583,18 @@ class ResultAck(_message.Message):
         """When the result asked for it (accept_handoff) and the decision scheduled a first attempt
         due now, on a queue this worker consumes, for a handler it runs: that attempt, already
         claimed for this worker (running, under its lease). The worker runs it in the slot it
-        kept, without a broker round trip, and reports it like any other. Retries and delayed
-        attempts always go through the broker.
+        kept, without a broker round trip, and reports it like any other. Retries (see retry)
+        and delayed attempts are never handed over this way.
+        """
+
+    @_builtins.property
+    def retry(self) -> Global___RetryHandoff:
+        """When the failure asked for it (accept_retry) and the decision retries the step's first
+        attempt within 100 ms, on a queue this worker consumes: that retry, not claimed. The
+        worker keeps the slot, waits for `delay` (the backoff), then claims the attempt
+        (AttemptStarted) and runs it as if the broker had delivered it. A later retry goes
+        through the broker, so that another worker may take it. An attempt handed back and never
+        claimed is published after the server's dispatch timeout.
         """
 
     def __init__(
@@ -586,10 +603,11 @@ class ResultAck(_message.Message):
         accepted: _builtins.bool = ...,
         refusal_reason: _builtins.str = ...,
         handoff: Global___Handoff | None = ...,
+        retry: Global___RetryHandoff | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff", "retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "handoff", b"handoff", "refusal_reason", b"refusal_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "handoff", b"handoff", "refusal_reason", b"refusal_reason", "retry", b"retry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -626,3 +644,35 @@ class Handoff(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Handoff: _TypeAlias = Handoff  # noqa: Y015
+
+@_typing.final
+class RetryHandoff(_message.Message):
+    """A retry handed back to the worker whose attempt failed, to claim once its backoff ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    DELAY_FIELD_NUMBER: _builtins.int
+    attempt_id: _builtins.str
+    """Attempt id of the retry."""
+    token: _builtins.str
+    """Its fencing token."""
+    @_builtins.property
+    def delay(self) -> _duration_pb2.Duration:
+        """Its backoff, from the answer: claim it after this delay."""
+
+    def __init__(
+        self,
+        *,
+        attempt_id: _builtins.str = ...,
+        token: _builtins.str = ...,
+        delay: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "delay", b"delay", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryHandoff: _TypeAlias = RetryHandoff  # noqa: Y015
