@@ -293,6 +293,24 @@ async def test_a_retry_handed_back_and_never_claimed_is_published_after_the_disp
         assert (row["id"], row["status"]) == (answer.result.retry.attempt_id, "scheduled")
 
 
+async def test_a_retry_handed_back_of_a_run_cancelled_meanwhile_is_refused(
+    app: App, channel: aio.Channel, database_url: str
+) -> None:
+    protocol = await worker_protocol(channel, "w1", ORDERS_HANDLERS)
+    run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
+    retry = (await protocol.send(failed=failed(attempt_id, token, retry_after_ms=50))).result.retry
+    runs = await register_orders(channel)
+    await runs.CancelRun(run_service_pb2.CancelRunRequest(run_id=run.id))
+    claim = await protocol.send(
+        started=wpb.AttemptStarted(attempt_id=retry.attempt_id, token=retry.token, worker_id="w1")
+    )
+    assert (claim.start.accepted, claim.start.refusal_reason) == (False, "cancelled")
+    final = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=run.id))).run
+    assert final.status == run_pb2.RUN_STATUS_CANCELLED
+    assert [a.status for a in final.steps[0].attempts][-1] == run_pb2.ATTEMPT_STATUS_CANCELLED
+    protocol.call.cancel()
+
+
 async def wait_until(count: Callable[[], Awaitable[int]], expected: int) -> None:
     """Polls `count` until it reaches `expected` (5 s at most)."""
     for _ in range(100):
