@@ -83,6 +83,7 @@ class App:
                 heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
                 max_payload_bytes=settings.max_payload_bytes,
                 handoff=settings.handoff,
+                dispatch_timeout_ms=settings.dispatch_timeout_ms,
             ),
         )
         self._hub = EventHub(libpq_url(settings.database_url))

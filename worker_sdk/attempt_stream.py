@@ -195,6 +195,10 @@ class AttemptStream:
         response = await self.request(pb.StreamAttemptsRequest(started=message))
         return _expect(response, "start").start
 
+    async def declined(self, message: pb.AttemptDeclined) -> pb.StartDecision:
+        response = await self.request(pb.StreamAttemptsRequest(declined=message))
+        return _expect(response, "start").start
+
     async def heartbeat(self, message: pb.WorkerHeartbeat) -> pb.HeartbeatAck:
         response = await self.request(pb.StreamAttemptsRequest(heartbeat=message))
         return _expect(response, "heartbeat").heartbeat

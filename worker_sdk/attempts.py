@@ -3,7 +3,8 @@
 The life of a delivered step task (`AttemptRunner.run`):
 1. take one of the worker's `concurrency` slots;
 2. claim it with `AttemptStarted`; refused (duplicate, stale, cancelled...) -> log and return,
-   so the message is acked and the handler never runs;
+   so the message is acked and the handler never runs. A task for a handler this worker
+   lacks is given back instead (`AttemptDeclined`), for the server to publish again;
 3. run the handler with its input and a `StepContext` (heartbeated while it runs). It is asked
    to stop (`cancel()`, `StepContext.request_cancel`) when the server pushes `CancelAttempts`
    on the stream, when a heartbeat's answer lists it (the fallback), or locally when its
@@ -88,6 +89,7 @@ class AttemptRunner:
         executor: Executor | None,
         concurrency: int,
         handoff: bool = True,
+        declines: bool = False,
     ) -> None:
         self._worker_id = worker_id
         self._stream = stream
@@ -105,6 +107,9 @@ class AttemptRunner:
         the handoff of the attempt, before the waiter has resumed."""
         self._handoff = handoff
         """Whether results accept the run's next attempt (see the module docstring)."""
+        self._declines = declines
+        """Whether the server takes back the attempts this worker cannot run (AttemptDeclined);
+        otherwise it publishes them again after its dispatch timeout."""
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -190,6 +195,15 @@ class AttemptRunner:
             # Not ours to run (e.g. a newer version's handler during a rolling deploy): leave
             # the attempt unclaimed; the server publishes it again for a worker that has it.
             attempt_log.warning("attempt_handler_unknown", handler=handler_name)
+            if self._declines:
+                await self._stream.declined(
+                    pb.AttemptDeclined(
+                        attempt_id=attempt_id,
+                        token=token,
+                        worker_id=self._worker_id,
+                        reason="handler_unknown",
+                    )
+                )
             return None
         decision = await self._stream.started(
             pb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id=self._worker_id)

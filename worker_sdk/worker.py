@@ -190,6 +190,7 @@ class Worker:
                 executor=executor,
                 concurrency=self.concurrency,
                 handoff=self.handoff,
+                declines=registration.accepts_declines,
             )
             stream.on_cancel = runner.cancel  # the server's push; heartbeats are the fallback
             stream.start()

@@ -107,6 +107,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             heartbeat_interval=interval,
             task_name=TASK_NAME,
             accepts_batches=True,
+            accepts_declines=True,
         )
 
     async def StreamAttempts(
@@ -195,6 +196,14 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 convert.parse_uuid(started.attempt_id, "started.attempt_id"),
                 started.token,
                 started.worker_id,
+            )
+            return pb.StreamAttemptsResponse(start=_start_decision(decision))
+        if kind == "declined":
+            declined = request.declined
+            decision = await self._engine.decline_attempt(
+                convert.parse_uuid(declined.attempt_id, "declined.attempt_id"),
+                declined.token,
+                declined.worker_id,
             )
             return pb.StreamAttemptsResponse(start=_start_decision(decision))
         if kind == "heartbeat":

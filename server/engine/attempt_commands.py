@@ -12,7 +12,7 @@ from dataclasses import replace
 from server.engine import planner
 from server.engine.batcher import Batcher
 from server.engine.context import merge_output, select_input
-from server.engine.core import EngineCore
+from server.engine.core import EngineCore, log
 from server.engine.errors import ResourceExhausted
 from server.engine.handoff import hand_off
 from server.engine.model import (
@@ -46,6 +46,8 @@ from server.store.db import Connection, retry_conflicts
 from server.store.runs import LockedRun
 
 _CLAIMS_REMEMBERED = 10_000
+DECLINE_BACKOFF_MS = 100
+"""How soon an attempt a worker declined is published again the first time."""
 
 _UNCLAIMABLE = {AttemptStatus.SCHEDULED, AttemptStatus.CANCELLED}
 """A scheduled attempt whose claim failed belongs to a run that is no longer active."""
@@ -122,6 +124,26 @@ class AttemptCommands(EngineCore):
         async with self._db.connect() as conn:
             claimed = await attempts.claim(conn, requests)
         return [claimed.get((attempt_id, worker)) for attempt_id, _, worker in requests]
+
+    async def decline_attempt(
+        self, attempt_id: uuid.UUID, token: str, worker_id: str
+    ) -> StartDecision:
+        """A worker received the attempt's task but cannot run it (it lacks the handler): the
+        attempt is published again after a backoff that doubles with each delivery (from
+        `DECLINE_BACKOFF_MS` up to the dispatch timeout), for a worker that has the handler."""
+        async with self._db.connect() as conn:
+            delay_ms = await attempts.decline(
+                conn, attempt_id, token, DECLINE_BACKOFF_MS, self._config.dispatch_timeout_ms
+            )
+        if delay_ms is not None:
+            log.info(
+                "attempt_declined",
+                attempt=str(attempt_id),
+                worker_id=worker_id,
+                retry_in_ms=delay_ms,
+            )
+            self._wakeups.timers_changed(delay_ms)
+        return StartDecision(accepted=False, refusal_reason="declined")
 
     def _hand_off(
         self, change: RunChange, offer: HandoffOffer | None, attempt_id: uuid.UUID

@@ -61,6 +61,8 @@ class EngineConfig:
     max_payload_bytes: int = 1_048_576
     handoff: bool = True
     """Whether results may hand their worker the run's next attempt (`engine.handoff`)."""
+    dispatch_timeout_ms: int = 30_000
+    """The longest an attempt a worker declined waits to be published again."""
 
 
 class EngineCore:

@@ -286,6 +286,29 @@ async def heartbeat(
     return [(str(r.id), bool(r.cancel)) for r in rows]
 
 
+async def decline(
+    conn: Connection, attempt_id: uuid.UUID, token: str, first_ms: int, max_ms: int
+) -> int | None:
+    """Makes a published task attempt that a worker gave back a timer again, due after
+    `first_ms` doubled for each time a timer published it again, up to `max_ms`; returns that
+    delay. None when the attempt is no longer published and unclaimed."""
+    row = (
+        await conn.execute(
+            (
+                "WITH d AS (SELECT id, least(:max_ms, :first_ms * power(2, "
+                "least(kick_count, 30)))::bigint AS ms FROM attempts "
+                "WHERE id = :id AND token = :token AND status = 'scheduled' AND kind = 'task' "
+                "AND kicked_at IS NOT NULL FOR UPDATE) "
+                "UPDATE attempts SET kicked_at = NULL, "
+                "due_at = now() + d.ms * interval '1 millisecond' "
+                "FROM d WHERE attempts.id = d.id RETURNING d.ms"
+            ),
+            {"id": attempt_id, "token": token, "first_ms": first_ms, "max_ms": max_ms},
+        )
+    ).first()
+    return None if row is None else int(row.ms)
+
+
 @dataclass(frozen=True)
 class Due:
     tasks: list[Dispatch]

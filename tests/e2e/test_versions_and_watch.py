@@ -1,6 +1,9 @@
-"""Workflow versioning with in-flight runs, and WatchRun resumption across server processes."""
+"""Workflow versioning with in-flight runs, a rolling deploy on a shared queue, and WatchRun
+resumption across server processes."""
 
 from __future__ import annotations
+
+import time
 
 from squidmesh.v1 import run_pb2
 
@@ -28,6 +31,28 @@ def test_runs_keep_their_version(cluster: Cluster) -> None:
     assert old_final.workflow_version == 1
     assert new_final.status == run_pb2.RUN_STATUS_COMPLETED
     assert [s.name for s in new_final.steps] == ["v2_step"]
+
+
+def test_a_task_an_older_worker_cannot_run_reaches_a_newer_one_quickly(cluster: Cluster) -> None:
+    # The dispatch timeout stays at its default (30 s): before workers gave such tasks back,
+    # each one the older worker received waited for it.
+    cluster.start_server()
+    old = cluster.start_worker("tests.e2e.flows")
+    cluster.start_worker("tests.e2e.flows_rolling")
+    with cluster.client() as client:
+        cluster.wait_registered(client, "e2e_slow")
+        cluster.wait_registered(client, "e2e_rolling")
+        began = time.monotonic()
+        for _ in range(12):  # one at a time: the idle workers take turns at the queue
+            run = client.start_run("e2e_rolling", {})
+            final = client.wait_for_run(run.id, timeout=60)
+            assert final.status == run_pb2.RUN_STATUS_COMPLETED
+        elapsed = time.monotonic() - began
+
+    declined = old.output().count("attempt_handler_unknown")
+    print(f"measured: 12 runs in {elapsed:.2f}s, {declined} deliveries declined by the old worker")
+    assert declined >= 1, "the older worker never received one: nothing was tested"
+    assert elapsed < 10, f"{elapsed:.1f}s: a declined task waited for the dispatch timeout"
 
 
 def test_watch_resumes_exactly_once_and_streams_from_two_servers(cluster: Cluster) -> None:

@@ -360,3 +360,44 @@ async def test_no_retry_is_accepted_once_draining() -> None:
     (failed,) = stream.results
     assert isinstance(failed, pb.AttemptFailed) and not failed.accept_retry
     assert len(stream.claims) == 1
+
+
+# -- a task this worker cannot run --------------------------------------------------------
+
+
+class DecliningStream(FakeStream):
+    """Records the claims and the attempts given back."""
+
+    def __init__(self) -> None:
+        super().__init__(decision())
+        self.claims: list[str] = []
+        self.declines: list[pb.AttemptDeclined] = []
+
+    async def started(self, message: pb.AttemptStarted) -> pb.StartDecision:
+        self.claims.append(message.attempt_id)
+        return self.decision
+
+    async def declined(self, message: pb.AttemptDeclined) -> pb.StartDecision:
+        self.declines.append(message)
+        return pb.StartDecision(accepted=False, refusal_reason="declined")
+
+
+async def test_a_task_for_a_handler_the_worker_lacks_is_given_back_unclaimed() -> None:
+    async def never(input: Any, ctx: StepContext) -> None:
+        raise AssertionError("not this handler")
+
+    for declines in (True, False):  # False: a server that does not read AttemptDeclined
+        stream = DecliningStream()
+        runner = AttemptRunner(
+            worker_id="w-1",
+            stream=cast(AttemptStream, stream),
+            handlers={"w.s": Handler.of("w.s", never, "default")},
+            executor=None,
+            concurrency=1,
+            declines=declines,
+        )
+        await asyncio.wait_for(runner.run("a1", "tok", "r1", "s", "w.other"), 5)
+        assert stream.claims == [] and stream.results == []
+        given_back = [(d.attempt_id, d.token, d.worker_id, d.reason) for d in stream.declines]
+        assert given_back == ([("a1", "tok", "w-1", "handler_unknown")] if declines else [])
+        assert runner.in_flight == 0

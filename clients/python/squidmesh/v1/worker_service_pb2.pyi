@@ -97,6 +97,7 @@ class RegisterWorkerResponse(_message.Message):
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     TASK_NAME_FIELD_NUMBER: _builtins.int
     ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
+    ACCEPTS_DECLINES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """The worker id as recorded."""
     broker_url: _builtins.str
@@ -113,6 +114,8 @@ class RegisterWorkerResponse(_message.Message):
     """
     accepts_batches: _builtins.bool
     """The server reads StreamAttemptsRequest.batch."""
+    accepts_declines: _builtins.bool
+    """The server reads AttemptDeclined."""
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """How often the worker should heartbeat while attempts run."""
@@ -127,10 +130,11 @@ class RegisterWorkerResponse(_message.Message):
         heartbeat_interval: _duration_pb2.Duration | None = ...,
         task_name: _builtins.str = ...,
         accepts_batches: _builtins.bool = ...,
+        accepts_declines: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "broker_url", b"broker_url", "consumer_group", b"consumer_group", "heartbeat_interval", b"heartbeat_interval", "stream_prefix", b"stream_prefix", "task_name", b"task_name", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "accepts_declines", b"accepts_declines", "broker_url", b"broker_url", "consumer_group", b"consumer_group", "heartbeat_interval", b"heartbeat_interval", "stream_prefix", b"stream_prefix", "task_name", b"task_name", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -147,6 +151,7 @@ class StreamAttemptsRequest(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     COMPLETED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
+    DECLINED_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """Chosen by the worker; the server's answer carries the same id."""
@@ -167,6 +172,12 @@ class StreamAttemptsRequest(_message.Message):
         """Reports failure."""
 
     @_builtins.property
+    def declined(self) -> Global___AttemptDeclined:
+        """Gives back an attempt delivered by the broker that the worker cannot run. Only to a
+        server whose RegisterWorkerResponse set accepts_declines.
+        """
+
+    @_builtins.property
     def batch(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamAttemptsRequest]:
         """Several requests the worker had ready at once, each answered on its own. The message then
         carries nothing else (request_id 0, no content), and the requests in it carry no batch.
@@ -181,13 +192,14 @@ class StreamAttemptsRequest(_message.Message):
         heartbeat: Global___WorkerHeartbeat | None = ...,
         completed: Global___AttemptCompleted | None = ...,
         failed: Global___AttemptFailed | None = ...,
+        declined: Global___AttemptDeclined | None = ...,
         batch: _abc.Iterable[Global___StreamAttemptsRequest] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "failed", b"failed", "heartbeat", b"heartbeat", "message", b"message", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "declined", b"declined", "failed", b"failed", "heartbeat", b"heartbeat", "message", b"message", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "completed", b"completed", "failed", b"failed", "heartbeat", b"heartbeat", "message", b"message", "request_id", b"request_id", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "completed", b"completed", "declined", b"declined", "failed", b"failed", "heartbeat", b"heartbeat", "message", b"message", "request_id", b"request_id", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["started", "heartbeat", "completed", "failed"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["started", "heartbeat", "completed", "failed", "declined"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -222,6 +234,45 @@ class AttemptStarted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AttemptStarted: _TypeAlias = AttemptStarted  # noqa: Y015
+
+@_typing.final
+class AttemptDeclined(_message.Message):
+    """Gives back, unclaimed, an attempt whose step task the worker received but cannot run (it
+    lacks the handler, e.g. a newer version's during a rolling deploy). The server publishes it
+    again after a short backoff that doubles with each delivery, up to its dispatch timeout, so
+    that a worker with the handler gets it. Answered with a StartDecision that is never accepted;
+    the worker acks the task.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    attempt_id: _builtins.str
+    """Attempt id from the task message."""
+    token: _builtins.str
+    """Fencing token from the task message."""
+    worker_id: _builtins.str
+    """The declining worker."""
+    reason: _builtins.str
+    """Why, e.g. "handler_unknown"."""
+    def __init__(
+        self,
+        *,
+        attempt_id: _builtins.str = ...,
+        token: _builtins.str = ...,
+        worker_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "reason", b"reason", "token", b"token", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttemptDeclined: _TypeAlias = AttemptDeclined  # noqa: Y015
 
 @_typing.final
 class WorkerHeartbeat(_message.Message):
@@ -395,7 +446,7 @@ class StreamAttemptsResponse(_message.Message):
     """The request_id of the request answered."""
     @_builtins.property
     def start(self) -> Global___StartDecision:
-        """Answer to AttemptStarted."""
+        """Answer to AttemptStarted (and AttemptDeclined)."""
 
     @_builtins.property
     def heartbeat(self) -> Global___HeartbeatAck:

@@ -1,0 +1,79 @@
+"""A worker gives back a step task it cannot run (AttemptDeclined), against a real server,
+Postgres and Redis: the attempt is published again after a backoff that doubles with each
+delivery, instead of after the dispatch timeout; an attempt claimed meanwhile is left alone."""
+
+from __future__ import annotations
+
+import psycopg
+from grpc import aio
+from squidmesh.v1 import run_service_pb2
+from squidmesh.v1 import worker_service_pb2 as wpb
+from squidmesh.v1.worker_service_pb2_grpc import WorkerServiceStub
+
+from server.app import App
+from server.embedded import EmbeddedUrls
+from server.store.db import libpq_url
+from tests.integration.test_api import payload, register_orders, scheduled_attempt
+from tests.integration.test_handoff import (
+    ORDERS_HANDLERS,
+    attempt_row,
+    published,
+    wait_until,
+    worker_protocol,
+)
+
+
+async def due_in_ms(database_url: str, attempt_id: str) -> float:
+    """Until the attempt's due time, when it is a timer again (not published)."""
+    async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+        cursor = await conn.execute(
+            "SELECT extract(epoch FROM due_at - now()) * 1000 FROM attempts "
+            "WHERE id = %s AND kicked_at IS NULL",
+            (attempt_id,),
+        )
+        row = await cursor.fetchone()
+    assert row is not None, "the attempt is not a timer"
+    return float(row[0])
+
+
+def declined(attempt_id: str, token: str) -> wpb.AttemptDeclined:
+    return wpb.AttemptDeclined(
+        attempt_id=attempt_id, token=token, worker_id="w-old", reason="handler_unknown"
+    )
+
+
+async def test_a_declined_attempt_is_published_again_after_a_doubling_backoff(
+    app: App, channel: aio.Channel, database_url: str, services: EmbeddedUrls
+) -> None:
+    registration = await WorkerServiceStub(channel).RegisterWorker(
+        wpb.RegisterWorkerRequest(worker_id="w-probe", queues=["default"])
+    )
+    assert registration.accepts_declines
+    protocol = await worker_protocol(channel, "w-old", ["orders.ship"])
+    runs = await register_orders(channel)
+    run = (
+        await runs.StartRun(
+            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=5))
+        )
+    ).run
+    attempt_id, token = await scheduled_attempt(database_url, run.id, "reserve")
+    assert await published(services.redis_url, app) == 1
+
+    for delivery, backoff_ms in ((2, 100), (3, 200)):
+        answer = await protocol.send(declined=declined(attempt_id, token))
+        assert (answer.start.accepted, answer.start.refusal_reason) == (False, "declined")
+        assert 0 < await due_in_ms(database_url, attempt_id) <= backoff_ms
+        await wait_until(lambda: published(services.redis_url, app), delivery)
+
+    # A worker that has the handler claims it; a late decline changes nothing.
+    other = await worker_protocol(channel, "w-new", ORDERS_HANDLERS)
+    claimed = await other.send(
+        started=wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id="w-new")
+    )
+    assert claimed.start.accepted
+    late = await protocol.send(declined=declined(attempt_id, token))
+    assert not late.start.accepted
+    row = await attempt_row(database_url, run.id, "reserve")
+    assert (row["status"], row["worker_id"], row["kicked"]) == ("running", "w-new", True)
+    protocol.call.cancel()
+    other.call.cancel()
