@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import psycopg
 from grpc import aio
-from squidmesh.v1 import run_service_pb2
 from squidmesh.v1 import worker_service_pb2 as wpb
 from squidmesh.v1.worker_service_pb2_grpc import WorkerServiceStub
 
 from server.app import App
 from server.embedded import EmbeddedUrls
 from server.store.db import libpq_url
-from tests.integration.test_api import payload, register_orders, scheduled_attempt
 from tests.integration.test_handoff import (
     ORDERS_HANDLERS,
     attempt_row,
     published,
+    start_orders,
     wait_until,
     worker_protocol,
 )
@@ -50,13 +49,7 @@ async def test_a_declined_attempt_is_published_again_after_a_doubling_backoff(
     )
     assert registration.accepts_declines
     protocol = await worker_protocol(channel, "w-old", ["orders.ship"])
-    runs = await register_orders(channel)
-    run = (
-        await runs.StartRun(
-            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=5))
-        )
-    ).run
-    attempt_id, token = await scheduled_attempt(database_url, run.id, "reserve")
+    run, attempt_id, token = await start_orders(channel, database_url)
     assert await published(services.redis_url, app) == 1
 
     for delivery, backoff_ms in ((2, 100), (3, 200)):

@@ -37,10 +37,8 @@ async def worker_protocol(channel: aio.Channel, worker_id: str, handlers: list[s
     return Protocol(channel, worker_id=worker_id)
 
 
-async def start_and_claim(
-    channel: aio.Channel, database_url: str, protocol: Protocol, worker_id: str
-) -> tuple[Any, str, str]:
-    """A new orders run with its first attempt claimed: (run, attempt id, token)."""
+async def start_orders(channel: aio.Channel, database_url: str) -> tuple[Any, str, str]:
+    """A new orders run and its first attempt: (run, attempt id, token)."""
     runs = await register_orders(channel)
     run = (
         await runs.StartRun(
@@ -48,6 +46,14 @@ async def start_and_claim(
         )
     ).run
     attempt_id, token = await scheduled_attempt(database_url, run.id, "reserve")
+    return run, attempt_id, token
+
+
+async def start_and_claim(
+    channel: aio.Channel, database_url: str, protocol: Protocol, worker_id: str
+) -> tuple[Any, str, str]:
+    """A new orders run with its first attempt claimed: (run, attempt id, token)."""
+    run, attempt_id, token = await start_orders(channel, database_url)
     claimed = await protocol.send(
         started=wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id=worker_id)
     )
