@@ -38,6 +38,7 @@ import structlog
 from squidmesh.v1 import worker_service_pb2 as pb
 
 from worker_sdk.attempt_stream import AttemptStream
+from worker_sdk.clock import sleep_exactly
 from worker_sdk.context import StepContext
 from worker_sdk.errors import CANCELLED, Failure
 from worker_sdk.execution import Completed, Outcome, execute
@@ -218,7 +219,7 @@ class AttemptRunner:
         returns what follows, if anything."""
         attempt_log = self._log.bind(attempt=retry.attempt_id, run_id=retry.run_id, step=retry.step)
         try:
-            await asyncio.sleep(retry.delay)
+            await sleep_exactly(retry.delay)
             return await self._claim_and_run(
                 retry.attempt_id, retry.token, retry.handler, attempt_log, in_a_row
             )

@@ -23,6 +23,7 @@ import structlog
 
 from server.engine.commands import Engine
 from server.events.hub import EventHub
+from worker_sdk.clock import next_sleep
 
 log = structlog.get_logger("squidmesh.timers")
 
@@ -101,9 +102,9 @@ class TimerLoop:
         """Until `wake_at` (epoch seconds), or until a timer is notified that is due before."""
         while (remaining := wake_at - time.time()) > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._hub.timers.wait(), timeout=remaining)
+                await asyncio.wait_for(self._hub.timers.wait(), timeout=next_sleep(remaining))
             if not self._hub.timers.is_set():
-                return  # timed out: time to look
+                continue  # the clock, short of `wake_at` on purpose (`next_sleep`)
             self._hub.timers.clear()
             if self._hub.take_timer_due_ms() / 1000 < wake_at:
                 return
