@@ -203,6 +203,15 @@ class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEvent
     """A step failed for good and compensation began; data holds the error and the steps to
     compensate, in order.
     """
+    RUN_EVENT_TYPE_ATTEMPT_PROGRESS: _RunEventType.ValueType  # 15
+    """A running attempt reported new progress with a heartbeat; data holds `progress`. Recorded
+    only when the progress changed, at most once a second per attempt.
+    """
+    RUN_EVENT_TYPE_ATTEMPT_DECLINED: _RunEventType.ValueType  # 16
+    """A worker received an attempt's task but lacks its handler and gave it back; data holds
+    `worker_id`, `handler`, `queue` and `retry_in_ms` (when it is published again). Recorded
+    at most once a second per attempt.
+    """
 
 class RunEventType(_RunEventType, metaclass=_RunEventTypeEnumTypeWrapper):
     """The kind of a run event."""
@@ -238,6 +247,15 @@ RUN_EVENT_TYPE_LOG: RunEventType.ValueType  # 13
 RUN_EVENT_TYPE_COMPENSATION_STARTED: RunEventType.ValueType  # 14
 """A step failed for good and compensation began; data holds the error and the steps to
 compensate, in order.
+"""
+RUN_EVENT_TYPE_ATTEMPT_PROGRESS: RunEventType.ValueType  # 15
+"""A running attempt reported new progress with a heartbeat; data holds `progress`. Recorded
+only when the progress changed, at most once a second per attempt.
+"""
+RUN_EVENT_TYPE_ATTEMPT_DECLINED: RunEventType.ValueType  # 16
+"""A worker received an attempt's task but lacks its handler and gave it back; data holds
+`worker_id`, `handler`, `queue` and `retry_in_ms` (when it is published again). Recorded
+at most once a second per attempt.
 """
 Global___RunEventType: _TypeAlias = RunEventType  # noqa: Y015
 

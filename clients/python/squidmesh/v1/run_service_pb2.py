@@ -27,13 +27,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from squidmesh.v1 import run_pb2 as squidmesh_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esquidmesh/v1/run_service.proto\x12\x0csquidmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16squidmesh/v1/run.proto\"w\n\x0fStartRunRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x0f\n\x07trigger\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"C\n\x10StartRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\"\xf5\x01\n\x0fListRunsRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12)\n\x08statuses\x18\x02 \x03(\x0e\x32\x17.squidmesh.v1.RunStatus\x12\x0f\n\x07trigger\x18\x03 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"L\n\x10ListRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.squidmesh.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\x9c\x01\n\x10WatchRunResponse\x12%\n\x08snapshot\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.RunH\x00\x12\'\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x16.squidmesh.v1.RunEventH\x00\x12-\n\nkeep_alive\x18\x03 \x01(\x0b\x32\x17.squidmesh.v1.KeepAliveH\x00\x42\t\n\x07message\"5\n\tKeepAlive\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"3\n\x11\x43\x61ncelRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\"W\n\x10ReplayRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1a\n\x12\x61llow_irreversible\x18\x02 \x01(\x08\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"3\n\x11ReplayRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run2\xd0\x03\n\nRunService\x12I\n\x08StartRun\x12\x1d.squidmesh.v1.StartRunRequest\x1a\x1e.squidmesh.v1.StartRunResponse\x12\x43\n\x06GetRun\x12\x1b.squidmesh.v1.GetRunRequest\x1a\x1c.squidmesh.v1.GetRunResponse\x12I\n\x08ListRuns\x12\x1d.squidmesh.v1.ListRunsRequest\x1a\x1e.squidmesh.v1.ListRunsResponse\x12K\n\x08WatchRun\x12\x1d.squidmesh.v1.WatchRunRequest\x1a\x1e.squidmesh.v1.WatchRunResponse0\x01\x12L\n\tCancelRun\x12\x1e.squidmesh.v1.CancelRunRequest\x1a\x1f.squidmesh.v1.CancelRunResponse\x12L\n\tReplayRun\x12\x1e.squidmesh.v1.ReplayRunRequest\x1a\x1f.squidmesh.v1.ReplayRunResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esquidmesh/v1/run_service.proto\x12\x0csquidmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16squidmesh/v1/run.proto\"w\n\x0fStartRunRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x0f\n\x07trigger\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"C\n\x10StartRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\"\x9a\x02\n\x0fListRunsRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12)\n\x08statuses\x18\x02 \x03(\x0e\x32\x17.squidmesh.v1.RunStatus\x12\x0f\n\x07trigger\x18\x03 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12#\n\x04view\x18\x08 \x01(\x0e\x32\x15.squidmesh.v1.RunView\"L\n\x10ListRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.squidmesh.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\x9c\x01\n\x10WatchRunResponse\x12%\n\x08snapshot\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.RunH\x00\x12\'\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x16.squidmesh.v1.RunEventH\x00\x12-\n\nkeep_alive\x18\x03 \x01(\x0b\x32\x17.squidmesh.v1.KeepAliveH\x00\x42\t\n\x07message\"5\n\tKeepAlive\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"3\n\x11\x43\x61ncelRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\"W\n\x10ReplayRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1a\n\x12\x61llow_irreversible\x18\x02 \x01(\x08\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"3\n\x11ReplayRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run*J\n\x07RunView\x12\x18\n\x14RUN_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eRUN_VIEW_BASIC\x10\x01\x12\x11\n\rRUN_VIEW_FULL\x10\x02\x32\xd0\x03\n\nRunService\x12I\n\x08StartRun\x12\x1d.squidmesh.v1.StartRunRequest\x1a\x1e.squidmesh.v1.StartRunResponse\x12\x43\n\x06GetRun\x12\x1b.squidmesh.v1.GetRunRequest\x1a\x1c.squidmesh.v1.GetRunResponse\x12I\n\x08ListRuns\x12\x1d.squidmesh.v1.ListRunsRequest\x1a\x1e.squidmesh.v1.ListRunsResponse\x12K\n\x08WatchRun\x12\x1d.squidmesh.v1.WatchRunRequest\x1a\x1e.squidmesh.v1.WatchRunResponse0\x01\x12L\n\tCancelRun\x12\x1e.squidmesh.v1.CancelRunRequest\x1a\x1f.squidmesh.v1.CancelRunResponse\x12L\n\tReplayRun\x12\x1e.squidmesh.v1.ReplayRunRequest\x1a\x1f.squidmesh.v1.ReplayRunResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'squidmesh.v1.run_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RUNVIEW']._serialized_start=1355
+  _globals['_RUNVIEW']._serialized_end=1429
   _globals['_STARTRUNREQUEST']._serialized_start=135
   _globals['_STARTRUNREQUEST']._serialized_end=254
   _globals['_STARTRUNRESPONSE']._serialized_start=256
@@ -43,23 +45,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRUNRESPONSE']._serialized_start=358
   _globals['_GETRUNRESPONSE']._serialized_end=406
   _globals['_LISTRUNSREQUEST']._serialized_start=409
-  _globals['_LISTRUNSREQUEST']._serialized_end=654
-  _globals['_LISTRUNSRESPONSE']._serialized_start=656
-  _globals['_LISTRUNSRESPONSE']._serialized_end=732
-  _globals['_WATCHRUNREQUEST']._serialized_start=734
-  _globals['_WATCHRUNREQUEST']._serialized_end=815
-  _globals['_WATCHRUNRESPONSE']._serialized_start=818
-  _globals['_WATCHRUNRESPONSE']._serialized_end=974
-  _globals['_KEEPALIVE']._serialized_start=976
-  _globals['_KEEPALIVE']._serialized_end=1029
-  _globals['_CANCELRUNREQUEST']._serialized_start=1031
-  _globals['_CANCELRUNREQUEST']._serialized_end=1121
-  _globals['_CANCELRUNRESPONSE']._serialized_start=1123
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1174
-  _globals['_REPLAYRUNREQUEST']._serialized_start=1176
-  _globals['_REPLAYRUNREQUEST']._serialized_end=1263
-  _globals['_REPLAYRUNRESPONSE']._serialized_start=1265
-  _globals['_REPLAYRUNRESPONSE']._serialized_end=1316
-  _globals['_RUNSERVICE']._serialized_start=1319
-  _globals['_RUNSERVICE']._serialized_end=1783
+  _globals['_LISTRUNSREQUEST']._serialized_end=691
+  _globals['_LISTRUNSRESPONSE']._serialized_start=693
+  _globals['_LISTRUNSRESPONSE']._serialized_end=769
+  _globals['_WATCHRUNREQUEST']._serialized_start=771
+  _globals['_WATCHRUNREQUEST']._serialized_end=852
+  _globals['_WATCHRUNRESPONSE']._serialized_start=855
+  _globals['_WATCHRUNRESPONSE']._serialized_end=1011
+  _globals['_KEEPALIVE']._serialized_start=1013
+  _globals['_KEEPALIVE']._serialized_end=1066
+  _globals['_CANCELRUNREQUEST']._serialized_start=1068
+  _globals['_CANCELRUNREQUEST']._serialized_end=1158
+  _globals['_CANCELRUNRESPONSE']._serialized_start=1160
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1211
+  _globals['_REPLAYRUNREQUEST']._serialized_start=1213
+  _globals['_REPLAYRUNREQUEST']._serialized_end=1300
+  _globals['_REPLAYRUNRESPONSE']._serialized_start=1302
+  _globals['_REPLAYRUNRESPONSE']._serialized_end=1353
+  _globals['_RUNSERVICE']._serialized_start=1432
+  _globals['_RUNSERVICE']._serialized_end=1896
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from squidmesh.v1 import run_pb2 as _run_pb2
 import builtins as _builtins
 import sys
@@ -20,6 +21,40 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RunView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_VIEW_UNSPECIFIED: _RunView.ValueType  # 0
+    """Not set: RUN_VIEW_BASIC."""
+    RUN_VIEW_BASIC: _RunView.ValueType  # 1
+    """Status, workflow, version, trigger, idempotency key, source run, times, current steps,
+    last sequence, and the error's reason, message, step and attempt number. No payload, no
+    context, no error details: lists stay small and carry no run data.
+    """
+    RUN_VIEW_FULL: _RunView.ValueType  # 2
+    """Everything of RUN_VIEW_BASIC plus the payload, the context and the error details. Steps
+    are still omitted: GetRun has them.
+    """
+
+class RunView(_RunView, metaclass=_RunViewEnumTypeWrapper):
+    """How much of a run ListRuns returns (AIP-157)."""
+
+RUN_VIEW_UNSPECIFIED: RunView.ValueType  # 0
+"""Not set: RUN_VIEW_BASIC."""
+RUN_VIEW_BASIC: RunView.ValueType  # 1
+"""Status, workflow, version, trigger, idempotency key, source run, times, current steps,
+last sequence, and the error's reason, message, step and attempt number. No payload, no
+context, no error details: lists stay small and carry no run data.
+"""
+RUN_VIEW_FULL: RunView.ValueType  # 2
+"""Everything of RUN_VIEW_BASIC plus the payload, the context and the error details. Steps
+are still omitted: GetRun has them.
+"""
+Global___RunView: _TypeAlias = RunView  # noqa: Y015
 
 @_typing.final
 class StartRunRequest(_message.Message):
@@ -36,7 +71,10 @@ class StartRunRequest(_message.Message):
     trigger: _builtins.str
     """Trigger name; empty means the workflow's default (first) trigger."""
     idempotency_key: _builtins.str
-    """Optional idempotency key, unique per workflow."""
+    """Optional idempotency key, unique per workflow. A repeated call with the same key, trigger
+    and payload returns the run the first call started; the same key with another trigger or
+    payload fails with ALREADY_EXISTS (reason IDEMPOTENCY_KEY_REUSED, metadata `run_id`).
+    """
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """The payload, checked against the trigger's contract."""
@@ -144,6 +182,7 @@ class ListRunsRequest(_message.Message):
     CREATE_TIME_BEFORE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     workflow: _builtins.str
     """Only runs of this workflow."""
     trigger: _builtins.str
@@ -152,6 +191,8 @@ class ListRunsRequest(_message.Message):
     """Maximum number of runs to return (default 50, at most 1000)."""
     page_token: _builtins.str
     """Token from a previous response to get the next page."""
+    view: Global___RunView.ValueType
+    """How much of each run to return; unspecified means RUN_VIEW_BASIC."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_run_pb2.RunStatus.ValueType]:
         """Only runs in one of these statuses."""
@@ -174,10 +215,11 @@ class ListRunsRequest(_message.Message):
         create_time_before: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        view: Global___RunView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses", "trigger", b"trigger", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses", "trigger", b"trigger", "view", b"view", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,7 +237,7 @@ class ListRunsResponse(_message.Message):
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]:
-        """Runs, newest first. Steps are omitted; use GetRun for them."""
+        """Runs, newest first, in the requested view. Steps are omitted; use GetRun for them."""
 
     def __init__(
         self,

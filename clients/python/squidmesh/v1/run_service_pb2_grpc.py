@@ -73,8 +73,8 @@ class RunServiceServicer:
 
     def StartRun(self, request, context):
         """Validates the payload against the trigger's contract, persists the run and schedules its
-        entry step(s). With an idempotency key, a repeated call with the same payload returns the
-        same run; with another payload it fails with ALREADY_EXISTS.
+        entry step(s). With an idempotency key, a repeated call with the same trigger and payload
+        returns the same run; with another trigger or payload it fails with ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

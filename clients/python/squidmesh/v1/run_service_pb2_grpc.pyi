@@ -35,8 +35,8 @@ class RunServiceStub:
     def __new__(cls, channel: _aio.Channel) -> RunServiceAsyncStub: ...
     StartRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.StartRunRequest, _run_service_pb2.StartRunResponse]
     """Validates the payload against the trigger's contract, persists the run and schedules its
-    entry step(s). With an idempotency key, a repeated call with the same payload returns the
-    same run; with another payload it fails with ALREADY_EXISTS.
+    entry step(s). With an idempotency key, a repeated call with the same trigger and payload
+    returns the same run; with another trigger or payload it fails with ALREADY_EXISTS.
     """
     GetRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.GetRunRequest, _run_service_pb2.GetRunResponse]
     """Returns a run with its steps, attempts and context."""
@@ -60,8 +60,8 @@ class RunServiceAsyncStub(RunServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     StartRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.StartRunRequest, _run_service_pb2.StartRunResponse]  # type: ignore[assignment]
     """Validates the payload against the trigger's contract, persists the run and schedules its
-    entry step(s). With an idempotency key, a repeated call with the same payload returns the
-    same run; with another payload it fails with ALREADY_EXISTS.
+    entry step(s). With an idempotency key, a repeated call with the same trigger and payload
+    returns the same run; with another trigger or payload it fails with ALREADY_EXISTS.
     """
     GetRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetRunRequest, _run_service_pb2.GetRunResponse]  # type: ignore[assignment]
     """Returns a run with its steps, attempts and context."""
@@ -88,8 +88,8 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.StartRunResponse, _abc.Awaitable[_run_service_pb2.StartRunResponse]]:
         """Validates the payload against the trigger's contract, persists the run and schedules its
-        entry step(s). With an idempotency key, a repeated call with the same payload returns the
-        same run; with another payload it fails with ALREADY_EXISTS.
+        entry step(s). With an idempotency key, a repeated call with the same trigger and payload
+        returns the same run; with another trigger or payload it fails with ALREADY_EXISTS.
         """
 
     @_abc_1.abstractmethod
