@@ -62,7 +62,8 @@ def evaluate(condition: Condition, context: Mapping[str, JSON]) -> bool:
 
 
 def select_input(step: Step, context: Mapping[str, JSON]) -> dict[str, JSON]:
-    """The step's input: the whole context, or the selected keys and named paths that exist."""
+    """The step's input: the whole context, or the selected keys and named paths (which exist:
+    a step whose input is missing fails before it is scheduled, see `missing_input`)."""
     selection = step.input
     if selection is None:
         return dict(context)
@@ -72,6 +73,21 @@ def select_input(step: Step, context: Mapping[str, JSON]) -> dict[str, JSON]:
         if found:
             selected[name] = value
     return selected
+
+
+def missing_input(step: Step, context: Mapping[str, JSON]) -> list[dict[str, str]]:
+    """Each selected key or named path of the step's input that the context lacks, as
+    {"input": name, "path": path}, in declaration order."""
+    selection = step.input
+    if selection is None:
+        return []
+    missing = [{"input": key, "path": key} for key in selection.keys if key not in context]
+    missing += [
+        {"input": name, "path": path}
+        for name, path in selection.paths
+        if not get_path(context, path)[0]
+    ]
+    return missing
 
 
 def merge_output(context: Mapping[str, JSON], step: Step, output: JSON) -> dict[str, JSON]:

@@ -7,19 +7,20 @@ import secrets
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import structlog
 
 from server.engine import planner
-from server.engine.context import render
+from server.engine.context import missing_input, render
 from server.engine.errors import ResourceExhausted
 from server.engine.model import (
     JSON,
     LIVE_STEP_STATUSES,
     AttemptKind,
     Failure,
+    FailureReason,
     RunStatus,
     Step,
     StepKind,
@@ -179,11 +180,32 @@ class EngineCore:
                 change.events.append(NewEvent("transition", from_step, data={"to": to}))
             for name in current.schedule:
                 step = defn.step(name)
+                missing = missing_input(step, context) if step.kind is StepKind.TASK else []
                 if step.kind is StepKind.LOG:
                     self._log_step(change, defn, step, context)
                     statuses[name] = StepStatus.COMPLETED
                     completed = (*completed, name)
                     plans.append(planner.after_success(defn, name, context, statuses))
+                elif missing:
+                    failure = _input_missing(step, missing)
+                    change.new_steps.append(
+                        NewStep(
+                            name,
+                            _position(defn, name),
+                            StepStatus.FAILED,
+                            error=failure.to_json(),
+                            ended=True,
+                        )
+                    )
+                    change.events.append(
+                        NewEvent(
+                            "step_failed",
+                            name,
+                            data={"error": failure.to_json(), "retry": "non_retryable"},
+                        )
+                    )
+                    statuses[name] = StepStatus.FAILED
+                    plans.append(planner.after_failure(defn, name, failure, context))
                 else:
                     self._schedule(change, defn, name)
                     statuses[name] = (
@@ -219,6 +241,7 @@ class EngineCore:
         compensations go newest first (`_continue_compensation`)."""
         change.error = failure.to_json()
         change.cancel_scheduled_attempts = True
+        _withdraw_new_steps(change, statuses)
         to_compensate = planner.compensations(defn, completed, ())
         running = []
         if defn.compensates:
@@ -299,6 +322,40 @@ class EngineCore:
                 reason=f"{what.upper()}_TOO_LARGE",
                 metadata={"size": str(size), "limit": str(self._config.max_payload_bytes)},
             )
+
+
+def _withdraw_new_steps(change: RunChange, statuses: dict[str, StepStatus]) -> None:
+    """The steps this change scheduled (parallel branches made ready with a step whose input
+    is missing) are cancelled before they are written: the run fails first. (Cancelling the
+    run's scheduled attempts in the change's statement cannot see rows it inserts.)"""
+    new = {a.step_name for a in change.new_attempts if a.number == 1}
+    if not new:
+        return
+    change.new_attempts = [a for a in change.new_attempts if a.step_name not in new]
+    change.new_steps = [
+        replace(s, status=StepStatus.CANCELLED, ended=True) if s.name in new else s
+        for s in change.new_steps
+    ]
+    change.events = [
+        e for e in change.events if not (e.type == "attempt_scheduled" and e.step_name in new)
+    ]
+    statuses.update(dict.fromkeys(new, StepStatus.CANCELLED))
+
+
+def _input_missing(step: Step, missing: list[dict[str, str]]) -> Failure:
+    """Why a step whose input the context lacks fails without being dispatched."""
+    names = ", ".join(
+        m["input"] if m["input"] == m["path"] else f"{m['input']} (path '{m['path']}')"
+        for m in missing
+    )
+    return Failure(
+        reason=FailureReason.INPUT_MISSING,
+        type="InputMissing",
+        message=f"the run context has no value for the input of step '{step.name}': {names}",
+        details={"missing": list(missing)},
+        step=step.name,
+        non_retryable=True,
+    )
 
 
 def _position(defn: WorkflowDef, name: str) -> int:

@@ -16,7 +16,6 @@ from typing import Any
 COMPLETE = "complete"
 """Reserved transition target that ends a run successfully."""
 
-DEFAULT_QUEUE = "default"
 
 JSON = Any
 """A JSON-compatible value (dict, list, str, int, float, bool, None)."""
@@ -178,7 +177,8 @@ class Step:
     name: str
     kind: StepKind
     handler: str = ""
-    queue: str = DEFAULT_QUEUE
+    queue: str = ""
+    """A task's queue (the registration fills in the workflow's name when none is given)."""
     wait_ms: int = 0
     log_message: str = ""
     retry: RetryPolicy | None = None
@@ -387,3 +387,4 @@ class FailureReason(enum.StrEnum):
     TIMED_OUT = "timed_out"
     NO_MATCHING_TRANSITION = "no_matching_transition"
     CANCELLED = "cancelled"
+    INPUT_MISSING = "input_missing"

@@ -40,8 +40,9 @@ class NewStep:
     position: int
     status: str
     output: JSON = None
+    error: dict[str, Any] | None = None
     ended: bool = False
-    """A step that ends as it starts (a log step)."""
+    """A step that ends as it starts (a log step, or a step whose input is missing)."""
 
 
 @dataclass(frozen=True)
@@ -105,11 +106,11 @@ _DOCUMENT = """jsonb_to_recordset(CAST(:changes AS jsonb)) AS d(
 
 _NEW_ROWS = """
 ns AS (
-  INSERT INTO steps (run_id, name, position, status, output, ended_at)
-  SELECT {rel}.run_id, x.name, x.position, x.status, x.output,
+  INSERT INTO steps (run_id, name, position, status, output, error, ended_at)
+  SELECT {rel}.run_id, x.name, x.position, x.status, x.output, x.error,
          CASE WHEN x.ended THEN now() END
   FROM {rel}, jsonb_to_recordset({rel}.new_steps)
-    AS x(name text, position int, status text, output jsonb, ended bool)
+    AS x(name text, position int, status text, output jsonb, error jsonb, ended bool)
   RETURNING 1
 ), na AS (
   INSERT INTO attempts (id, run_id, step_name, number, token, status, queue, handler, kind,

@@ -8,6 +8,7 @@ from server.engine.context import (
     get_path,
     json_equal,
     merge_output,
+    missing_input,
     render,
     select_input,
 )
@@ -117,6 +118,27 @@ def test_select_input_with_keys_and_paths_takes_what_exists() -> None:
         ),
     )
     assert select_input(step, CONTEXT) == {"flag": True, "none": None, "amt": 120, "sku": "a"}
+
+
+def test_missing_input_names_every_key_and_path_the_context_lacks() -> None:
+    step = Step(
+        "s",
+        StepKind.TASK,
+        input=InputSelection(
+            keys=("flag", "missing", "none"),
+            paths=(("amt", "order.amount"), ("gone", "order.nope"), ("sku", "order.items.9.sku")),
+        ),
+    )
+    assert missing_input(step, CONTEXT) == [
+        {"input": "missing", "path": "missing"},
+        {"input": "gone", "path": "order.nope"},
+        {"input": "sku", "path": "order.items.9.sku"},
+    ]
+    # null is a value: a key present as null is not missing.
+    assert (
+        missing_input(Step("s", StepKind.TASK, input=InputSelection(keys=("none",))), CONTEXT) == []
+    )
+    assert missing_input(Step("s", StepKind.TASK), {}) == []  # the whole context, whatever it is
 
 
 def test_select_input_with_an_empty_selection_is_empty() -> None:
