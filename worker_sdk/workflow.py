@@ -32,7 +32,6 @@ __all__ = ["COMPLETE", "Handler", "Workflow"]
 
 COMPLETE = "complete"
 """The transition target that ends a run successfully."""
-DEFAULT_QUEUE = "default"
 
 F = TypeVar("F", bound=Callable[..., Any])
 OutcomeName = Literal["ok", "error"]
@@ -135,7 +134,7 @@ class Workflow:
         /,
         *,
         name: str | None = None,
-        queue: str = DEFAULT_QUEUE,
+        queue: str | None = None,
         output_key: str = "",
         retry: Retry | None = None,
         input: Sequence[str] | Mapping[str, str] | None = None,
@@ -152,7 +151,7 @@ class Workflow:
         /,
         *,
         name: str | None = None,
-        queue: str = DEFAULT_QUEUE,
+        queue: str | None = None,
         output_key: str = "",
         retry: Retry | None = None,
         input: Sequence[str] | Mapping[str, str] | None = None,
@@ -164,7 +163,8 @@ class Workflow:
     ) -> Any:
         """Declares a task step run by the decorated function, `fn(input)` or
         `fn(input, ctx)`, sync or async. The step is named after the function unless `name`
-        is given; its handler is "<workflow>.<step>". Durations are in seconds. `input`
+        is given; its handler is "<workflow>.<step>"; its queue is the workflow's name unless
+        `queue` is given. Durations are in seconds. `input`
         selects the step's input from the run context: a list of top-level keys, or named
         dotted paths ({"amt": "order.amount"}); None passes the whole context. `compensate`
         is a function (registered as handler "<workflow>.<function name>") or a handler name
@@ -175,7 +175,7 @@ class Workflow:
             handler = f"{self.name}.{step_name}"
             step = self._new_step(step_name, after)
             step.task.handler = handler
-            step.task.queue = queue
+            step.task.queue = queue or self.name
             self._set_options(
                 step,
                 retry=retry,
@@ -186,8 +186,8 @@ class Workflow:
                 irreversible=irreversible,
             )
             if compensate is not None:
-                step.compensate = self._compensation(compensate, queue)
-            self._add_handler(Handler.of(handler, fn, queue))
+                step.compensate = self._compensation(compensate, step.task.queue)
+            self._add_handler(Handler.of(handler, fn, step.task.queue))
             self._steps.append(step)
             return fn
 

@@ -15,7 +15,6 @@ from squidmesh.v1 import workflow_pb2
 
 from server.engine.errors import FieldViolation, InvalidArgument
 from server.engine.model import (
-    DEFAULT_QUEUE,
     Backoff,
     Condition,
     FieldType,
@@ -67,7 +66,9 @@ def definition_from_proto(pb: workflow_pb2.WorkflowDefinition) -> WorkflowDef:
     triggers = tuple(
         _trigger(t, f"definition.triggers[{i}]", problems) for i, t in enumerate(pb.triggers)
     )
-    steps = tuple(_step(s, f"definition.steps[{i}]", problems) for i, s in enumerate(pb.steps))
+    steps = tuple(
+        _step(s, f"definition.steps[{i}]", pb.name, problems) for i, s in enumerate(pb.steps)
+    )
     transitions = tuple(
         _transition(t, f"definition.transitions[{i}]", problems)
         for i, t in enumerate(pb.transitions)
@@ -128,7 +129,7 @@ def _payload_field(
     )
 
 
-def _step(pb: workflow_pb2.Step, where: str, problems: list[FieldViolation]) -> Step:
+def _step(pb: workflow_pb2.Step, where: str, workflow: str, problems: list[FieldViolation]) -> Step:
     kind = pb.WhichOneof("kind")
     if kind is None:
         problems.append(
@@ -144,7 +145,9 @@ def _step(pb: workflow_pb2.Step, where: str, problems: list[FieldViolation]) -> 
         name=pb.name,
         kind=StepKind(kind) if kind else StepKind.LOG,
         handler=pb.task.handler,
-        queue=pb.task.queue or DEFAULT_QUEUE,
+        # Without a queue of its own a task goes to its workflow's, so that the workers of
+        # unrelated workflows never receive (and decline) each other's tasks.
+        queue=(pb.task.queue or workflow) if kind == "task" else "",
         wait_ms=wait_ms,
         log_message=pb.log.message,
         retry=_retry(pb.retry, f"{where}.retry", problems) if pb.HasField("retry") else None,

@@ -31,7 +31,7 @@ async def worker_protocol(channel: aio.Channel, worker_id: str, handlers: list[s
     """A registered worker's attempt stream (opened with its id, as the SDK does)."""
     await WorkerServiceStub(channel).RegisterWorker(
         wpb.RegisterWorkerRequest(
-            worker_id=worker_id, queues=["default"], handlers=handlers, concurrency=1
+            worker_id=worker_id, queues=["orders"], handlers=handlers, concurrency=1
         )
     )
     return Protocol(channel, worker_id=worker_id)
@@ -85,9 +85,9 @@ async def attempt_row(database_url: str, run_id: str, step: str) -> dict[str, An
 
 
 async def published(redis_url: str, app: App) -> int:
-    """Step tasks published to the default queue's stream so far."""
+    """Step tasks published to the orders queue's stream so far."""
     async with Redis.from_url(redis_url) as redis:
-        return int(await redis.xlen(app.settings.stream_prefix + "default"))
+        return int(await redis.xlen(app.settings.stream_prefix + "orders"))
 
 
 async def test_a_result_hands_the_next_attempt_to_its_worker(

@@ -198,7 +198,7 @@ def test_domain_round_trip_is_exact() -> None:
     defaults = WorkflowDef(
         name="minimal",
         triggers=(Trigger("manual"),),
-        steps=(Step("only", StepKind.TASK, handler="h", retry=RetryPolicy()),),
+        steps=(Step("only", StepKind.TASK, handler="h", queue="minimal", retry=RetryPolicy()),),
         transitions=(Transition("only", Outcome.OK, COMPLETE),),
     )
     assert definition_from_proto(definition_to_proto(defaults)) == defaults
@@ -228,7 +228,7 @@ def test_unset_fields_take_their_defaults() -> None:
         ),
     )
     a, b = defn.steps
-    assert a.queue == "default"
+    assert a.queue == "minimal"  # a task without a queue goes to its workflow's
     assert a.retry == RetryPolicy(max_attempts=2)  # exponential, 1 s, multiplier 2
     assert a.input is None
     assert (a.attempt_timeout_ms, a.heartbeat_timeout_ms) == (None, None)

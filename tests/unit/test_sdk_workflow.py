@@ -107,7 +107,7 @@ def test_task_step_options() -> None:
     assert list(retry.non_retryable_error_types) == ["ValueError", "KeyError"]
 
     charge = d.steps[1]
-    assert charge.task.handler == "payment.charge_card" and charge.task.queue == "default"
+    assert charge.task.handler == "payment.charge_card" and charge.task.queue == "payment"
     assert dict(charge.input.paths) == {"amt": "order.amount"} and not charge.input.keys
     assert charge.compensate == "payment.undo"
     assert not charge.HasField("retry") and not charge.HasField("attempt_timeout")

@@ -27,7 +27,7 @@ MANUAL = Trigger(name="manual", payload=(PayloadField("amount", FieldType.INTEGE
 
 
 def task(name: str, **kwargs: object) -> Step:
-    return Step(name=name, kind=StepKind.TASK, handler=f"h.{name}", **kwargs)  # type: ignore[arg-type]
+    return Step(name=name, kind=StepKind.TASK, handler=f"h.{name}", queue="q", **kwargs)  # type: ignore[arg-type]
 
 
 def ok(from_step: str, to: str, condition: Condition | None = None) -> Transition:
@@ -87,7 +87,7 @@ def test_every_problem_is_reported_not_just_the_first() -> None:
     defn = WorkflowDef(
         name="",
         triggers=(),
-        steps=(Step("a", StepKind.TASK), Step("b", StepKind.WAIT)),
+        steps=(Step("a", StepKind.TASK, queue="q"), Step("b", StepKind.WAIT)),
         transitions=(ok("a", "b"), ok("b", "nowhere")),
     )
     assert problems(defn) == {

@@ -469,7 +469,9 @@ class TaskStep(_message.Message):
     handler: _builtins.str
     """Handler name the worker registered, e.g. "payment.charge_card"."""
     queue: _builtins.str
-    """Task queue the step is dispatched to. Empty means "default"."""
+    """Task queue the step is dispatched to. Empty means the workflow's name, so that workers of
+    unrelated workflows do not share a queue.
+    """
     def __init__(
         self,
         *,
