@@ -72,22 +72,24 @@ def failure(f: Failure | None) -> run_pb2.Failure | None:
         reason=f.reason,
         type=f.type,
         message=f.message,
-        details=struct(f.details),
+        details=struct(f.details) if f.details else None,
         step=f.step,
         attempt_number=f.attempt_number,
         non_retryable=f.non_retryable,
     )
 
 
-def run(view: RunView) -> run_pb2.Run:
+def run(view: RunView, *, full: bool = True) -> run_pb2.Run:
+    """The run as a message; without `full` (ListRuns' basic view, read without them) its
+    payload and context are left out."""
     return run_pb2.Run(
         id=str(view.id),
         workflow=view.workflow_name,
         workflow_version=view.workflow_version,
         trigger=view.trigger,
         status=_RUN_STATUS[view.status],
-        payload=struct(view.payload),
-        context=struct(view.context),
+        payload=struct(view.payload) if full else None,
+        context=struct(view.context) if full else None,
         steps=[step(s) for s in view.steps],
         current_steps=view.current_steps,
         error=failure(view.error),

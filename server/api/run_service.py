@@ -83,7 +83,13 @@ class RunService(pb_grpc.RunServiceServicer):
                 request.create_time_before, request.HasField("create_time_before")
             ),
         )
-        runs = await self._engine.list_runs(where, cursor, limit + 1)
+        if request.view not in pb.RunView.values():
+            raise InvalidArgument(
+                "view is not a RunView",
+                [FieldViolation("view", f"unknown value {request.view}")],
+            )
+        full = request.view == pb.RUN_VIEW_FULL
+        runs = await self._engine.list_runs(where, cursor, limit + 1, full=full)
         next_token = ""
         if len(runs) > limit:
             runs = runs[:limit]
@@ -91,7 +97,9 @@ class RunService(pb_grpc.RunServiceServicer):
             next_token = convert.encode_page_token(
                 {"t": last.created_at.isoformat(), "id": str(last.id)}
             )
-        return pb.ListRunsResponse(runs=[convert.run(r) for r in runs], next_page_token=next_token)
+        return pb.ListRunsResponse(
+            runs=[convert.run(r, full=full) for r in runs], next_page_token=next_token
+        )
 
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: Context

@@ -198,17 +198,23 @@ class RunCommands(EngineCore):
             return await changes.start(conn, runs_to_start)
 
     async def _existing_run(self, conn: Connection, new: NewRun) -> RunView:
-        """The run an idempotency key already started, if the payload is the same."""
+        """The run an idempotency key already started, if it was started by the same trigger
+        with the same payload: a key names one request, whatever the workflow's triggers."""
         key = new.idempotency_key or ""
         existing = await runs.find_by_idempotency_key(conn, new.workflow_name, key)
         assert existing is not None
-        if existing[1] != new.payload_hash:
-            raise AlreadyExists(
-                f"idempotency key '{key}' was used with another payload",
-                reason="IDEMPOTENCY_KEY_REUSED",
-                metadata={"run_id": str(existing[0])},
+        if existing.trigger != new.trigger or existing.payload_hash != new.payload_hash:
+            other = (
+                f"trigger '{existing.trigger}'"
+                if existing.trigger != new.trigger
+                else "another payload"
             )
-        found = await runs.get(conn, existing[0])
+            raise AlreadyExists(
+                f"idempotency key '{key}' was used with {other} (run {existing.id})",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                metadata={"run_id": str(existing.id), "trigger": existing.trigger},
+            )
+        found = await runs.get(conn, existing.id)
         assert found is not None
         return found
 
@@ -220,10 +226,15 @@ class RunCommands(EngineCore):
         return run
 
     async def list_runs(
-        self, where: RunFilter, cursor: tuple[datetime, uuid.UUID] | None, limit: int
+        self,
+        where: RunFilter,
+        cursor: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+        *,
+        full: bool = False,
     ) -> list[RunView]:
         async with self._db.connect() as conn:
-            return await runs.list_page(conn, where, cursor, limit)
+            return await runs.list_page(conn, where, cursor, limit, full=full)
 
     @retry_conflicts
     async def cancel_run(

@@ -71,9 +71,13 @@ class RunView:
     ended_at: datetime | None
     updated_at: datetime
     steps: tuple[StepView, ...] = ()
+    live_steps: tuple[str, ...] | None = None
+    """The current steps, when read without the steps (lists)."""
 
     @property
     def current_steps(self) -> list[str]:
+        if self.live_steps is not None:
+            return list(self.live_steps)
         return [s.name for s in self.steps if s.status in LIVE_STEP_STATUSES]
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from server.engine.model import (
     COMPENSATION_SUFFIX,
     JSON,
+    LIVE_STEP_STATUSES,
     AttemptStatus,
     Failure,
     RunStatus,
@@ -56,20 +57,29 @@ RUN_LOCK_COLUMNS = "r.id, r.workflow_id, r.workflow_name, r.status, r.context, r
 """The columns of a `LockedRun`, from the runs table aliased as r."""
 
 
+@dataclass(frozen=True)
+class KeyedRun:
+    """What a StartRun with a taken idempotency key is compared with."""
+
+    id: uuid.UUID
+    trigger: str
+    payload_hash: str
+
+
 async def find_by_idempotency_key(
     conn: Connection, workflow_name: str, key: str
-) -> tuple[uuid.UUID, str] | None:
-    """(run id, payload hash) of the run started with this key."""
+) -> KeyedRun | None:
+    """The run started with this key (keys are unique per workflow)."""
     row = (
         await conn.execute(
             (
-                "SELECT id, payload_hash FROM runs "
+                "SELECT id, trigger, payload_hash FROM runs "
                 "WHERE workflow_name = :name AND idempotency_key = :key"
             ),
             {"name": workflow_name, "key": key},
         )
     ).first()
-    return (row.id, row.payload_hash) if row is not None else None
+    return KeyedRun(row.id, row.trigger, row.payload_hash) if row is not None else None
 
 
 async def lock(conn: Connection, run_id: uuid.UUID) -> LockedRun | None:
@@ -191,15 +201,32 @@ class RunFilter:
     created_before: datetime | None = None
 
 
+_BASIC_RUN_COLUMNS = (
+    "id, workflow_name, workflow_version, trigger, status, '{}'::jsonb AS payload, "
+    "'{}'::jsonb AS context, error - 'details' AS error, idempotency_key, source_run_id, "
+    "last_seq, created_at, started_at, ended_at, updated_at"
+)
+"""A run without its data: no payload, no context, no error details (ListRuns' basic view)."""
+
+_LIVE_STEPS = (
+    "ARRAY(SELECT s.name FROM steps s WHERE s.run_id = runs.id AND s.status = ANY(:live) "
+    "ORDER BY s.position, s.created_at) AS live_steps"
+)
+
+
 async def list_page(
     conn: Connection,
     where: RunFilter,
     cursor: tuple[datetime, uuid.UUID] | None,
     limit: int,
+    *,
+    full: bool = False,
 ) -> list[RunView]:
-    """Newest first; `cursor` is the (created_at, id) of the last run of the previous page."""
+    """Newest first; `cursor` is the (created_at, id) of the last run of the previous page.
+    Each run has its current steps but no steps; `full` adds its payload, context and error
+    details."""
     clauses = ["TRUE"]
-    params: dict[str, Any] = {"limit": limit}
+    params: dict[str, Any] = {"limit": limit, "live": [s.value for s in LIVE_STEP_STATUSES]}
     if where.workflow:
         clauses.append("workflow_name = :workflow")
         params["workflow"] = where.workflow
@@ -220,12 +247,13 @@ async def list_page(
         params["cursor_time"], params["cursor_id"] = cursor
     rows = await conn.execute(
         (
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} "
+            f"SELECT {_RUN_COLUMNS if full else _BASIC_RUN_COLUMNS}, {_LIVE_STEPS} "
+            f"FROM runs WHERE {' AND '.join(clauses)} "
             "ORDER BY created_at DESC, id DESC LIMIT :limit"
         ),
         params,
     )
-    return [_run(r, ()) for r in rows]
+    return [replace(_run(r, ()), live_steps=tuple(r.live_steps)) for r in rows]
 
 
 async def completed_steps(conn: Connection, run_id: uuid.UUID) -> list[str]:
