@@ -130,20 +130,39 @@ class AttemptCommands(EngineCore):
     ) -> StartDecision:
         """A worker received the attempt's task but cannot run it (it lacks the handler): the
         attempt is published again after a backoff that doubles with each delivery (from
-        `DECLINE_BACKOFF_MS` up to the dispatch timeout), for a worker that has the handler."""
+        `DECLINE_BACKOFF_MS` up to the dispatch timeout), for a worker that has the handler.
+        The decline is recorded on the run (at most once a second), so it says why it waits."""
         async with self._db.connect() as conn:
-            delay_ms = await attempts.decline(
-                conn, attempt_id, token, DECLINE_BACKOFF_MS, self._config.dispatch_timeout_ms
+            declined = await attempts.decline(
+                conn,
+                attempt_id,
+                token,
+                worker_id,
+                DECLINE_BACKOFF_MS,
+                self._config.dispatch_timeout_ms,
             )
-        if delay_ms is not None:
+            if declined is not None and declined[1] is not None:
+                await self._note(conn, "attempt_declined", [declined[1]])
+        if declined is not None:
             log.info(
                 "attempt_declined",
                 attempt=str(attempt_id),
                 worker_id=worker_id,
-                retry_in_ms=delay_ms,
+                retry_in_ms=declined[0],
             )
-            self._wakeups.timers_changed(delay_ms)
+            self._wakeups.timers_changed(declined[0])
         return StartDecision(accepted=False, refusal_reason="declined")
+
+    async def _note(self, conn: Connection, kind: str, noted: list[attempts.Noted]) -> None:
+        """Records attempt events (progress, declines) in their runs' logs, one change per
+        run, and wakes the runs' watchers."""
+        by_run: dict[uuid.UUID, RunChange] = {}
+        for note in noted:
+            change = by_run.setdefault(note.run_id, RunChange(note.run_id))
+            change.events.append(NewEvent(kind, note.step_name, note.number, note.data))
+        for change in by_run.values():
+            await changes.apply(conn, change)
+            self._wakeups.run_changed(str(change.run_id))
 
     def _hand_off(
         self, change: RunChange, offer: HandoffOffer | None, attempt_id: uuid.UUID
@@ -575,9 +594,12 @@ class AttemptCommands(EngineCore):
     ) -> HeartbeatResult:
         async with self._db.connect() as conn:
             alive = await attempts.heartbeat(conn, worker_id, beats)
-        kept = {attempt_id for attempt_id, _ in alive}
+            progressed = [noted for _, _, noted in alive if noted is not None]
+            if progressed:
+                await self._note(conn, "attempt_progress", progressed)
+        kept = {attempt_id for attempt_id, _, _ in alive}
         return HeartbeatResult(
-            cancel=[attempt_id for attempt_id, cancel in alive if cancel],
+            cancel=[attempt_id for attempt_id, cancel, _ in alive if cancel],
             lost=[str(attempt_id) for attempt_id, _, _ in beats if str(attempt_id) not in kept],
         )
 

@@ -259,54 +259,100 @@ async def finish(
     )
 
 
+@dataclass(frozen=True)
+class Noted:
+    """An attempt event to record in its run's log (a progress change, a decline)."""
+
+    run_id: uuid.UUID
+    step_name: str
+    number: int
+    data: dict[str, JSON]
+
+
+NOTE_EVERY = "interval '1 second'"
+"""How often at most a progress change, or a decline, of one attempt becomes a run event."""
+
+
 async def heartbeat(
     conn: Connection, worker_id: str, beats: list[tuple[uuid.UUID, str, JSON]]
-) -> list[tuple[str, bool]]:
-    """Renews the leases of running attempts; returns (attempt id, run is cancelling) for the
-    attempts that are still this worker's. The lease of an attempt whose run is cancelling is
-    not renewed: a handler that ignores the cancel is ended when it expires."""
+) -> list[tuple[str, bool, Noted | None]]:
+    """Renews the leases of running attempts; returns (attempt id, run is cancelling, progress
+    to record) for the attempts that are still this worker's. The lease of an attempt whose run
+    is cancelling is not renewed: a handler that ignores the cancel is ended when it expires.
+    Progress is to be recorded when it changed, and not within a second of the last one."""
     rows = await conn.execute(
         (
             "WITH w AS (UPDATE workers SET last_seen_at = now() WHERE id = :worker_id "
             "RETURNING 1) "
             "UPDATE attempts a SET lease_expires_at = CASE WHEN r.status = 'cancelling' "
             "THEN a.lease_expires_at ELSE now() + a.heartbeat_timeout_ms "
-            "* interval '1 millisecond' END, progress = coalesce(x.details, a.progress) "
-            "FROM jsonb_to_recordset(CAST(:beats AS jsonb)) "
-            "AS x(id uuid, token text, details jsonb), runs r "
+            "* interval '1 millisecond' END, progress = coalesce(x.details, a.progress), "
+            "progress_noted_at = CASE WHEN x.note THEN now() ELSE a.progress_noted_at END "
+            "FROM (SELECT b.*, b.details IS NOT NULL AND b.details IS DISTINCT FROM o.progress "
+            f"AND (o.progress_noted_at IS NULL OR o.progress_noted_at <= now() - {NOTE_EVERY}) "
+            "AS note FROM jsonb_to_recordset(CAST(:beats AS jsonb)) "
+            "AS b(id uuid, token text, details jsonb) JOIN attempts o ON o.id = b.id) x, runs r "
             "WHERE a.id = x.id AND a.token = x.token AND a.status = 'running' "
             "AND r.id = a.run_id "
-            "RETURNING a.id, r.status = 'cancelling' AS cancel, (SELECT count(*) FROM w) AS n"
+            "RETURNING a.id, r.status = 'cancelling' AS cancel, (SELECT count(*) FROM w) AS n, "
+            "x.note, a.run_id, a.step_name, a.number, a.progress"
         ),
         {
             "worker_id": worker_id,
             "beats": dumps([{"id": str(i), "token": t, "details": d} for i, t, d in beats]),
         },
     )
-    return [(str(r.id), bool(r.cancel)) for r in rows]
+    return [
+        (
+            str(r.id),
+            bool(r.cancel),
+            Noted(r.run_id, r.step_name, r.number, {"progress": r.progress}) if r.note else None,
+        )
+        for r in rows
+    ]
 
 
 async def decline(
-    conn: Connection, attempt_id: uuid.UUID, token: str, first_ms: int, max_ms: int
-) -> int | None:
+    conn: Connection,
+    attempt_id: uuid.UUID,
+    token: str,
+    worker_id: str,
+    first_ms: int,
+    max_ms: int,
+) -> tuple[int, Noted | None] | None:
     """Makes a published task attempt that a worker gave back a timer again, due after
     `first_ms` doubled for each time a timer published it again, up to `max_ms`; returns that
-    delay. None when the attempt is no longer published and unclaimed."""
+    delay, and the decline to record unless one was within the last second. None when the
+    attempt is no longer published and unclaimed."""
     row = (
         await conn.execute(
             (
                 "WITH d AS (SELECT id, least(:max_ms, :first_ms * power(2, "
-                "least(kick_count, 30)))::bigint AS ms FROM attempts "
+                "least(kick_count, 30)))::bigint AS ms, (declined_noted_at IS NULL OR "
+                f"declined_noted_at <= now() - {NOTE_EVERY}) AS note FROM attempts "
                 "WHERE id = :id AND token = :token AND status = 'scheduled' AND kind = 'task' "
                 "AND kicked_at IS NOT NULL FOR UPDATE) "
-                "UPDATE attempts SET kicked_at = NULL, "
-                "due_at = now() + d.ms * interval '1 millisecond' "
-                "FROM d WHERE attempts.id = d.id RETURNING d.ms"
+                "UPDATE attempts a SET kicked_at = NULL, "
+                "due_at = now() + d.ms * interval '1 millisecond', "
+                "declined_noted_at = CASE WHEN d.note THEN now() ELSE a.declined_noted_at END "
+                "FROM d WHERE a.id = d.id "
+                "RETURNING d.ms, d.note, a.run_id, a.step_name, a.number, a.queue, a.handler"
             ),
             {"id": attempt_id, "token": token, "first_ms": first_ms, "max_ms": max_ms},
         )
     ).first()
-    return None if row is None else int(row.ms)
+    if row is None:
+        return None
+    noted = None
+    if row.note:
+        data: dict[str, JSON] = {
+            "worker_id": worker_id,
+            "handler": row.handler,
+            "queue": row.queue,
+            "retry_in_ms": int(row.ms),
+        }
+        noted = Noted(row.run_id, row.step_name, row.number, data)
+    return int(row.ms), noted
 
 
 @dataclass(frozen=True)

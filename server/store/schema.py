@@ -127,6 +127,10 @@ attempts = Table(
     # result (claimed at once, never published), so a worker resending that result after a
     # lost answer is handed it again.
     Column("handoff_from", UUID(as_uuid=True)),
+    # When a progress change, and a decline by a worker without the handler, were last
+    # recorded as run events: at most one of each a second per attempt.
+    Column("progress_noted_at", DateTime(timezone=True)),
+    Column("declined_noted_at", DateTime(timezone=True)),
     UniqueConstraint("run_id", "step_name", "number", name="attempts_run_step_number_key"),
     # Timer and reconciler scans touch only live attempts.
     Index(

@@ -5,6 +5,7 @@ WorkerService, the way the SDK drives it."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from squidmesh.v1.workflow_service_pb2_grpc import WorkflowServiceStub
 from server.embedded import EmbeddedUrls
 from server.store.db import libpq_url
 from tests.integration.servers import running_app
+from worker_sdk import struct_to_dict
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     from squidmesh.v1.run_service_pb2_grpc import RunServiceAsyncStub
@@ -44,6 +46,9 @@ def definition(name: str = "orders", handler_suffix: str = "") -> workflow_pb2.W
                 default_value=struct_pb2.Value(number_value=1),
             ),
         ],
+    )
+    d.triggers.add(  # a second entry point with the same contract
+        name="import", manual=workflow_pb2.ManualTrigger(), payload=d.triggers[0].payload
     )
     d.steps.add(
         name="reserve", task=workflow_pb2.TaskStep(handler=f"orders.reserve{handler_suffix}")
@@ -76,6 +81,16 @@ def details(error: aio.AioRpcError) -> tuple[str, list[tuple[str, str]]]:
         elif any_detail.Unpack(bad):
             violations = [(v.field, v.description) for v in bad.field_violations]
     return reason, violations
+
+
+def error_info(error: aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert raw is not None, "no rich error details"
+    for any_detail in status_pb2.Status.FromString(raw).details:
+        info = error_details_pb2.ErrorInfo()
+        if any_detail.Unpack(info):
+            return info
+    raise AssertionError("no ErrorInfo")
 
 
 def payload(**fields: Any) -> struct_pb2.Struct:
@@ -204,13 +219,31 @@ async def test_start_run_validation_and_idempotency(
         )
     )
     assert (same.run.id, same.created) == (first.run.id, False)
-    with pytest.raises(aio.AioRpcError) as raised:
-        await runs.StartRun(
-            run_service_pb2.StartRunRequest(
-                workflow="orders", payload=payload(amount=11), idempotency_key="order-1"
+    # A key names one request: another payload, or the same payload through another
+    # trigger, is refused and names the run the key started.
+    for trigger, amount in [("", 11), ("import", 10), ("manual", 11)]:
+        with pytest.raises(aio.AioRpcError) as raised:
+            await runs.StartRun(
+                run_service_pb2.StartRunRequest(
+                    workflow="orders",
+                    trigger=trigger,
+                    payload=payload(amount=amount),
+                    idempotency_key="order-1",
+                )
             )
+        assert raised.value.code() == StatusCode.ALREADY_EXISTS
+        info = error_info(raised.value)
+        assert info.reason == "IDEMPOTENCY_KEY_REUSED"
+        assert info.metadata["run_id"] == first.run.id
+    explicit = await runs.StartRun(
+        run_service_pb2.StartRunRequest(
+            workflow="orders",
+            trigger="manual",
+            payload=payload(amount=10),
+            idempotency_key="order-1",
         )
-    assert raised.value.code() == StatusCode.ALREADY_EXISTS
+    )
+    assert (explicit.run.id, explicit.created) == (first.run.id, False)
     assert await count_rows(database_url, "runs") == 1
 
     with pytest.raises(aio.AioRpcError) as raised:
@@ -252,6 +285,23 @@ async def scheduled_attempt(database_url: str, run_id: str, step: str) -> tuple[
         ).fetchone()
     assert row is not None
     return str(row[0]), str(row[1])
+
+
+async def run_events(channel: aio.Channel, run_id: str) -> list[run_pb2.RunEvent]:
+    """The run's event log so far (WatchRun from 0, up to GetRun's last sequence)."""
+    runs = RunServiceStub(channel)
+    last = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=run_id))).run.last_sequence
+    events: list[run_pb2.RunEvent] = []
+    if last == 0:
+        return events
+    watch = runs.WatchRun(run_service_pb2.WatchRunRequest(run_id=run_id, after_sequence=0))
+    async for message in watch:
+        if message.HasField("event"):
+            events.append(message.event)
+            if message.event.sequence >= last:
+                break
+    watch.cancel()
+    return events
 
 
 async def test_fenced_attempt_protocol_cancel_and_replay(
@@ -407,6 +457,111 @@ async def test_list_runs_pages_newest_first(channel: aio.Channel) -> None:
     with pytest.raises(aio.AioRpcError) as raised:
         await runs.ListRuns(run_service_pb2.ListRunsRequest(page_token="garbage!"))
     assert raised.value.code() == StatusCode.INVALID_ARGUMENT
+
+
+async def test_list_runs_basic_view_ships_no_run_data(
+    channel: aio.Channel, database_url: str
+) -> None:
+    """ListRuns' default view has status, times, current steps and the error's reason, but no
+    payload, context or error details; RUN_VIEW_FULL adds them. GetRun stays full."""
+    runs = await register_orders(channel)
+    pending = (
+        await runs.StartRun(
+            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=1))
+        )
+    ).run
+    failing = (
+        await runs.StartRun(
+            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=2))
+        )
+    ).run
+    protocol = Protocol(channel)
+    attempt_id, token = await scheduled_attempt(database_url, failing.id, "reserve")
+    claim = wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id="w1")
+    assert (await protocol.send(started=claim)).start.accepted
+    secret = payload(card="4242")
+    failed = wpb.AttemptFailed(
+        attempt_id=attempt_id, token=token, message="declined", details=secret, non_retryable=True
+    )
+    assert (await protocol.send(failed=failed)).result.accepted
+
+    for view in (run_service_pb2.RUN_VIEW_UNSPECIFIED, run_service_pb2.RUN_VIEW_BASIC):
+        listed = {
+            r.id: r for r in (await runs.ListRuns(run_service_pb2.ListRunsRequest(view=view))).runs
+        }
+        assert set(listed) == {pending.id, failing.id}
+        for run in listed.values():
+            assert not run.HasField("payload") and not run.HasField("context")
+            assert not run.steps
+        assert list(listed[pending.id].current_steps) == ["reserve"]
+        bad = listed[failing.id]
+        assert bad.status == run_pb2.RUN_STATUS_FAILED
+        assert (bad.error.message, bad.error.step) == ("declined", "reserve")
+        assert not bad.error.HasField("details")
+        assert b"4242" not in bad.SerializeToString()
+
+    full = {
+        r.id: r
+        for r in (
+            await runs.ListRuns(run_service_pb2.ListRunsRequest(view=run_service_pb2.RUN_VIEW_FULL))
+        ).runs
+    }
+    assert dict(full[pending.id].payload) == {"amount": 1, "count": 1}
+    assert dict(full[failing.id].error.details)["card"] == "4242"
+    assert list(full[pending.id].current_steps) == ["reserve"]
+    got = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=failing.id))).run
+    assert dict(got.error.details)["card"] == "4242" and got.steps
+
+    with pytest.raises(aio.AioRpcError) as raised:
+        await runs.ListRuns(run_service_pb2.ListRunsRequest(view=7))  # type: ignore[arg-type]
+    assert raised.value.code() == StatusCode.INVALID_ARGUMENT
+
+
+async def test_progress_is_recorded_when_it_changes_at_most_once_a_second(
+    channel: aio.Channel, database_url: str
+) -> None:
+    runs = await register_orders(channel)
+    run = (
+        await runs.StartRun(
+            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=5))
+        )
+    ).run
+    protocol = Protocol(channel)
+    attempt_id, token = await scheduled_attempt(database_url, run.id, "reserve")
+    claim = wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id="w1")
+    assert (await protocol.send(started=claim)).start.accepted
+
+    async def beat(**progress: Any) -> None:
+        details = payload(**progress) if progress else None
+        attempt = wpb.AttemptProgress(attempt_id=attempt_id, token=token, details=details)
+        answer = await protocol.send(
+            heartbeat=wpb.WorkerHeartbeat(worker_id="w1", attempts=[attempt])
+        )
+        assert list(answer.heartbeat.lost_attempt_ids) == []
+
+    async def recorded() -> list[dict[str, Any]]:
+        return [
+            struct_to_dict(e.data)["progress"]
+            for e in await run_events(channel, run.id)
+            if e.type == run_pb2.RUN_EVENT_TYPE_ATTEMPT_PROGRESS
+        ]
+
+    began = time.monotonic()
+    await beat(rows=1)
+    await beat(rows=1)  # unchanged
+    await beat()  # no progress
+    await beat(rows=2)  # changed, but within a second of the last one recorded
+    within = time.monotonic() - began
+    seen = await recorded()
+    if within < 1:
+        assert seen == [{"rows": 1}]
+    await asyncio.sleep(1.05)
+    await beat(rows=3)
+    assert (await recorded())[-1] == {"rows": 3}
+    events = [e for e in await run_events(channel, run.id) if e.step == "reserve"]
+    assert events[-1].attempt_number == 1
+    got = (await runs.GetRun(run_service_pb2.GetRunRequest(run_id=run.id))).run
+    assert struct_to_dict(got.steps[0].attempts[0].progress) == {"rows": 3}
 
 
 async def test_result_after_cancel_ends_the_run_cancelled(
@@ -594,7 +749,7 @@ async def test_requests_sent_as_one_batch_are_each_answered(
     workers = WorkerServiceStub(channel)
     registered = await workers.RegisterWorker(
         wpb.RegisterWorkerRequest(
-            worker_id="w-batch", queues=["default"], handlers=["orders.reserve"], concurrency=2
+            worker_id="w-batch", queues=["orders"], handlers=["orders.reserve"], concurrency=2
         )
     )
     assert registered.accepts_batches

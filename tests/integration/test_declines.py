@@ -4,14 +4,18 @@ delivery, instead of after the dispatch timeout; an attempt claimed meanwhile is
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 from grpc import aio
+from squidmesh.v1 import run_pb2
 from squidmesh.v1 import worker_service_pb2 as wpb
 from squidmesh.v1.worker_service_pb2_grpc import WorkerServiceStub
 
 from server.app import App
 from server.embedded import EmbeddedUrls
 from server.store.db import libpq_url
+from tests.integration.test_api import run_events
 from tests.integration.test_handoff import (
     ORDERS_HANDLERS,
     attempt_row,
@@ -20,6 +24,7 @@ from tests.integration.test_handoff import (
     wait_until,
     worker_protocol,
 )
+from worker_sdk import struct_to_dict
 
 
 async def due_in_ms(database_url: str, attempt_id: str) -> float:
@@ -45,18 +50,40 @@ async def test_a_declined_attempt_is_published_again_after_a_doubling_backoff(
     app: App, channel: aio.Channel, database_url: str, services: EmbeddedUrls
 ) -> None:
     registration = await WorkerServiceStub(channel).RegisterWorker(
-        wpb.RegisterWorkerRequest(worker_id="w-probe", queues=["default"])
+        wpb.RegisterWorkerRequest(worker_id="w-probe", queues=["orders"])
     )
     assert registration.accepts_declines
     protocol = await worker_protocol(channel, "w-old", ["orders.ship"])
     run, attempt_id, token = await start_orders(channel, database_url)
     assert await published(services.redis_url, app) == 1
 
+    began = time.monotonic()
     for delivery, backoff_ms in ((2, 100), (3, 200)):
         answer = await protocol.send(declined=declined(attempt_id, token))
+        answered = time.monotonic()
         assert (answer.start.accepted, answer.start.refusal_reason) == (False, "declined")
         assert 0 < await due_in_ms(database_url, attempt_id) <= backoff_ms
         await wait_until(lambda: published(services.redis_url, app), delivery)
+
+    # The run says why it waits: the declines are in its log, at most one a second.
+    notes = [
+        e
+        for e in await run_events(channel, run.id)
+        if e.type == run_pb2.RUN_EVENT_TYPE_ATTEMPT_DECLINED
+    ]
+    first = struct_to_dict(notes[0].data)
+    assert first == {
+        "worker_id": "w-old",
+        "handler": "orders.reserve",
+        "queue": "orders",
+        "retry_in_ms": 100,
+    }
+    assert (notes[0].step, notes[0].attempt_number) == ("reserve", 1)
+    apart = answered - began  # the two declines were recorded at most this far apart
+    if apart < 1:
+        assert len(notes) == 1, f"two declines {apart:.2f}s apart were both recorded"
+    else:
+        assert len(notes) <= 2
 
     # A worker that has the handler claims it; a late decline changes nothing.
     other = await worker_protocol(channel, "w-new", ORDERS_HANDLERS)
