@@ -1,5 +1,5 @@
-"""A workflow only newer workers have, on the default queue that older workers (with
-`tests.e2e.flows`) consume too: what a rolling deploy looks like to the queue."""
+"""A workflow only newer workers have, on the queue of `e2e_slow`, which older workers (with
+`tests.e2e.flows`) consume too: what a rolling deploy looks like to a shared queue."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ rolling = Workflow("e2e_rolling", description="a step only the newer workers can
 rolling.trigger("manual")
 
 
-@rolling.task(output_key="new")
+@rolling.task(output_key="new", queue="e2e_slow")
 async def new_step(input: dict[str, Any], ctx: StepContext) -> str:
     return "new"
 
