@@ -150,10 +150,20 @@ def validate_payload(
     return result
 
 
-def payload_hash(payload: Mapping[str, JSON]) -> str:
-    """sha256 of the canonical JSON of a payload, for idempotency checks."""
+def clock_defaulted(trigger: Trigger, sent: Mapping[str, JSON]) -> frozenset[str]:
+    """The fields a payload left to a "now" or "today" default: their value depends on when
+    the run starts, so they are no part of what an idempotency key stands for."""
+    return frozenset(
+        f.name for f in trigger.payload if f.default in (NOW, TODAY) and sent.get(f.name) is None
+    )
+
+
+def payload_hash(payload: Mapping[str, JSON], leave_out: frozenset[str] = frozenset()) -> str:
+    """sha256 of the canonical JSON of a payload without the fields `leave_out`, for
+    idempotency checks."""
+    kept = {k: v for k, v in payload.items() if k not in leave_out}
     canonical = json.dumps(
-        _canonical(dict(payload)), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        _canonical(kept), sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -31,7 +31,7 @@ from server.engine.model import (
     StepStatus,
     WorkflowDef,
 )
-from server.engine.payload import payload_hash, validate_payload
+from server.engine.payload import clock_defaulted, payload_hash, validate_payload
 from server.engine.views import (
     AttemptView,
     RunView,
@@ -136,7 +136,7 @@ class RunCommands(EngineCore):
                 workflow_version=version.version,
                 trigger=chosen.name,
                 payload=valid,
-                payload_hash=payload_hash(valid),
+                payload_hash=payload_hash(valid, clock_defaulted(chosen, payload)),
                 idempotency_key=idempotency_key or None,
                 source_run_id=source.id if source else None,
                 latest=source_workflow_id is None,

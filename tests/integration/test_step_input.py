@@ -4,6 +4,7 @@ route applies as for any failure."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import psycopg
@@ -137,3 +138,25 @@ async def test_a_missing_input_among_ready_branches_starts_none_of_them(
     statuses = {s.name: s.status for s in got.steps}
     assert statuses == {"a": run_pb2.STEP_STATUS_CANCELLED, "b": run_pb2.STEP_STATUS_FAILED}
     assert await attempt_steps(database_url, run.id) == [], "nothing was dispatched"
+
+
+async def test_a_key_retried_later_returns_its_run_despite_a_now_default(
+    channel: aio.Channel,
+) -> None:
+    """The idempotency of StartRun does not depend on when it is called: a "now" default is
+    resolved for the run, but is no part of what the key stands for."""
+    wf = Workflow("stamped")
+    wf.trigger("manual", payload=[Field("at", "timestamp", default="now"), Field("n", "integer")])
+    wf.task(name="only")(handler)
+    await WorkflowServiceStub(channel).RegisterWorkflow(
+        workflow_service_pb2.RegisterWorkflowRequest(definition=wf.definition())
+    )
+    runs = RunServiceStub(channel)
+    request = run_service_pb2.StartRunRequest(
+        workflow="stamped", payload=payload(n=1), idempotency_key="k"
+    )
+    first = await runs.StartRun(request)
+    await asyncio.sleep(0.01)  # "now" moves on
+    again = await runs.StartRun(request)
+    assert (again.run.id, again.created) == (first.run.id, False)
+    assert again.run.payload["at"] == first.run.payload["at"]

@@ -7,6 +7,7 @@ import pytest
 from server.engine.errors import FieldViolation, InvalidArgument
 from server.engine.model import JSON, FieldType, PayloadField, Trigger
 from server.engine.payload import (
+    clock_defaulted,
     conform_value,
     json_type_name,
     parse_timestamp,
@@ -209,6 +210,31 @@ def test_conform_value_normalises_whole_integers_only() -> None:
     assert conform_value(FieldType.INTEGER, 7.0) == (7, None)
     assert conform_value(FieldType.NUMBER, 7.0) == (7.0, None)
     assert conform_value(FieldType.INTEGER, 7.5)[1] == "must be an integer, got number"
+
+
+def test_clock_defaults_are_left_out_of_the_hash_unless_sent() -> None:
+    trigger = Trigger(
+        "manual",
+        payload=(
+            PayloadField("at", FieldType.TIMESTAMP, default="now"),
+            PayloadField("day", FieldType.TIMESTAMP, default="today"),
+            PayloadField("n", FieldType.INTEGER, default=1),
+        ),
+    )
+    sent: dict[str, JSON] = {"day": "2026-01-02"}
+    hashes = set()
+    for moment in (datetime(2026, 1, 1, 9, tzinfo=UTC), datetime(2026, 3, 1, 9, tzinfo=UTC)):
+        valid = validate_payload(trigger, sent, moment)
+        assert clock_defaulted(trigger, sent) == {"at"}
+        hashes.add(payload_hash(valid, clock_defaulted(trigger, sent)))
+    assert len(hashes) == 1, "a retry later with the same payload must hash the same"
+    # Sent explicitly, a time is part of the request.
+    at = {"at": "2026-01-01T00:00:00Z"}
+    assert clock_defaulted(trigger, at) == {"day"}
+    other = {"at": "2026-01-01T00:00:01Z"}
+    assert payload_hash(at, clock_defaulted(trigger, at)) != payload_hash(
+        other, clock_defaulted(trigger, other)
+    )
 
 
 def test_payload_hash_is_canonical() -> None:
