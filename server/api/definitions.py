@@ -30,7 +30,7 @@ from server.engine.model import (
     Trigger,
     WorkflowDef,
 )
-from server.engine.retry import DEFAULT_RETRY_POLICY
+from server.engine.retry import DEFAULT_RETRY_POLICY, DELAY_CEILING_MS
 from server.engine.validation import validate_definition
 from worker_sdk.values import to_value, value_to_python
 
@@ -152,12 +152,12 @@ def _step(pb: workflow_pb2.Step, where: str, workflow: str, problems: list[Field
         log_message=pb.log.message,
         retry=_retry(pb.retry, f"{where}.retry", problems) if pb.HasField("retry") else None,
         attempt_timeout_ms=(
-            _ms(pb.attempt_timeout, f"{where}.attempt_timeout", problems)
+            _ms(pb.attempt_timeout, f"{where}.attempt_timeout", problems, MAX_TIMEOUT_MS)
             if pb.HasField("attempt_timeout")
             else None
         ),
         heartbeat_timeout_ms=(
-            _ms(pb.heartbeat_timeout, f"{where}.heartbeat_timeout", problems)
+            _ms(pb.heartbeat_timeout, f"{where}.heartbeat_timeout", problems, MAX_TIMEOUT_MS)
             if pb.HasField("heartbeat_timeout")
             else None
         ),
@@ -226,10 +226,26 @@ def _transition(
     )
 
 
-def _ms(duration: duration_pb2.Duration, where: str, problems: list[FieldViolation]) -> int:
+MAX_TIMEOUT_MS = 2**31 - 1
+"""The longest attempt or heartbeat timeout (about 24.8 days: they are 32-bit columns)."""
+
+
+def _ms(
+    duration: duration_pb2.Duration,
+    where: str,
+    problems: list[FieldViolation],
+    limit_ms: int = DELAY_CEILING_MS,
+) -> int:
+    """A duration in milliseconds, between 0 and `limit_ms` (a wait or a backoff: a year)."""
     ms = duration.ToMilliseconds()
     if ms < 0:
         problems.append(FieldViolation(where, "must not be negative"))
+    elif ms > limit_ms:
+        problems.append(
+            FieldViolation(
+                where, f"must be at most {limit_ms} ms ({limit_ms / 86_400_000:.1f} days)"
+            )
+        )
     return ms
 
 

@@ -10,10 +10,12 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc import aio
 from grpc_status import rpc_status
 
+from server.api import sanity
 from server.engine.errors import (
     AlreadyExists,
     DomainError,
@@ -36,13 +38,31 @@ _CODES: list[tuple[type[DomainError], int]] = [
 ]
 
 
+MAX_MESSAGE = 1024
+"""Longest error message, field or metadata value sent: errors quote requests (a name, a key)
+and must never grow as large as them."""
+
+
+def _bounded(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_request(request: Message) -> None:
+    """Refuses a request that carries what no request may (see `sanity`)."""
+    found = sanity.problems(request)
+    if found:
+        count = len(found)
+        raise InvalidArgument(
+            f"the request has {count} invalid field{'' if count == 1 else 's'}", found
+        )
+
+
 def to_status(error: DomainError) -> grpc.Status:
     code = next((c for kind, c in _CODES if isinstance(error, kind)), code_pb2.INTERNAL)
     details = []
     info = any_pb2.Any()
-    info.Pack(
-        error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-    )
+    metadata = {k: _bounded(v, 256) for k, v in error.metadata.items()}
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))
     details.append(info)
     if isinstance(error, InvalidArgument) and error.violations:
         bad = any_pb2.Any()
@@ -50,7 +70,7 @@ def to_status(error: DomainError) -> grpc.Status:
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+                        field=_bounded(v.field, 256), description=_bounded(v.description)
                     )
                     for v in error.violations
                 ]
@@ -58,7 +78,7 @@ def to_status(error: DomainError) -> grpc.Status:
         )
         details.append(bad)
     status: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(code=code, message=error.message, details=details)
+        status_pb2.Status(code=code, message=_bounded(error.message), details=details)
     )
     return status
 
@@ -72,6 +92,7 @@ def handle_errors(method: F) -> F:
     @wraps(method)
     async def wrapper(self: Any, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         try:
+            check_request(request)
             return await method(self, request, context)
         except DomainError as exc:
             await context.abort_with_status(to_status(exc))

@@ -14,7 +14,7 @@ from squidmesh.v1 import run_service_pb2 as pb
 from squidmesh.v1 import run_service_pb2_grpc as pb_grpc
 
 from server.api import convert
-from server.api.errors import handle_errors, log, to_status
+from server.api.errors import check_request, handle_errors, log, to_status
 from server.engine.commands import Engine
 from server.engine.errors import DomainError, FieldViolation, InvalidArgument
 from server.engine.views import EventView, RunView
@@ -83,11 +83,6 @@ class RunService(pb_grpc.RunServiceServicer):
                 request.create_time_before, request.HasField("create_time_before")
             ),
         )
-        if request.view not in pb.RunView.values():
-            raise InvalidArgument(
-                "view is not a RunView",
-                [FieldViolation("view", f"unknown value {request.view}")],
-            )
         full = request.view == pb.RUN_VIEW_FULL
         runs = await self._engine.list_runs(where, cursor, limit + 1, full=full)
         next_token = ""
@@ -105,6 +100,7 @@ class RunService(pb_grpc.RunServiceServicer):
         self, request: pb.WatchRunRequest, context: Context
     ) -> AsyncIterator[pb.WatchRunResponse]:
         try:
+            check_request(request)
             run_id = convert.parse_uuid(request.run_id, "run_id")
             after = request.after_sequence if request.HasField("after_sequence") else None
             if after is not None and after < 0:

@@ -28,11 +28,11 @@ from grpc import aio
 from squidmesh.v1 import worker_service_pb2 as pb
 from squidmesh.v1 import worker_service_pb2_grpc as pb_grpc
 
-from server.api import convert
-from server.api.errors import handle_errors, log
+from server.api import convert, sanity
+from server.api.errors import check_request, handle_errors, log
 from server.dispatch.publisher import CONSUMER_GROUP, TASK_NAME
 from server.engine.commands import Engine
-from server.engine.errors import FieldViolation, InvalidArgument
+from server.engine.errors import DomainError, FieldViolation, InvalidArgument
 from server.engine.model import Failure, FailureReason
 from server.engine.views import HandoffOffer, StartDecision
 from worker_sdk.attempt_stream import (
@@ -125,6 +125,8 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         async def answer(request: pb.StreamAttemptsRequest) -> None:
             try:
                 response = await self._handle(request, worker_id)
+            except DomainError as exc:  # unreadable: answered refused, never sent again
+                response = _refused(request, exc.message)
             except Exception:
                 # No answer: the worker times the request out and sends it again.
                 log.exception("attempt_stream_request_failed", request_id=request.request_id)
@@ -136,6 +138,8 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             try:
                 async for message in request_iterator:
                     for request in message.batch or (message,):
+                        if request.batch:  # a batch inside a batch: answered as unreadable
+                            request = pb.StreamAttemptsRequest(request_id=request.request_id)
                         task = asyncio.create_task(answer(request))
                         pending.add(task)
                         task.add_done_callback(pending.discard)
@@ -190,6 +194,9 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         self, request: pb.StreamAttemptsRequest, worker_id: str
     ) -> pb.StreamAttemptsResponse:
         kind = request.WhichOneof("message")
+        if kind in ("started", "declined"):
+            # Ids and tokens: a request with unreadable ones is refused whole.
+            check_request(request)
         if kind == "started":
             started = request.started
             decision = await self._engine.claim_attempt(
@@ -208,13 +215,22 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             return pb.StreamAttemptsResponse(start=_start_decision(decision))
         if kind == "heartbeat":
             beat = request.heartbeat
+            check_request(  # progress apart: bad progress is dropped, the lease renewed
+                pb.WorkerHeartbeat(
+                    worker_id=beat.worker_id,
+                    attempts=[
+                        pb.AttemptProgress(attempt_id=a.attempt_id, token=a.token)
+                        for a in beat.attempts
+                    ],
+                )
+            )
             result = await self._engine.heartbeat(
                 beat.worker_id,
                 [
                     (
                         convert.parse_uuid(a.attempt_id, "heartbeat.attempts.attempt_id"),
                         a.token,
-                        struct_to_dict(a.details) if a.HasField("details") else None,
+                        _progress(a),
                     )
                     for a in beat.attempts
                 ],
@@ -226,34 +242,44 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             )
         if kind == "completed":
             done = request.completed
-            result_decision = await self._engine.complete_attempt(
-                convert.parse_uuid(done.attempt_id, "completed.attempt_id"),
-                done.token,
-                value_to_python(done.output),
-                await self._offer(worker_id, done.accept_handoff),
-            )
+            check_request(pb.AttemptCompleted(attempt_id=done.attempt_id, token=done.token))
+            attempt_id = convert.parse_uuid(done.attempt_id, "completed.attempt_id")
+            offer = await self._offer(worker_id, done.accept_handoff)
+            invalid = sanity.problems(done.output, "output")
+            if invalid:
+                result_decision = await self._engine.fail_attempt(
+                    attempt_id, done.token, _unstorable("output", invalid), None, offer
+                )
+            else:
+                result_decision = await self._engine.complete_attempt(
+                    attempt_id, done.token, value_to_python(done.output), offer
+                )
         elif kind == "failed":
             failed = request.failed
-            reason = (
-                FailureReason.CANCELLED
-                if failed.error_type == "Cancelled"
-                else FailureReason.HANDLER_ERROR
-            )
-            result_decision = await self._engine.fail_attempt(
-                convert.parse_uuid(failed.attempt_id, "failed.attempt_id"),
-                failed.token,
-                Failure(
-                    reason=reason,
+            check_request(pb.AttemptFailed(attempt_id=failed.attempt_id, token=failed.token))
+            attempt_id = convert.parse_uuid(failed.attempt_id, "failed.attempt_id")
+            offer = await self._offer(worker_id, failed.accept_handoff, failed.accept_retry)
+            invalid = sanity.problems(failed)
+            if invalid:
+                failure = _unstorable("error", invalid)
+            else:
+                failure = Failure(
+                    reason=FailureReason.CANCELLED
+                    if failed.error_type == "Cancelled"
+                    else FailureReason.HANDLER_ERROR,
                     type=failed.error_type,
                     message=failed.message,
                     details=struct_to_dict(failed.details),
                     non_retryable=failed.non_retryable,
-                ),
-                failed.retry_after.ToMilliseconds() if failed.HasField("retry_after") else None,
-                await self._offer(worker_id, failed.accept_handoff, failed.accept_retry),
+                )
+            retry_after = (
+                failed.retry_after.ToMilliseconds() if failed.HasField("retry_after") else None
+            )
+            result_decision = await self._engine.fail_attempt(
+                attempt_id, failed.token, failure, None if invalid else retry_after, offer
             )
         else:
-            raise InvalidArgument("empty attempt stream message", [])
+            raise InvalidArgument("the request has no content (or a batch inside a batch)", [])
         handoff, retry = result_decision.handoff, result_decision.retry
         return pb.StreamAttemptsResponse(
             result=pb.ResultAck(
@@ -275,6 +301,53 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 else None,
             )
         )
+
+
+def _progress(beat: pb.AttemptProgress) -> dict[str, Any] | None:
+    """A heartbeat's progress, if it can be stored: otherwise the lease is renewed all the same
+    and the progress dropped (a handler's bad progress must not cost it, or the worker's other
+    attempts, their leases)."""
+    if not beat.HasField("details"):
+        return None
+    invalid = sanity.problems(beat.details, "progress")
+    if invalid:
+        log.warning(
+            "attempt_progress_dropped",
+            attempt=beat.attempt_id,
+            problems=[f"{v.field}: {v.description}" for v in invalid],
+        )
+        return None
+    return struct_to_dict(beat.details)
+
+
+def _unstorable(what: str, invalid: list[FieldViolation]) -> Failure:
+    """The attempt's failure when its output or error cannot be stored (a NUL character, NaN):
+    it fails for good rather than be reported again and again."""
+    return Failure(
+        reason=f"{what}_invalid",
+        type=f"{what.capitalize()}Invalid",
+        message=f"the handler's {what} cannot be stored: "
+        + "; ".join(f"{v.field} {v.description}" for v in invalid),
+        details={"problems": [{"field": v.field, "problem": v.description} for v in invalid]},
+        non_retryable=True,
+    )
+
+
+def _refused(request: pb.StreamAttemptsRequest, message: str) -> pb.StreamAttemptsResponse:
+    """The answer to a request with unreadable ids or tokens (or none at all), in the answer
+    kind the worker waits for, so that it drops the request instead of sending it again."""
+    kind = request.WhichOneof("message")
+    reason = f"invalid: {message}"
+    if kind in ("started", "declined"):
+        return pb.StreamAttemptsResponse(
+            start=pb.StartDecision(accepted=False, refusal_reason=reason)
+        )
+    if kind in ("completed", "failed"):
+        return pb.StreamAttemptsResponse(result=pb.ResultAck(accepted=False, refusal_reason=reason))
+    if kind == "heartbeat":  # none of these attempts can be this worker's
+        lost = [a.attempt_id for a in request.heartbeat.attempts]
+        return pb.StreamAttemptsResponse(heartbeat=pb.HeartbeatAck(lost_attempt_ids=lost))
+    return pb.StreamAttemptsResponse(rejected=pb.RequestRejected(message=message))
 
 
 def _start_decision(decision: StartDecision) -> pb.StartDecision:

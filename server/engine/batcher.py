@@ -36,12 +36,31 @@ class Batcher(Generic[K, V]):
                 try:
                     results = await self._run([item for item, _ in batch])
                 except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    if len(batch) == 1:
+                        _settle(batch[0][1], exception=exc)
+                    else:  # one bad request must not fail the others: each alone again
+                        await asyncio.gather(*(self._alone(item, future) for item, future in batch))
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
+                    _settle(future, result)
         finally:
             self._draining = False
+
+    async def _alone(self, item: K, future: asyncio.Future[V]) -> None:
+        try:
+            (result,) = await self._run([item])
+        except Exception as exc:
+            _settle(future, exception=exc)
+        else:
+            _settle(future, result)
+
+
+def _settle(
+    future: asyncio.Future[V], result: V | None = None, exception: BaseException | None = None
+) -> None:
+    if future.done():  # its caller gave up (cancelled)
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]

@@ -17,6 +17,9 @@ from datetime import UTC, date, datetime
 from server.engine.errors import FieldViolation, InvalidArgument
 from server.engine.model import JSON, FieldType, Trigger
 
+MAX_EXACT_INT = 2**53
+"""The largest integer a JSON number (a double) holds exactly."""
+
 NOW = "now"
 TODAY = "today"
 """Timestamp defaults resolved when a run starts."""
@@ -81,7 +84,8 @@ def conform_value(field_type: FieldType, value: JSON) -> tuple[JSON, str | None]
     """The value normalised to the field type, or a description of why it does not fit."""
     match field_type:
         case FieldType.INTEGER:
-            fits = is_whole(value)
+            # Beyond 2^53 a JSON number (a double) no longer holds every integer exactly.
+            fits = is_whole(value) and abs(value) <= MAX_EXACT_INT
             value = int(value) if fits else value
         case FieldType.NUMBER:
             fits = is_number(value)
@@ -97,6 +101,8 @@ def conform_value(field_type: FieldType, value: JSON) -> tuple[JSON, str | None]
             fits = isinstance(value, str) and parse_timestamp(value) is not None
     if fits:
         return value, None
+    if field_type is FieldType.INTEGER and is_whole(value):
+        return None, "must be an integer between -2^53 and 2^53 (send larger ones as strings)"
     got = f"{value!r}" if field_type is FieldType.TIMESTAMP and isinstance(value, str) else ""
     return None, f"must be {_EXPECTED[field_type]}, got {got or json_type_name(value)}"
 

@@ -37,7 +37,8 @@ def decide_retry(
     if attempt_number >= policy.max_attempts:
         return RetryDecision(retry=False, delay_ms=0, reason="attempts_exhausted")
     if retry_after_ms is not None:
-        return RetryDecision(retry=True, delay_ms=max(0, retry_after_ms), reason="retry_after")
+        delay_ms = min(max(0, retry_after_ms), DELAY_CEILING_MS)
+        return RetryDecision(retry=True, delay_ms=delay_ms, reason="retry_after")
     return RetryDecision(
         retry=True, delay_ms=backoff_delay_ms(policy, attempt_number, rand), reason="retry"
     )

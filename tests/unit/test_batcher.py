@@ -41,3 +41,27 @@ async def test_a_failed_batch_fails_its_requests_only() -> None:
     assert isinstance(outcomes[2], RuntimeError)
     with pytest.raises(RuntimeError):
         await batcher.submit(2)
+
+
+async def test_a_bad_request_does_not_fail_the_others_of_its_batch() -> None:
+    """A batch that fails is tried again one request at a time: only the request that fails
+    alone gets the error (a batch is one statement, so nothing of it was written)."""
+    batches: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[int]:
+        batches.append(items)
+        await asyncio.sleep(0.001)
+        if 2 in items:
+            raise ValueError("2 cannot be stored")
+        return [i * 10 for i in items]
+
+    batcher: Batcher[int, int] = Batcher(run)
+    outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(4)), return_exceptions=True)
+    assert outcomes[:2] == [0, 10] and outcomes[3] == 30
+    assert isinstance(outcomes[2], ValueError)
+    assert batches[0] == [0, 1, 2, 3] and sorted(map(tuple, batches[1:])) == [
+        (0,),
+        (1,),
+        (2,),
+        (3,),
+    ]

@@ -441,6 +441,7 @@ class StreamAttemptsResponse(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """The request_id of the request answered."""
@@ -461,6 +462,15 @@ class StreamAttemptsResponse(_message.Message):
         """Sent by the server on its own (request_id 0): stop these attempts."""
 
     @_builtins.property
+    def rejected(self) -> Global___RequestRejected:
+        """Answer to a request the server cannot read at all (no content, a batch inside a batch).
+        The worker drops the request and does not send it again. A readable request with bad
+        fields gets its usual answer kind, refused (e.g. StartDecision.refusal_reason
+        "invalid: ..."), and a result whose output or error cannot be stored fails its attempt
+        as non-retryable `output_invalid` or `error_invalid`.
+        """
+
+    @_builtins.property
     def batch(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamAttemptsResponse]:
         """Several answers (or cancels) the server had ready at once, in order. The message then
         carries nothing else (request_id 0, no content), and those in it carry no batch. Sent only
@@ -475,17 +485,40 @@ class StreamAttemptsResponse(_message.Message):
         heartbeat: Global___HeartbeatAck | None = ...,
         result: Global___ResultAck | None = ...,
         cancel: Global___CancelAttempts | None = ...,
+        rejected: Global___RequestRejected | None = ...,
         batch: _abc.Iterable[Global___StreamAttemptsResponse] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat", b"heartbeat", "message", b"message", "result", b"result", "start", b"start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "heartbeat", b"heartbeat", "message", b"message", "rejected", b"rejected", "result", b"result", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "cancel", b"cancel", "heartbeat", b"heartbeat", "message", b"message", "request_id", b"request_id", "result", b"result", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "cancel", b"cancel", "heartbeat", b"heartbeat", "message", b"message", "rejected", b"rejected", "request_id", b"request_id", "result", b"result", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["start", "heartbeat", "result", "cancel"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["start", "heartbeat", "result", "cancel", "rejected"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___StreamAttemptsResponse: _TypeAlias = StreamAttemptsResponse  # noqa: Y015
+
+@_typing.final
+class RequestRejected(_message.Message):
+    """Why a request on the attempt stream was not read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
+    """Human message naming the problem (never the request's content)."""
+    def __init__(
+        self,
+        *,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestRejected: _TypeAlias = RequestRejected  # noqa: Y015
 
 @_typing.final
 class CancelAttempts(_message.Message):

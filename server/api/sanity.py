@@ -1,0 +1,145 @@
+"""What no request may carry, whatever the RPC: values that Postgres cannot store or that the
+contract cannot send back. Checked on every request message before anything else, so each is
+refused where it enters, with a field violation, instead of failing deep inside (an INTERNAL,
+a batch of other requests failing with it, or a run that can never be dispatched).
+
+- a NUL character in any string or map key (Postgres text and jsonb reject U+0000);
+- NaN or Infinity in a `google.protobuf.Value` (JSON has no such numbers);
+- an enum value the contract does not define (it would be silently ignored);
+- an identifier (a name, id, key, token...) longer than `MAX_IDENTIFIER` characters: they are
+  index keys, and Postgres refuses index entries of a few KiB.
+
+Descriptions name the field and the problem, never the value: a request must not be able to
+make the error as large as itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from server.engine.errors import FieldViolation
+
+MAX_IDENTIFIER = 256
+MAX_PROBLEMS = 20
+_SHOWN_KEY = 40
+
+IDENTIFIERS = frozenset(
+    {
+        "name",
+        "workflow",
+        "trigger",
+        "idempotency_key",
+        "worker_id",
+        "run_id",
+        "attempt_id",
+        "token",
+        "from_step",
+        "to",
+        "step",
+        "handler",
+        "queue",
+        "queues",
+        "handlers",
+        "after",
+        "compensate",
+        "version_label",
+        "output_key",
+        "keys",
+        "actor",
+        "page_token",
+        "error_type",
+        "non_retryable_error_types",
+    }
+)
+"""Fields (in any message) that hold identifiers, limited to MAX_IDENTIFIER characters."""
+
+_STRUCT = "google.protobuf.Struct"
+_VALUE = "google.protobuf.Value"
+_LIST = "google.protobuf.ListValue"
+
+
+def problems(message: Message, where: str = "") -> list[FieldViolation]:
+    """Every problem of the message (the first MAX_PROBLEMS), as field violations whose paths
+    start with `where`."""
+    found: list[FieldViolation] = []
+    _message(message, where, found)
+    return found[:MAX_PROBLEMS]
+
+
+def _message(message: Message, where: str, found: list[FieldViolation]) -> None:
+    kind = message.DESCRIPTOR.full_name
+    if kind == _STRUCT:
+        for key, value in message.fields.items():  # type: ignore[attr-defined]
+            path = _key_path(where, key)
+            _text(key, path, found, what="key")
+            _message(value, path, found)
+        return
+    if kind == _VALUE:
+        filled = message.WhichOneof("kind")
+        if filled == "number_value" and not math.isfinite(message.number_value):  # type: ignore[attr-defined]
+            found.append(
+                FieldViolation(where, "must be a finite number (JSON has no NaN or Infinity)")
+            )
+        elif filled == "string_value":
+            _text(message.string_value, where, found)  # type: ignore[attr-defined]
+        elif filled == "struct_value":
+            _message(message.struct_value, where, found)  # type: ignore[attr-defined]
+        elif filled == "list_value":
+            _message(message.list_value, where, found)  # type: ignore[attr-defined]
+        return
+    if kind == _LIST:
+        for index, item in enumerate(message.values):  # type: ignore[attr-defined]
+            _message(item, f"{where}[{index}]", found)
+        return
+    for field, value in message.ListFields():
+        if len(found) >= MAX_PROBLEMS:
+            return
+        path = f"{where}.{field.name}" if where else field.name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                item_path = f"{path}[{_shown(key)}]" if isinstance(key, str) else f"{path}[{key}]"
+                if isinstance(key, str):
+                    _text(key, item_path, found, what="key")
+                _scalar(field.message_type.fields_by_name["value"], item, item_path, found)
+        elif field.is_repeated:
+            for index, item in enumerate(value):
+                _scalar(field, item, f"{path}[{index}]", found)
+        else:
+            _scalar(field, value, path, found)
+
+
+def _scalar(field: FieldDescriptor, value: object, where: str, found: list[FieldViolation]) -> None:
+    if isinstance(value, Message):
+        _message(value, where, found)
+    elif isinstance(value, str):
+        _text(value, where, found)
+        if field.name in IDENTIFIERS and len(value) > MAX_IDENTIFIER:
+            found.append(FieldViolation(where, f"must be at most {MAX_IDENTIFIER} characters"))
+    elif (
+        field.type == FieldDescriptor.TYPE_ENUM
+        and field.enum_type is not None
+        and value not in field.enum_type.values_by_number
+    ):
+        found.append(FieldViolation(where, f"unknown {field.enum_type.name} value {value}"))
+
+
+def _text(text: str, where: str, found: list[FieldViolation], what: str = "text") -> None:
+    if "\x00" in text:
+        found.append(
+            FieldViolation(
+                where, f"{what} contains a NUL character (U+0000), which cannot be stored"
+            )
+        )
+
+
+def _key_path(where: str, key: str) -> str:
+    return f"{where}.{_shown(key)}" if where else _shown(key)
+
+
+def _shown(key: str) -> str:
+    """A map or object key as it appears in a field path: shortened, NULs made visible."""
+    key = key.replace("\x00", "\\u0000")
+    return key if len(key) <= _SHOWN_KEY else key[:_SHOWN_KEY] + "…"
