@@ -9,7 +9,7 @@ TOOLS := .tools
 BUF_VERSION := 1.75.0
 BUF := $(TOOLS)/node_modules/.bin/buf
 DATA_DIR ?= data
-PY_DIRS := $(wildcard server worker_sdk tests examples bench scripts)
+PY_DIRS := $(wildcard server worker_sdk clients/python/squidmesh tests examples bench scripts)
 TEST_DIRS := $(wildcard tests/unit tests/integration tests/e2e)
 
 # protoc finds its plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH.

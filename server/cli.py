@@ -18,8 +18,9 @@ import structlog
 import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from squidmesh import DEFAULT_ADDRESS
 
-from server.settings import DEFAULT_ADDRESS, Settings, SettingsError
+from server.settings import Settings, SettingsError
 
 if TYPE_CHECKING:  # imported lazily at run time, like the rest of the client side
     from squidmesh.v1 import run_pb2
