@@ -16,15 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.cluster import bench_cluster
 from bench.workflows import noop3
-from server.embedded import EmbeddedServices
-from tests.support import (
-    ServerProcess,
-    WorkerProcess,
-    drop_database,
-    fresh_database,
-    stream_prefix,
-)
 from worker_sdk import Client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,23 +41,9 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "bench")
     args = parser.parse_args()
 
-    log_dir = REPO / "bench" / "results"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    services = EmbeddedServices(args.data_dir)
-    urls = services.start()
-    processes: list[ServerProcess | WorkerProcess] = []
-    database_url = ""
-    try:
-        database_url = fresh_database(urls.database_url)
-        env = {
-            "SQUIDMESH_DATABASE_URL": database_url,
-            "SQUIDMESH_REDIS_URL": urls.redis_url,
-            "SQUIDMESH_STREAM_PREFIX": stream_prefix(),
-            "SQUIDMESH_LOG_LEVEL": "warning",
-        }
-        server = ServerProcess(env, log_dir)
-        processes.append(server)
-        processes.append(WorkerProcess("bench.workflows", server.address, log_dir))
+    with bench_cluster(args.data_dir) as cluster:
+        cluster.start_worker("bench.workflows")
+        server = cluster.server
         with Client(server.address) as client:
             client.register_workflow(noop3)
             run = client.wait_for_run(client.start_run(noop3.name, {}).id, timeout=60)
@@ -86,13 +65,7 @@ def main() -> int:
                 flush=True,
             )
         print(" ".join(f"{key}_s={seconds:.3f}" for key, seconds in medians.items()))
-        return 0
-    finally:
-        for p in reversed(processes):
-            p.close()
-        if database_url:
-            drop_database(urls.database_url, database_url)
-        services.stop()
+    return 0
 
 
 if __name__ == "__main__":
