@@ -163,6 +163,20 @@ def test_cli_output_for_pipes_and_programs(cluster: Cluster) -> None:
     messages = [json.loads(line) for line in streamed.stdout.splitlines()]
     assert [int(m["event"]["sequence"]) for m in messages] == list(range(1, len(messages) + 1))
     assert messages[-1]["event"]["run_status"] == "RUN_STATUS_COMPLETED"
+    started = squidmesh(
+        server.address,
+        "runs",
+        "start",
+        "payment",
+        "--payload",
+        '{"amount": 4}',
+        "--watch",
+        "--json",
+    )
+    assert started.returncode == 0, started.stderr
+    run, *watched = (json.loads(line) for line in started.stdout.splitlines())
+    assert run["workflow"] == "payment" and run["payload"]["amount"] == 4
+    assert [int(m["event"]["sequence"]) for m in watched] == list(range(1, len(watched) + 1))
 
     # The reader goes away: `| head -1`, and a pipe closed before anything was written.
     watch = [*SQUIDMESH, "runs", "watch", runs[0], "--server", server.address]

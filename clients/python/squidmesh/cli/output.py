@@ -82,7 +82,7 @@ class Output:
         texts = _texts(table)
         widths = [max(len(row[i]) for row in texts) for i in range(len(table.headers))]
         for header, width in zip(table.headers[:-1], widths, strict=False):
-            drawn.add_column(header, no_wrap=True, min_width=width)
+            drawn.add_column(header, no_wrap=True, width=width)
         drawn.add_column(table.headers[-1], overflow="fold")
         for row in table.rows:
             drawn.add_row(*(Text(c) if isinstance(c, str) else Text(c[0], style=c[1]) for c in row))

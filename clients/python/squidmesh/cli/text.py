@@ -139,8 +139,12 @@ def run_header(run: run_pb2.Run) -> list[str]:
         where = f" (step {run.error.step})" if run.error.step else ""
         lines.append(f"error        {_failure(run.error)}{where}")
         compensation = struct_to_dict(run.error.details).get("compensation")
-        if compensation:
-            undone = ", ".join(f"{c['step']} {c['status']}" for c in compensation)
+        if isinstance(compensation, list) and compensation:
+            undone = ", ".join(
+                f"{c.get('step', '?')} {c.get('status', '?')}"
+                for c in compensation
+                if isinstance(c, dict)
+            )
             lines.append(f"compensated  {undone}")
     return lines
 
