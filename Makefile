@@ -9,14 +9,14 @@ TOOLS := .tools
 BUF_VERSION := 1.75.0
 BUF := $(TOOLS)/node_modules/.bin/buf
 DATA_DIR ?= data
-PY_DIRS := $(wildcard server worker_sdk tests examples bench scripts)
+PY_DIRS := $(wildcard server worker_sdk clients/python/squidmesh tests examples bench scripts)
 TEST_DIRS := $(wildcard tests/unit tests/integration tests/e2e)
 
 # protoc finds its plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PIP_NO_INPUT := 1
 
-.PHONY: install dev tools gen gen-check lint test demo bench clean
+.PHONY: install dev tools gen gen-check lint test demo bench bench-cli clean
 
 ## install: the virtualenv with squidmesh installed in editable mode (.venv/bin/squidmesh)
 install: $(VENV)/.stamp-install
@@ -79,6 +79,10 @@ demo: install
 ## bench: throughput, latency and the raw taskiq baseline (see bench/run.py; logs in bench/results)
 bench: dev
 	$(BIN)/python -m bench.run
+
+## bench-cli: wall-clock time of squidmesh runs get, runs list, workflows list (median of 10)
+bench-cli: install
+	$(BIN)/python -m bench.cli_latency
 
 ## clean: stop the embedded services of $(DATA_DIR), remove it and the caches
 clean:

@@ -37,6 +37,7 @@ import psycopg
 from redis.asyncio import Redis
 from squidmesh.v1 import run_pb2
 
+from bench.cluster import LOG_DIR, bench_cluster
 from bench.taskiq_chain import COUNTER, make_broker, register
 from bench.workflows import (
     FAIL_PERCENT,
@@ -50,16 +51,8 @@ from bench.workflows import (
     noop3,
     noop10,
 )
-from server.embedded import EmbeddedServices
 from server.store.db import libpq_url
-from tests.support import (
-    ServerProcess,
-    WorkerProcess,
-    drop_database,
-    fresh_database,
-    stream_prefix,
-    wait_for,
-)
+from tests.support import wait_for
 from worker_sdk import AsyncClient, Client, Workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,34 +246,14 @@ def main() -> int:
     args = parser.parse_args()
     concurrency = args.concurrency or args.runs
 
-    log_dir = REPO / "bench" / "results"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    services = EmbeddedServices(args.data_dir)
-    urls = services.start()
-    processes: list[ServerProcess | WorkerProcess] = []
-    database_url = ""
-    try:
-        database_url = fresh_database(urls.database_url)
-        env = {
-            "SQUIDMESH_DATABASE_URL": database_url,
-            "SQUIDMESH_REDIS_URL": urls.redis_url,
-            "SQUIDMESH_STREAM_PREFIX": stream_prefix(),
-            "SQUIDMESH_LOG_LEVEL": "warning",
-            "SQUIDMESH_DB_POOL_SIZE": str(args.db_pool_size),
-            "SQUIDMESH_HANDOFF": "false" if args.no_handoff else "true",
-        }
-        server = ServerProcess(env, log_dir)
-        processes.append(server)
+    with bench_cluster(
+        args.data_dir,
+        SQUIDMESH_DB_POOL_SIZE=str(args.db_pool_size),
+        SQUIDMESH_HANDOFF="false" if args.no_handoff else "true",
+    ) as cluster:
+        server, database_url = cluster.server, cluster.database_url
         for _ in range(2):
-            processes.append(
-                WorkerProcess(
-                    "bench.workflows",
-                    server.address,
-                    log_dir,
-                    concurrency=args.worker_concurrency,
-                    env={"SQUIDMESH_LOG_LEVEL": "warning"},
-                )
-            )
+            cluster.start_worker("bench.workflows", concurrency=args.worker_concurrency)
         with Client(server.address) as client:
             wait_for(lambda: _registered(client), 60, "bench workflows registered", every=0.2)
 
@@ -294,7 +267,7 @@ def main() -> int:
         overhead_p50 = statistics.median(per_step)
         overhead_p99 = statistics.quantiles(per_step, n=100)[98]
 
-        pids = [p.proc.pid for p in processes]
+        pids = [p.proc.pid for p in cluster.processes]
         # (a), (e) and (c) take a few seconds each on a machine whose speed drifts: they run in
         # rounds, interleaved, and the medians are reported.
         plain: list[Throughput] = []
@@ -317,7 +290,7 @@ def main() -> int:
                         f"  round {round_} (e): {measured.describe()}; {failed} failed attempts",
                         flush=True,
                     )
-            chain_s = asyncio.run(taskiq_chain(urls.redis_url, args.runs, log_dir))
+            chain_s = asyncio.run(taskiq_chain(cluster.redis_url, args.runs, LOG_DIR))
             chain_rates.append(3 * args.runs / chain_s)
             print(
                 f"  round {round_} (c): {args.runs} chains x 3 tasks in {chain_s:.2f}s: "
@@ -360,12 +333,6 @@ def main() -> int:
             f"failing_throughput_pct={failing_pct:.0f}"
         )
         return 0
-    finally:
-        for p in reversed(processes):
-            p.close()
-        if database_url:
-            drop_database(urls.database_url, database_url)
-        services.stop()
 
 
 def check_failures(database_url: str, failing: Throughput) -> int:

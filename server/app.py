@@ -27,6 +27,7 @@ from server.embedded import EmbeddedServices
 from server.engine.commands import Engine, EngineConfig
 from server.events.hub import EventHub
 from server.events.notifier import Notifier
+from server.listen import ListenError
 from server.settings import Settings
 from server.store.db import Database, libpq_url
 from server.store.migrate import upgrade_async
@@ -133,9 +134,12 @@ class App:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(settings.address)
-        if self.port == 0:
-            raise RuntimeError(f"cannot listen on {settings.address}")
+        try:
+            self.port = server.add_insecure_port(settings.address)
+        except RuntimeError:  # grpc's says only "failed to bind"; it logged the cause
+            self.port = 0
+        if self.port == 0:  # taken since the CLI checked, or not an address of this host
+            raise ListenError(f"cannot listen on {settings.address}")
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

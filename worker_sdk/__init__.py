@@ -16,20 +16,21 @@ runs from Python.
         Worker("127.0.0.1:50051", [payment]).run_sync()
 """
 
-from worker_sdk.client import (
+from squidmesh.client import (
     AsyncClient,
     Client,
     is_terminal,
     run_status,
     run_status_name,
 )
+from squidmesh.values import struct_to_dict, to_struct, to_value, value_to_python
+
 from worker_sdk.conditions import Condition, when
 from worker_sdk.context import StepContext
 from worker_sdk.errors import AttemptCancelledError, NonRetryableError, RetryableError
 from worker_sdk.fields import Field
 from worker_sdk.logs import configure_logging
 from worker_sdk.retry import Retry
-from worker_sdk.values import struct_to_dict, to_struct, to_value, value_to_python
 from worker_sdk.worker import Worker
 from worker_sdk.workflow import COMPLETE, Workflow
 

@@ -36,13 +36,13 @@ from typing import Any
 
 import structlog
 from squidmesh.v1 import worker_service_pb2 as pb
+from squidmesh.values import from_duration, to_struct, value_to_python
 
 from worker_sdk.attempt_stream import AttemptStream
 from worker_sdk.clock import sleep_exactly
 from worker_sdk.context import StepContext
 from worker_sdk.errors import CANCELLED, Failure
 from worker_sdk.execution import Completed, Outcome, execute
-from worker_sdk.values import from_duration, to_struct, value_to_python
 from worker_sdk.workflow import Handler
 
 __all__ = ["AttemptRunner"]

@@ -10,9 +10,9 @@ from typing import Any, Literal
 import structlog
 from google.protobuf import duration_pb2
 from squidmesh.v1 import worker_service_pb2
+from squidmesh.values import from_duration
 
 from worker_sdk.errors import AttemptCancelledError
-from worker_sdk.values import from_duration
 
 __all__ = ["StepContext"]
 

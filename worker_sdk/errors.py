@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from squidmesh.v1 import worker_service_pb2
-
-from worker_sdk.values import to_duration, to_struct
+from squidmesh.values import to_duration, to_struct
 
 __all__ = [
     "CANCELLED",

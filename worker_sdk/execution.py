@@ -17,10 +17,10 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 from squidmesh.v1 import worker_service_pb2
+from squidmesh.values import to_value
 
 from worker_sdk.context import StepContext
 from worker_sdk.errors import Failure
-from worker_sdk.values import to_value
 from worker_sdk.workflow import Handler
 
 __all__ = ["Completed", "Outcome", "execute", "outcome_from_result"]

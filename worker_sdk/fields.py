@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from squidmesh.v1 import workflow_pb2
-
-from worker_sdk.values import to_value
+from squidmesh.values import to_value
 
 __all__ = ["Field", "FieldTypeName"]
 

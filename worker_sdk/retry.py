@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from squidmesh.v1 import workflow_pb2
-
-from worker_sdk.values import to_duration
+from squidmesh.values import to_duration
 
 __all__ = ["BackoffName", "Retry"]
 

@@ -21,18 +21,19 @@ from typing import TypeVar
 
 import grpc
 import structlog
+from squidmesh import DEFAULT_ADDRESS
 from squidmesh.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
     workflow_service_pb2,
     workflow_service_pb2_grpc,
 )
+from squidmesh.values import from_duration
 
 from worker_sdk.attempt_stream import AttemptStream, AttemptStreamClosedError
 from worker_sdk.attempts import AttemptRunner
 from worker_sdk.broker import QueueConsumer, StepTaskBroker
 from worker_sdk.logs import configure_logging
-from worker_sdk.values import from_duration
 from worker_sdk.workflow import Handler, Workflow
 
 __all__ = ["CHANNEL_OPTIONS", "Worker", "default_worker_id"]
@@ -67,7 +68,7 @@ class Worker:
 
     def __init__(
         self,
-        server: str = "127.0.0.1:50051",
+        server: str = DEFAULT_ADDRESS,
         workflows: Sequence[Workflow] = (),
         *,
         queues: Sequence[str] | None = None,

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, overload
 
 from squidmesh.v1 import workflow_pb2
+from squidmesh.values import to_duration
 
 from worker_sdk.conditions import Condition
 from worker_sdk.fields import Field
 from worker_sdk.retry import Retry
-from worker_sdk.values import to_duration
 
 __all__ = ["COMPLETE", "Handler", "Workflow"]
 

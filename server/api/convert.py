@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 from squidmesh.v1 import run_pb2, workflow_pb2
+from squidmesh.values import to_value
 
 from server.api.definitions import definition_to_proto
 from server.engine.errors import FieldViolation, InvalidArgument
@@ -22,7 +23,6 @@ from server.engine.model import (
     compensated_step,
 )
 from server.engine.views import AttemptView, EventView, RunView, StepView, WorkflowVersion
-from worker_sdk.values import to_value
 
 
 def timestamp(dt: datetime | None) -> timestamp_pb2.Timestamp | None:

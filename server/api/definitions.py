@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from google.protobuf import duration_pb2
 from squidmesh.v1 import workflow_pb2
+from squidmesh.values import to_value, value_to_python
 
 from server.engine.errors import FieldViolation, InvalidArgument
 from server.engine.model import (
@@ -32,7 +33,6 @@ from server.engine.model import (
 )
 from server.engine.retry import DEFAULT_RETRY_POLICY, DELAY_CEILING_MS
 from server.engine.validation import validate_definition
-from worker_sdk.values import to_value, value_to_python
 
 DEFAULT_TIME_ZONE = "UTC"
 DEFAULT_MULTIPLIER = 2.0

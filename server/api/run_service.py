@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2
 from grpc import aio
 from squidmesh.v1 import run_service_pb2 as pb
 from squidmesh.v1 import run_service_pb2_grpc as pb_grpc
+from squidmesh.values import struct_to_dict
 
 from server.api import convert
 from server.api.errors import check_request, handle_errors, log, to_status
@@ -22,7 +23,6 @@ from server.events.hub import EventHub
 from server.events.watch import watch
 from server.store.db import Database
 from server.store.runs import RunFilter
-from worker_sdk.values import struct_to_dict
 
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 

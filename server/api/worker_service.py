@@ -27,6 +27,7 @@ from google.protobuf import duration_pb2
 from grpc import aio
 from squidmesh.v1 import worker_service_pb2 as pb
 from squidmesh.v1 import worker_service_pb2_grpc as pb_grpc
+from squidmesh.values import struct_to_dict, to_duration, to_value, value_to_python
 
 from server.api import convert, sanity
 from server.api.errors import check_request, handle_errors, log
@@ -41,7 +42,6 @@ from worker_sdk.attempt_stream import (
     WORKER_ID_METADATA,
     in_batches,
 )
-from worker_sdk.values import struct_to_dict, to_duration, to_value, value_to_python
 
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 Answers: TypeAlias = "asyncio.Queue[pb.StreamAttemptsResponse | None]"

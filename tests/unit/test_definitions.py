@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 from google.protobuf import duration_pb2, struct_pb2
 from squidmesh.v1 import workflow_pb2 as pb
+from squidmesh.values import to_value
 
 from server.api.definitions import definition_from_proto, definition_to_proto
 from server.engine.errors import FieldViolation, InvalidArgument
@@ -27,7 +28,6 @@ from server.engine.model import (
     Trigger,
     WorkflowDef,
 )
-from worker_sdk.values import to_value
 
 
 def ms(value: int) -> duration_pb2.Duration:

@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from squidmesh.v1 import worker_service_pb2 as pb
+from squidmesh.values import to_duration
 
 from tests.unit.test_sdk_attempt_stream import FakeServer
 from worker_sdk import StepContext
 from worker_sdk.attempt_stream import AttemptStream
 from worker_sdk.attempts import MAX_HANDOFFS_IN_A_ROW, AttemptRunner
-from worker_sdk.values import to_duration
 from worker_sdk.workflow import Handler
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from squidmesh.v1 import worker_service_pb2
+from squidmesh.values import from_duration, to_duration, to_value
 
 from worker_sdk import (
     AttemptCancelledError,
@@ -21,7 +22,6 @@ from worker_sdk import (
 )
 from worker_sdk.errors import Failure
 from worker_sdk.execution import Completed, execute, outcome_from_result
-from worker_sdk.values import from_duration, to_duration, to_value
 from worker_sdk.workflow import Handler
 
 

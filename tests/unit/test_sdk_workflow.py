@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 from squidmesh.v1 import workflow_pb2
+from squidmesh.values import from_duration
 
 from worker_sdk import Field, Retry, StepContext, Workflow, value_to_python, when
-from worker_sdk.values import from_duration
 
 
 def build() -> Workflow:

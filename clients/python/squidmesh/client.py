@@ -1,6 +1,7 @@
 """Typed clients of the workflow and run APIs: `Client` (blocking) and `AsyncClient`
-(asyncio). Both build their requests with the same functions (`_build`); errors are the
-gRPC errors (`grpc.RpcError`, whose `.code()` tells NOT_FOUND, INVALID_ARGUMENT...).
+(asyncio). Both build their requests with the same functions (`_build`), which check their
+arguments before any call (TypeError/ValueError); errors of the calls are the gRPC errors
+(`grpc.RpcError`, whose `.code()` tells NOT_FOUND, INVALID_ARGUMENT...).
 
     with Client("127.0.0.1:50051") as client:
         run = client.start_run("payment", {"amount": 12.5})
@@ -13,10 +14,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
+from google.protobuf import timestamp_pb2
+
+from squidmesh import DEFAULT_ADDRESS
 from squidmesh.v1 import (
     run_pb2,
     run_service_pb2,
@@ -25,27 +30,39 @@ from squidmesh.v1 import (
     workflow_service_pb2,
     workflow_service_pb2_grpc,
 )
-
-from worker_sdk.values import to_struct
-from worker_sdk.workflow import Workflow
+from squidmesh.values import to_struct
 
 __all__ = [
     "TERMINAL_RUN_STATUSES",
     "AsyncClient",
     "Client",
     "RunStatusLike",
+    "RunViewLike",
+    "WorkflowSource",
     "is_terminal",
     "run_status",
     "run_status_name",
+    "run_view",
 ]
 
 RunStatusLike = str | int
 """A run status: its enum value or its short name ("completed", "running"...)."""
 
+RunViewLike = str | int
+"""How much of each run `list_runs` returns: "basic" (the default: no payload, context or
+error details), "full", or the `RunView` enum value."""
+
 TERMINAL_RUN_STATUSES = frozenset(
     {run_pb2.RUN_STATUS_COMPLETED, run_pb2.RUN_STATUS_FAILED, run_pb2.RUN_STATUS_CANCELLED}
 )
 _PREFIX = "RUN_STATUS_"
+
+
+class WorkflowSource(Protocol):
+    """What `register_workflow` takes besides a definition message: anything that builds one,
+    such as `worker_sdk.Workflow`."""
+
+    def definition(self) -> workflow_pb2.WorkflowDefinition: ...
 
 
 def run_status_name(status: int) -> str:
@@ -54,23 +71,61 @@ def run_status_name(status: int) -> str:
 
 
 def run_status(status: RunStatusLike) -> run_pb2.RunStatus.ValueType:
-    """ "completed" (or "RUN_STATUS_COMPLETED", or the number) -> RUN_STATUS_COMPLETED."""
-    if isinstance(status, str):
-        name = status.upper()
-        return run_pb2.RunStatus.Value(name if name.startswith(_PREFIX) else _PREFIX + name)
-    return run_pb2.RunStatus.ValueType(status)
+    """ "completed" (or "RUN_STATUS_COMPLETED", or the number) -> RUN_STATUS_COMPLETED.
+    Raises ValueError, listing the valid names, for anything else."""
+    return run_pb2.RunStatus.ValueType(_enum_value(run_pb2.RunStatus, _PREFIX, "status", status))
+
+
+def run_view(view: RunViewLike) -> run_service_pb2.RunView.ValueType:
+    """ "basic"/"full" (or "RUN_VIEW_FULL", or the number) -> the `RunView` value."""
+    return run_service_pb2.RunView.ValueType(
+        _enum_value(run_service_pb2.RunView, "RUN_VIEW_", "view", view)
+    )
+
+
+def _enum_value(enum: Any, prefix: str, what: str, value: str | int) -> int:
+    """The number of an enum value given by short name, full name or number (not UNSPECIFIED:
+    a filter or a view by that name would mean nothing)."""
+    known = {name: int(number) for name, number in enum.items() if number}
+    if isinstance(value, str):
+        name = value.upper() if value.upper().startswith(prefix) else prefix + value.upper()
+        if name in known:
+            return known[name]
+    elif isinstance(value, int) and not isinstance(value, bool) and value in known.values():
+        return value
+    names = [name.removeprefix(prefix).lower() for name in known]
+    raise ValueError(f"{what} {value!r} is not one of: {', '.join(names)}")
 
 
 def is_terminal(status: int) -> bool:
     return status in TERMINAL_RUN_STATUSES
 
 
+def _timestamp(name: str, when: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A datetime as a Timestamp; a naive one is local time, as `datetime.timestamp()` reads it."""
+    if when is None:
+        return None
+    if not isinstance(when, datetime):
+        raise TypeError(f"{name} must be a datetime, not {type(when).__name__}")
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(when.astimezone(UTC))
+    return stamp
+
+
 class _build:  # noqa: N801 - a namespace of request builders shared by both clients
     @staticmethod
     def register_workflow(
-        workflow: Workflow | workflow_pb2.WorkflowDefinition,
+        workflow: WorkflowSource | workflow_pb2.WorkflowDefinition,
     ) -> workflow_service_pb2.RegisterWorkflowRequest:
-        definition = workflow.definition() if isinstance(workflow, Workflow) else workflow
+        if isinstance(workflow, workflow_pb2.WorkflowDefinition):
+            definition = workflow
+        elif callable(getattr(workflow, "definition", None)):
+            definition = workflow.definition()
+        else:
+            raise TypeError(
+                "register_workflow takes a Workflow or a WorkflowDefinition, "
+                f"not {type(workflow).__name__}"
+            )
         return workflow_service_pb2.RegisterWorkflowRequest(definition=definition)
 
     @staticmethod
@@ -80,19 +135,22 @@ class _build:  # noqa: N801 - a namespace of request builders shared by both cli
         return run_service_pb2.StartRunRequest(
             workflow=workflow,
             trigger=trigger,
-            payload=to_struct(payload or {}),
+            payload=to_struct({} if payload is None else payload, where="payload"),
             idempotency_key=idempotency_key,
         )
 
     @staticmethod
     def list_runs(
         workflow: str,
-        statuses: Sequence[RunStatusLike],
+        statuses: Sequence[RunStatusLike] | RunStatusLike,
         trigger: str,
         page_size: int,
         page_token: str,
+        created_after: datetime | None,
+        created_before: datetime | None,
+        view: RunViewLike,
     ) -> run_service_pb2.ListRunsRequest:
-        if isinstance(statuses, str):
+        if isinstance(statuses, str | int):
             statuses = [statuses]
         return run_service_pb2.ListRunsRequest(
             workflow=workflow,
@@ -100,6 +158,9 @@ class _build:  # noqa: N801 - a namespace of request builders shared by both cli
             trigger=trigger,
             page_size=page_size,
             page_token=page_token,
+            create_time_after=_timestamp("created_after", created_after),
+            create_time_before=_timestamp("created_before", created_before),
+            view=run_view(view),
         )
 
     @staticmethod
@@ -142,7 +203,7 @@ class Client:
     """Blocking client. `timeout` (seconds) applies to each unary call."""
 
     def __init__(
-        self, address: str = "127.0.0.1:50051", *, token: str | None = None, timeout: float = 30.0
+        self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, timeout: float = 30.0
     ) -> None:
         self.address = address
         self._channel = grpc.insecure_channel(address)
@@ -154,7 +215,7 @@ class Client:
     # workflows
 
     def register_workflow(
-        self, workflow: Workflow | workflow_pb2.WorkflowDefinition
+        self, workflow: WorkflowSource | workflow_pb2.WorkflowDefinition
     ) -> workflow_pb2.Workflow:
         request = _build.register_workflow(workflow)
         return self._workflows.RegisterWorkflow(request, **self._opts()).workflow
@@ -191,25 +252,54 @@ class Client:
     def list_runs(
         self,
         workflow: str = "",
-        statuses: Sequence[RunStatusLike] = (),
+        statuses: Sequence[RunStatusLike] | RunStatusLike = (),
         trigger: str = "",
         page_size: int = 50,
         page_token: str = "",
+        *,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        view: RunViewLike = "basic",
     ) -> run_service_pb2.ListRunsResponse:
-        request = _build.list_runs(workflow, statuses, trigger, page_size, page_token)
+        """One page of runs, newest first. `created_after` (inclusive) and `created_before`
+        bound the creation time; the "basic" view omits payloads, contexts and error details,
+        "full" includes them."""
+        request = _build.list_runs(
+            workflow,
+            statuses,
+            trigger,
+            page_size,
+            page_token,
+            created_after,
+            created_before,
+            view,
+        )
         return self._runs.ListRuns(request, **self._opts())
 
     def iter_runs(
         self,
         workflow: str = "",
-        statuses: Sequence[RunStatusLike] = (),
+        statuses: Sequence[RunStatusLike] | RunStatusLike = (),
         trigger: str = "",
         page_size: int = 50,
+        *,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        view: RunViewLike = "basic",
     ) -> Iterator[run_pb2.Run]:
         """Every matching run, newest first, following the page tokens."""
         token = ""
         while True:
-            page = self.list_runs(workflow, statuses, trigger, page_size, token)
+            page = self.list_runs(
+                workflow,
+                statuses,
+                trigger,
+                page_size,
+                token,
+                created_after=created_after,
+                created_before=created_before,
+                view=view,
+            )
             yield from page.runs
             token = page.next_page_token
             if not token:
@@ -293,7 +383,7 @@ class AsyncClient:
     """asyncio client with the same methods as `Client` (awaitable, async iterators)."""
 
     def __init__(
-        self, address: str = "127.0.0.1:50051", *, token: str | None = None, timeout: float = 30.0
+        self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, timeout: float = 30.0
     ) -> None:
         self.address = address
         self._channel = grpc.aio.insecure_channel(address)
@@ -305,7 +395,7 @@ class AsyncClient:
     # workflows
 
     async def register_workflow(
-        self, workflow: Workflow | workflow_pb2.WorkflowDefinition
+        self, workflow: WorkflowSource | workflow_pb2.WorkflowDefinition
     ) -> workflow_pb2.Workflow:
         request = _build.register_workflow(workflow)
         return (await self._workflows.RegisterWorkflow(request, **self._opts())).workflow
@@ -342,25 +432,54 @@ class AsyncClient:
     async def list_runs(
         self,
         workflow: str = "",
-        statuses: Sequence[RunStatusLike] = (),
+        statuses: Sequence[RunStatusLike] | RunStatusLike = (),
         trigger: str = "",
         page_size: int = 50,
         page_token: str = "",
+        *,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        view: RunViewLike = "basic",
     ) -> run_service_pb2.ListRunsResponse:
-        request = _build.list_runs(workflow, statuses, trigger, page_size, page_token)
+        """One page of runs, newest first. `created_after` (inclusive) and `created_before`
+        bound the creation time; the "basic" view omits payloads, contexts and error details,
+        "full" includes them."""
+        request = _build.list_runs(
+            workflow,
+            statuses,
+            trigger,
+            page_size,
+            page_token,
+            created_after,
+            created_before,
+            view,
+        )
         return await self._runs.ListRuns(request, **self._opts())
 
     async def iter_runs(
         self,
         workflow: str = "",
-        statuses: Sequence[RunStatusLike] = (),
+        statuses: Sequence[RunStatusLike] | RunStatusLike = (),
         trigger: str = "",
         page_size: int = 50,
+        *,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        view: RunViewLike = "basic",
     ) -> AsyncIterator[run_pb2.Run]:
         """Every matching run, newest first, following the page tokens."""
         token = ""
         while True:
-            page = await self.list_runs(workflow, statuses, trigger, page_size, token)
+            page = await self.list_runs(
+                workflow,
+                statuses,
+                trigger,
+                page_size,
+                token,
+                created_after=created_after,
+                created_before=created_before,
+                view=view,
+            )
             for run in page.runs:
                 yield run
             token = page.next_page_token

@@ -34,10 +34,13 @@ def to_value(obj: object) -> struct_pb2.Value:
     return value
 
 
-def to_struct(mapping: Mapping[str, object]) -> struct_pb2.Struct:
-    """A mapping with string keys as a `Struct`. Raises TypeError/ValueError when it is not JSON."""
+def to_struct(mapping: Mapping[str, object], *, where: str = "$") -> struct_pb2.Struct:
+    """A mapping with string keys as a `Struct`. Raises TypeError/ValueError when it is not a
+    JSON object; `where` names the value in those errors ("payload", "payload.amount"...)."""
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{where} must be a JSON object, not {_kind(mapping)}")
     struct = struct_pb2.Struct()
-    _fill_struct(struct, mapping, "$")
+    _fill_struct(struct, mapping, where)
     return struct
 
 
@@ -108,6 +111,21 @@ def _fill_value(target: struct_pb2.Value, obj: object, where: str) -> None:
             _fill_value(items.values.add(), item, f"{where}[{index}]")
     else:
         raise TypeError(f"{where}: {type(obj).__name__} is not JSON-serialisable")
+
+
+def _kind(obj: object) -> str:
+    """How a JSON reader would call a value's type: a list, a string, a number..."""
+    if obj is None:
+        return "null"
+    if isinstance(obj, bool):
+        return "a boolean"
+    if isinstance(obj, int | float):
+        return "a number"
+    if isinstance(obj, str):
+        return "a string"
+    if isinstance(obj, list | tuple):
+        return "a list"
+    return f"a {type(obj).__name__}"
 
 
 def _fill_struct(target: struct_pb2.Struct, mapping: Mapping[Any, object], where: str) -> None:

@@ -1,0 +1,179 @@
+"""The arguments of the client commands of `squidmesh` (workflows, runs), checked by argparse.
+
+Building the parser imports the standard library only: a command's module, and with it grpc,
+protobuf and rich, is imported when that command runs. So `squidmesh --help`, `serve` and
+`worker` pay nothing for the client, and client commands nothing for the server or workers."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from squidmesh import DEFAULT_ADDRESS
+
+OUTPUTS = ("text", "json")
+MAX_PAGE_SIZE = 1000  # the API's limit (ListRuns, ListWorkflows)
+
+
+@dataclass(frozen=True)
+class ClientCommand:
+    """A parser's handler: runs `function` of `module` with a client and an output."""
+
+    module: str
+    function: str
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        from squidmesh.cli.command import run
+
+        return run(getattr(importlib.import_module(self.module), self.function), args)
+
+
+def server_address(args: argparse.Namespace) -> str:
+    """Where a command finds the server: --server, else $SQUIDMESH_ADDRESS, else the default."""
+    address: str = args.server or os.environ.get("SQUIDMESH_ADDRESS") or DEFAULT_ADDRESS
+    return address
+
+
+def add_client_commands(commands: Any) -> None:
+    """Adds `workflows ...` and `runs ...` to the subparsers `commands`."""
+    workflows = commands.add_parser("workflows", help="workflow definitions").add_subparsers(
+        title="commands", metavar="COMMAND"
+    )
+    p = _command(
+        workflows, "list", "workflows", "list_workflows", "list workflows (latest versions)"
+    )
+    _paging(p, default_size=100)
+    p = _command(workflows, "get", "workflows", "get", "show a workflow")
+    p.add_argument("name")
+    p.add_argument("--version", type=int, default=0, help="a version (default: the latest)")
+    p = _command(
+        workflows, "register", "workflows", "register", "register a workflow from a YAML/JSON file"
+    )
+    p.add_argument("file", type=Path, help="a WorkflowDefinition in protobuf JSON form")
+
+    runs = commands.add_parser("runs", help="runs").add_subparsers(
+        title="commands", metavar="COMMAND"
+    )
+    p = _command(runs, "start", "runs", "start", "start a run")
+    p.add_argument("workflow")
+    p.add_argument("--payload", default="{}", help="a JSON object (default {})")
+    p.add_argument("--trigger", default="", help="default: the workflow's first trigger")
+    p.add_argument("--idempotency-key", default="", help="the same key returns the same run")
+    p.add_argument("--watch", action="store_true", help="print its events until the run ends")
+    p = _command(runs, "get", "runs", "get", "show a run, its steps and attempts")
+    p.add_argument("run_id")
+    p = _command(runs, "list", "runs", "list_runs", "list runs, newest first")
+    p.add_argument("--workflow", default="")
+    p.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        type=_run_status,
+        help="only runs in this status (repeatable): pending, running, completed, failed...",
+    )
+    p.add_argument("--trigger", default="")
+    p.add_argument(
+        "--created-after",
+        type=_time,
+        metavar="TIME",
+        help="only runs created at or after TIME (ISO 8601, e.g. 2026-11-21T19:06:49Z; "
+        "without a time zone: local time)",
+    )
+    p.add_argument("--created-before", type=_time, metavar="TIME", help="only runs created before")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="include payloads, contexts and error details (RUN_VIEW_FULL; see --output json)",
+    )
+    _paging(p, default_size=20)
+    p = _command(runs, "watch", "runs", "watch", "print a run's events until it ends")
+    p.add_argument("run_id")
+    p.add_argument(
+        "--after",
+        type=_sequence,
+        default=0,
+        metavar="N",
+        help="only the events after sequence number N (default 0: from the start)",
+    )
+    p = _command(runs, "cancel", "runs", "cancel", "cancel a run")
+    p.add_argument("run_id")
+    p.add_argument("--reason", default="")
+    p.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    p.add_argument("--idempotency-key", default="", help="repeating it is a no-op")
+    p = _command(runs, "replay", "runs", "replay", "start a new run from a run's payload")
+    p.add_argument("run_id")
+    p.add_argument("--allow-irreversible", action="store_true")
+    p.add_argument("--idempotency-key", default="", help="the same key returns the same replay")
+
+
+def _command(
+    group: Any, name: str, module: str, function: str, help: str
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = group.add_parser(name, help=help, description=help)
+    p.add_argument(
+        "--server", help=f"server address (default $SQUIDMESH_ADDRESS or {DEFAULT_ADDRESS})"
+    )
+    p.add_argument("-o", "--output", choices=OUTPUTS, default="text", help="text (default) or json")
+    p.add_argument(
+        "--json", dest="output", action="store_const", const="json", help="same as --output json"
+    )
+    p.set_defaults(handler=ClientCommand(f"squidmesh.cli.{module}", function))
+    return p
+
+
+def _paging(p: argparse.ArgumentParser, default_size: int) -> None:
+    p.add_argument(
+        "--page-size",
+        type=_page_size,
+        default=default_size,
+        metavar="N",
+        help=f"at most N per page, 1 to {MAX_PAGE_SIZE} (default {default_size})",
+    )
+    p.add_argument("--page-token", default="", help="the token a previous page printed")
+
+
+def _run_status(text: str) -> int:
+    # The contract's names, read when the option is used (protobuf code is not imported at
+    # start); the error lists them.
+    from squidmesh.client import run_status
+
+    try:
+        return run_status(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-11-21, 2026-11-21T19:06:49Z, "
+            "2026-11-21 19:06:49+02:00)"
+        ) from None
+
+
+def _page_size(text: str) -> int:
+    size = _integer(text)
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_PAGE_SIZE}, got {size}")
+    return size
+
+
+def _sequence(text: str) -> int:
+    number = _integer(text)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
+    return number
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None

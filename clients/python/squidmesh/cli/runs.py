@@ -1,0 +1,121 @@
+"""`squidmesh runs ...`: start, get, list, watch, cancel and replay runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from squidmesh.cli import text
+from squidmesh.cli.command import InputError
+from squidmesh.cli.output import Output
+from squidmesh.client import Client
+from squidmesh.v1 import run_pb2
+from squidmesh.values import to_struct
+
+
+def start(args: argparse.Namespace, client: Client, out: Output) -> int:
+    payload = _payload(args.payload)
+    run = client.start_run(
+        args.workflow, payload, trigger=args.trigger, idempotency_key=args.idempotency_key
+    )
+    if out.json:
+        # With --watch the run is the first line of the stream, the watch messages follow.
+        (out.message_line if args.watch else out.message)(run)
+    else:
+        out.line(f"run {run.id} started ({run.workflow} v{run.workflow_version})")
+    # The whole history (from sequence 0), not a snapshot taken mid-step.
+    return _watch(client, out, run.id, 0) if args.watch else 0
+
+
+def _payload(raw: str) -> dict[str, Any]:
+    """The JSON object of `--payload`."""
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--payload is not JSON: {exc}") from None
+    try:
+        to_struct(data, where="--payload")  # a JSON object whose values fit the contract
+    except (TypeError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+    result: dict[str, Any] = data
+    return result
+
+
+def get(args: argparse.Namespace, client: Client, out: Output) -> int:
+    run = client.get_run(args.run_id)
+    if out.json:
+        out.message(run)
+        return 0
+    for line in text.run_header(run):
+        out.line(line)
+    if run.steps:
+        out.line()
+        out.table(text.steps_table(run))
+    out.line()
+    out.line(text.run_context(run))
+    return 0
+
+
+def list_runs(args: argparse.Namespace, client: Client, out: Output) -> int:
+    response = client.list_runs(
+        workflow=args.workflow,
+        statuses=args.status,
+        trigger=args.trigger,
+        page_size=args.page_size,
+        page_token=args.page_token,
+        created_after=args.created_after,
+        created_before=args.created_before,
+        view="full" if args.full else "basic",
+    )
+    if out.json:
+        out.message(response)
+        return 0
+    out.table(text.runs_table(response.runs))
+    if response.next_page_token:
+        out.note(f"more runs: --page-token {response.next_page_token}")
+    return 0
+
+
+def watch(args: argparse.Namespace, client: Client, out: Output) -> int:
+    return _watch(client, out, args.run_id, args.after)
+
+
+def _watch(client: Client, out: Output, run_id: str, after: int) -> int:
+    """Prints the events after `after` until the run is terminal, then (as text) the run's
+    summary. Exit status 0 only when the run completed."""
+    for message in client.watch_run(run_id, after_sequence=after):
+        if message.HasField("event"):
+            if out.json:
+                out.message_line(message)
+            else:
+                out.line(*text.event_line(message.event))
+    final = client.get_run(run_id)
+    if not out.json:
+        out.line(*text.run_summary(final))
+    return 0 if final.status == run_pb2.RUN_STATUS_COMPLETED else 1
+
+
+def cancel(args: argparse.Namespace, client: Client, out: Output) -> int:
+    run = client.cancel_run(
+        args.run_id, actor=args.actor, reason=args.reason, idempotency_key=args.idempotency_key
+    )
+    _print_run(run, out)
+    return 0
+
+
+def replay(args: argparse.Namespace, client: Client, out: Output) -> int:
+    run = client.replay_run(
+        args.run_id,
+        allow_irreversible=args.allow_irreversible,
+        idempotency_key=args.idempotency_key,
+    )
+    _print_run(run, out)
+    return 0
+
+
+def _print_run(run: run_pb2.Run, out: Output) -> None:
+    if out.json:
+        out.message(run)
+    else:
+        out.line(*text.run_summary(run))
