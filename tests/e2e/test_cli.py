@@ -12,8 +12,11 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+from squidmesh.v1 import run_pb2
+
 from tests.e2e.conftest import Cluster
-from tests.support import REPO, free_port
+from tests.e2e.flows_rolling import rolling
+from tests.support import REPO, free_port, wait_for
 
 SQUIDMESH = [sys.executable, "-m", "server.cli"]
 EVENT = re.compile(r"^\[ *(\d+)\] ")
@@ -255,3 +258,37 @@ def test_serve_on_a_busy_port_is_one_line_at_once(tmp_path: Path) -> None:
         "(is another server running? see --address)\n"
     )
     assert not data_dir.exists()  # refused before the embedded Postgres and Redis started
+
+
+def test_runs_get_says_why_a_run_waits_for_a_worker_with_its_handler(cluster: Cluster) -> None:
+    """A task whose handler the only worker on its queue lacks: the worker gives it back, and
+    `runs get` shows the decline, naming the worker (the run is not silently pending)."""
+    server = cluster.start_server()
+    old = cluster.start_worker("tests.e2e.flows")
+    with cluster.client() as client:
+        cluster.wait_registered(client, "e2e_slow")
+        client.register_workflow(rolling)
+        run = client.start_run("e2e_rolling", {})
+
+        def declined() -> bool:
+            events = client.watch_run(run.id, after_sequence=0)
+            for message in events:
+                if message.event.type == run_pb2.RUN_EVENT_TYPE_ATTEMPT_DECLINED:
+                    events.close()
+                    return True
+                if message.event.sequence >= client.get_run(run.id).last_sequence:
+                    events.close()
+                    return False
+            return False
+
+        wait_for(declined, 30, "a decline recorded on the run", every=0.2)
+
+    shown = squidmesh(server.address, "runs", "get", run.id)
+    assert shown.returncode == 0, shown.stderr
+    assert "recent events" in shown.stdout
+    assert re.search(
+        r"attempt_declined +new_step#1 +declined by worker \S+, which lacks handler "
+        r"e2e_rolling\.new_step on queue e2e_slow",
+        shown.stdout,
+    ), shown.stdout
+    assert old.proc.poll() is None

@@ -52,7 +52,7 @@ def test_a_decline_names_the_worker_the_handler_and_the_queue() -> None:
     data = {"worker_id": "w-1", "handler": "shop.charge", "queue": "shop", "retry_in_ms": 400}
     line, style = text.event_line(_event("attempt_declined", data, "charge", 1))
     assert _what(line) == (
-        "attempt_declined     charge#1  declined by worker w-1: handler shop.charge "
+        "attempt_declined     charge#1  declined by worker w-1, which lacks handler shop.charge "
         "on queue shop; offered again in 400 ms"
     )
     assert style == "yellow"

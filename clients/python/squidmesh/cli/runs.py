@@ -9,7 +9,7 @@ from typing import Any
 from squidmesh.cli import text
 from squidmesh.cli.command import InputError
 from squidmesh.cli.output import Output
-from squidmesh.client import Client
+from squidmesh.client import Client, is_terminal
 from squidmesh.v1 import run_pb2
 from squidmesh.values import to_struct
 
@@ -54,7 +54,31 @@ def get(args: argparse.Namespace, client: Client, out: Output) -> int:
         out.table(text.steps_table(run))
     out.line()
     out.line(text.run_context(run))
+    if not is_terminal(run.status) and run.last_sequence:
+        # What happened last says why a live run is where it is (e.g. a declined task).
+        out.line()
+        out.line("recent events")
+        for event in _recent_events(client, run):
+            out.line(*text.event_line(event))
     return 0
+
+
+RECENT_EVENTS = 5
+
+
+def _recent_events(client: Client, run: run_pb2.Run) -> list[run_pb2.RunEvent]:
+    """The run's last RECENT_EVENTS events, up to its last sequence as read."""
+    events: list[run_pb2.RunEvent] = []
+    stream = client.watch_run(run.id, after_sequence=max(0, run.last_sequence - RECENT_EVENTS))
+    try:
+        for message in stream:
+            if message.HasField("event"):
+                events.append(message.event)
+                if message.event.sequence >= run.last_sequence:
+                    break
+    finally:
+        stream.close()
+    return events
 
 
 def list_runs(args: argparse.Namespace, client: Client, out: Output) -> int:

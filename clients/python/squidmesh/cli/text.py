@@ -204,7 +204,7 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
     if kind == "attempt_declined":
         text = f"declined by worker {data.get('worker_id', '?')}"
         if data.get("handler"):
-            text += f": handler {data['handler']}"
+            text += f", which lacks handler {data['handler']}"
         if data.get("queue"):
             text += f" on queue {data['queue']}"
         if isinstance(data.get("retry_in_ms"), int | float):
