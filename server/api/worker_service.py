@@ -33,7 +33,7 @@ from server.api import convert, sanity
 from server.api.errors import check_request, handle_errors, log
 from server.dispatch.publisher import CONSUMER_GROUP, TASK_NAME
 from server.engine.commands import Engine
-from server.engine.errors import DomainError, FieldViolation, InvalidArgument
+from server.engine.errors import DomainError, FieldViolation, InvalidArgument, Unavailable
 from server.engine.model import Failure, FailureReason
 from server.engine.views import HandoffOffer, StartDecision
 from worker_sdk.attempt_stream import (
@@ -125,6 +125,9 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         async def answer(request: pb.StreamAttemptsRequest) -> None:
             try:
                 response = await self._handle(request, worker_id)
+            except Unavailable:  # no answer: the worker sends it again
+                log.warning("attempt_stream_request_unavailable", request_id=request.request_id)
+                return
             except DomainError as exc:  # unreadable: answered refused, never sent again
                 response = _refused(request, exc.message)
             except Exception:

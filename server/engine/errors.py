@@ -78,3 +78,9 @@ class ResourceExhausted(DomainError):
     def __init__(self, message: str, *, reason: str, metadata: dict[str, str] | None = None):
         super().__init__(message, metadata=metadata)
         self.reason = reason
+
+
+class Unavailable(DomainError):
+    """A service the server needs (Postgres) cannot be reached now: the call may be retried."""
+
+    reason = "DATABASE_UNAVAILABLE"

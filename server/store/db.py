@@ -19,14 +19,16 @@ import json
 import random
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 import psycopg.errors
 import structlog
 from psycopg.rows import namedtuple_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from server.engine.errors import Unavailable
 
 log = structlog.get_logger("squidmesh.store")
 
@@ -100,32 +102,57 @@ class Database:
             min_size=pool_size,
             max_size=pool_size * 2,
             kwargs={"autocommit": True, "row_factory": namedtuple_row},
+            # While Postgres is down a call fails within this, rather than the client's deadline.
+            timeout=POOL_TIMEOUT_S,
             open=False,
         )
+        self._checking: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await self._pool.open(wait=True, timeout=30)
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Connection]:
-        async with self._pool.connection() as conn:
-            yield Connection(conn)
+        with self._unavailable():
+            async with self._pool.connection() as conn:
+                yield Connection(conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._pool.connection() as conn, conn.transaction():
-            yield Connection(conn)
+        with self._unavailable():
+            async with self._pool.connection() as conn, conn.transaction():
+                yield Connection(conn)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Connection]:
         """A read-only transaction whose statements all see one snapshot (a run read together
         with its steps and attempts)."""
-        async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield Connection(conn)
+        with self._unavailable():
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                yield Connection(conn)
 
     async def close(self) -> None:
         await self._pool.close()
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """A lost or refused connection is `Unavailable` (retryable: UNAVAILABLE for clients,
+        no answer on the attempt stream so that the worker sends again), and the pool's idle
+        connections are checked, so that those Postgres closed too are replaced at once rather
+        than fail one call each. A transaction Postgres rolled back (a deadlock, a
+        serialization failure) is not: `retry_conflicts` runs it again."""
+        try:
+            yield
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+            raise
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            if self._checking is None or self._checking.done():
+                self._checking = asyncio.create_task(self._pool.check())
+            raise Unavailable(f"the database is unavailable: {type(exc).__name__}") from exc
+
+
+POOL_TIMEOUT_S = 5.0
 
 
 P = ParamSpec("P")
