@@ -287,6 +287,30 @@ async def scheduled_attempt(database_url: str, run_id: str, step: str) -> tuple[
     return str(row[0]), str(row[1])
 
 
+async def start_orders(channel: aio.Channel, database_url: str) -> tuple[Any, str, str]:
+    """A new orders run and its first attempt: (run, attempt id, token)."""
+    runs = await register_orders(channel)
+    run = (
+        await runs.StartRun(
+            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=5))
+        )
+    ).run
+    attempt_id, token = await scheduled_attempt(database_url, run.id, "reserve")
+    return run, attempt_id, token
+
+
+async def start_and_claim(
+    channel: aio.Channel, database_url: str, protocol: Protocol, worker_id: str
+) -> tuple[Any, str, str]:
+    """A new orders run with its first attempt claimed: (run, attempt id, token)."""
+    run, attempt_id, token = await start_orders(channel, database_url)
+    claimed = await protocol.send(
+        started=wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id=worker_id)
+    )
+    assert claimed.start.accepted
+    return run, attempt_id, token
+
+
 async def run_events(channel: aio.Channel, run_id: str) -> list[run_pb2.RunEvent]:
     """The run's event log so far (WatchRun from 0, up to GetRun's last sequence)."""
     runs = RunServiceStub(channel)
@@ -520,16 +544,9 @@ async def test_list_runs_basic_view_ships_no_run_data(
 async def test_progress_is_recorded_when_it_changes_at_most_once_a_second(
     channel: aio.Channel, database_url: str
 ) -> None:
-    runs = await register_orders(channel)
-    run = (
-        await runs.StartRun(
-            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=5))
-        )
-    ).run
     protocol = Protocol(channel)
-    attempt_id, token = await scheduled_attempt(database_url, run.id, "reserve")
-    claim = wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id="w1")
-    assert (await protocol.send(started=claim)).start.accepted
+    run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
+    runs = RunServiceStub(channel)
 
     async def beat(**progress: Any) -> None:
         details = payload(**progress) if progress else None

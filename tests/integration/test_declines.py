@@ -15,12 +15,11 @@ from squidmesh.v1.worker_service_pb2_grpc import WorkerServiceStub
 from server.app import App
 from server.embedded import EmbeddedUrls
 from server.store.db import libpq_url
-from tests.integration.test_api import run_events
+from tests.integration.test_api import run_events, start_orders
 from tests.integration.test_handoff import (
     ORDERS_HANDLERS,
     attempt_row,
     published,
-    start_orders,
     wait_until,
     worker_protocol,
 )

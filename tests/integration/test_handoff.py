@@ -22,7 +22,11 @@ from server.app import App
 from server.embedded import EmbeddedUrls
 from server.store.db import libpq_url
 from tests.integration.servers import running_app
-from tests.integration.test_api import Protocol, payload, register_orders, scheduled_attempt
+from tests.integration.test_api import (
+    Protocol,
+    register_orders,
+    start_and_claim,
+)
 
 ORDERS_HANDLERS = ["orders.reserve", "orders.ship"]
 
@@ -35,30 +39,6 @@ async def worker_protocol(channel: aio.Channel, worker_id: str, handlers: list[s
         )
     )
     return Protocol(channel, worker_id=worker_id)
-
-
-async def start_orders(channel: aio.Channel, database_url: str) -> tuple[Any, str, str]:
-    """A new orders run and its first attempt: (run, attempt id, token)."""
-    runs = await register_orders(channel)
-    run = (
-        await runs.StartRun(
-            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=5))
-        )
-    ).run
-    attempt_id, token = await scheduled_attempt(database_url, run.id, "reserve")
-    return run, attempt_id, token
-
-
-async def start_and_claim(
-    channel: aio.Channel, database_url: str, protocol: Protocol, worker_id: str
-) -> tuple[Any, str, str]:
-    """A new orders run with its first attempt claimed: (run, attempt id, token)."""
-    run, attempt_id, token = await start_orders(channel, database_url)
-    claimed = await protocol.send(
-        started=wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id=worker_id)
-    )
-    assert claimed.start.accepted
-    return run, attempt_id, token
 
 
 def completed(attempt_id: str, token: str, accept: bool = True) -> wpb.AttemptCompleted:

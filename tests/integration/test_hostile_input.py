@@ -25,7 +25,7 @@ from tests.integration.test_api import (
     details,
     payload,
     register_orders,
-    scheduled_attempt,
+    start_and_claim,
 )
 from worker_sdk import struct_to_dict
 
@@ -154,21 +154,6 @@ async def test_registration_refuses_nul_nan_and_durations_past_their_columns(
     assert run.status == run_pb2.RUN_STATUS_WAITING
 
 
-async def claimed(
-    channel: aio.Channel, database_url: str, protocol: Protocol
-) -> tuple[str, str, str]:
-    runs = await register_orders(channel)
-    run = (
-        await runs.StartRun(
-            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=1))
-        )
-    ).run
-    attempt_id, token = await scheduled_attempt(database_url, run.id, "reserve")
-    claim = wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id="w1")
-    assert (await protocol.send(started=claim)).start.accepted
-    return run.id, attempt_id, token
-
-
 async def get_run(channel: aio.Channel, run_id: str) -> run_pb2.Run:
     return (await RunServiceStub(channel).GetRun(run_service_pb2.GetRunRequest(run_id=run_id))).run
 
@@ -185,7 +170,8 @@ async def test_a_result_that_cannot_be_stored_fails_its_attempt_for_good(
     channel: aio.Channel, database_url: str, report: str, reason: str
 ) -> None:
     protocol = Protocol(channel)
-    run_id, attempt_id, token = await claimed(channel, database_url, protocol)
+    run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
+    run_id = run.id
     if report == "error_nul":
         answer = await protocol.send(
             failed=wpb.AttemptFailed(
@@ -214,7 +200,8 @@ async def test_bad_progress_is_dropped_and_the_lease_still_renewed(
     channel: aio.Channel, database_url: str
 ) -> None:
     protocol = Protocol(channel)
-    run_id, attempt_id, token = await claimed(channel, database_url, protocol)
+    run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
+    run_id = run.id
     beat = wpb.WorkerHeartbeat(
         worker_id="w1",
         attempts=[
