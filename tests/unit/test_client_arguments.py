@@ -5,10 +5,12 @@ raise grpc.RpcError (UNAVAILABLE) instead of the error these tests expect."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import grpc
 import pytest
 from squidmesh.client import AsyncClient, Client, _build, run_status, run_view
 from squidmesh.v1 import run_pb2, run_service_pb2
@@ -92,3 +94,21 @@ def test_list_runs_request_carries_filters_and_view() -> None:
     assert request.create_time_after.ToDatetime(UTC) == after
     assert not request.HasField("create_time_before")
     assert request.view == run_service_pb2.RUN_VIEW_FULL
+
+
+def test_idempotent_calls_are_retried_with_backoff_while_unavailable() -> None:
+    """Nothing listens: GetRun is tried five times (backoffs of about 0.2, 0.4, 0.8 and 1.6 s,
+    with gRPC's jitter) before UNAVAILABLE reaches the caller; StartRun is not repeated."""
+    with Client(f"127.0.0.1:{free_port()}", timeout=30) as unreachable:
+        began = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            unreachable.get_run("00000000-0000-0000-0000-000000000000")
+        retried = time.monotonic() - began
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        began = time.monotonic()
+        with pytest.raises(grpc.RpcError):
+            unreachable.start_run("w", {})
+        once = time.monotonic() - began
+    # gRPC's jitter draws each backoff in [0, current]: lower bounds cannot be promised
+    # per attempt, but four of them take far longer than one refused connection.
+    assert retried > once and retried > 0.1, (retried, once)

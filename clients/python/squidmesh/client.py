@@ -12,6 +12,7 @@ arguments before any call (TypeError/ValueError); errors of the calls are the gR
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -195,6 +196,41 @@ def _status_code(exc: grpc.RpcError) -> grpc.StatusCode | None:
     return exc.code() if isinstance(exc, grpc.Call) else None
 
 
+_IDEMPOTENT = {
+    "squidmesh.v1.WorkflowService": ("RegisterWorkflow", "GetWorkflow", "ListWorkflows"),
+    "squidmesh.v1.RunService": ("GetRun", "ListRuns", "WatchRun", "CancelRun"),
+}
+CHANNEL_OPTIONS = (
+    ("grpc.enable_retries", 1),
+    (
+        "grpc.service_config",
+        json.dumps(
+            {
+                "methodConfig": [
+                    {
+                        "name": [
+                            {"service": service, "method": method}
+                            for service, methods in _IDEMPOTENT.items()
+                            for method in methods
+                        ],
+                        "retryPolicy": {
+                            "maxAttempts": 5,
+                            "initialBackoff": "0.2s",
+                            "maxBackoff": "3s",
+                            "backoffMultiplier": 2,
+                            "retryableStatusCodes": ["UNAVAILABLE"],
+                        },
+                    }
+                ]
+            }
+        ),
+    ),
+)
+"""gRPC's own retries, with backoff, of the calls that are safe to repeat when the server or
+its database is unavailable for a moment. StartRun and ReplayRun are not among them: repeat
+those yourself, with the same idempotency key."""
+
+
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {token}"),) if token else None
 
@@ -206,7 +242,7 @@ class Client:
         self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, timeout: float = 30.0
     ) -> None:
         self.address = address
-        self._channel = grpc.insecure_channel(address)
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
         self._runs = run_service_pb2_grpc.RunServiceStub(self._channel)
         self._metadata = _metadata(token)
@@ -386,7 +422,7 @@ class AsyncClient:
         self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, timeout: float = 30.0
     ) -> None:
         self.address = address
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
         self._runs = run_service_pb2_grpc.RunServiceStub(self._channel)
         self._metadata = _metadata(token)
