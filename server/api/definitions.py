@@ -14,7 +14,7 @@ from google.protobuf import duration_pb2
 from squidmesh.v1 import workflow_pb2
 from squidmesh.values import to_value, value_to_python
 
-from server.engine.errors import FieldViolation, InvalidArgument
+from server.engine.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from server.engine.model import (
     Backoff,
     Condition,
@@ -58,6 +58,25 @@ K = TypeVar("K", bound=int)
 
 
 # --- proto → domain ----------------------------------------------------------------------------
+
+MAX_STEPS = 1000
+MAX_TRANSITIONS = 5000
+MAX_DEFINITION_BYTES = 1 << 20
+
+
+def check_size(pb: workflow_pb2.WorkflowDefinition) -> None:
+    """Refuses a definition past the limits before any work is spent on it."""
+    for what, size, limit in (
+        ("steps", len(pb.steps), MAX_STEPS),
+        ("transitions", len(pb.transitions), MAX_TRANSITIONS),
+        ("bytes", pb.ByteSize(), MAX_DEFINITION_BYTES),
+    ):
+        if size > limit:
+            raise ResourceExhausted(
+                f"the definition has {size} {what}, more than the limit of {limit}",
+                reason="DEFINITION_TOO_LARGE",
+                metadata={"what": what, "size": str(size), "limit": str(limit)},
+            )
 
 
 def definition_from_proto(pb: workflow_pb2.WorkflowDefinition) -> WorkflowDef:

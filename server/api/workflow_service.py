@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeAlias
 
 from grpc import aio
@@ -9,7 +10,7 @@ from squidmesh.v1 import workflow_service_pb2 as pb
 from squidmesh.v1 import workflow_service_pb2_grpc as pb_grpc
 
 from server.api import convert
-from server.api.definitions import definition_from_proto
+from server.api.definitions import check_size, definition_from_proto
 from server.api.errors import handle_errors
 from server.engine.commands import Engine
 
@@ -24,9 +25,10 @@ class WorkflowService(pb_grpc.WorkflowServiceServicer):
     async def RegisterWorkflow(
         self, request: pb.RegisterWorkflowRequest, context: Context
     ) -> pb.RegisterWorkflowResponse:
-        version, created = await self._engine.register_workflow(
-            definition_from_proto(request.definition)
-        )
+        check_size(request.definition)
+        # Off the event loop: a large definition takes a while to convert and validate.
+        defn = await asyncio.to_thread(definition_from_proto, request.definition)
+        version, created = await self._engine.register_workflow(defn)
         return pb.RegisterWorkflowResponse(workflow=convert.workflow(version), created=created)
 
     @handle_errors

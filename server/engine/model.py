@@ -8,6 +8,7 @@ form stored in Postgres and hashed for versioning.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -247,10 +248,15 @@ class WorkflowDef:
                 attempt_timeout_ms=original.attempt_timeout_ms,
                 heartbeat_timeout_ms=original.heartbeat_timeout_ms,
             )
+        return self._steps_by_name[name]
+
+    @functools.cached_property
+    def _steps_by_name(self) -> dict[str, Step]:
+        """The steps by name (the first of a repeated name): every decision looks steps up."""
+        by_name: dict[str, Step] = {}
         for s in self.steps:
-            if s.name == name:
-                return s
-        raise KeyError(name)
+            by_name.setdefault(s.name, s)
+        return by_name
 
     @property
     def compensates(self) -> bool:

@@ -260,6 +260,9 @@ def _check_transition_graph(defn: WorkflowDef, out: list[FieldViolation]) -> Non
 
     entry = defn.steps[0].name
     reached = _reachable(entry, edges)
+    routes: dict[str, set[Outcome]] = {}
+    for t in defn.transitions:
+        routes.setdefault(t.from_step, set()).add(t.on)
     for i, step in enumerate(defn.steps):
         if step.name not in reached:
             out.append(
@@ -269,9 +272,8 @@ def _check_transition_graph(defn: WorkflowDef, out: list[FieldViolation]) -> Non
                 )
             )
         if step.kind is StepKind.APPROVAL:
-            routes = {t.on for t in defn.transitions if t.from_step == step.name}
             for outcome, meaning in ((Outcome.OK, "approved"), (Outcome.ERROR, "rejected")):
-                if outcome not in routes:
+                if outcome not in routes.get(step.name, ()):
                     out.append(
                         FieldViolation(
                             f"definition.steps[{i}]",
@@ -311,18 +313,22 @@ def _report_cycles(
         if root in done:
             continue
         path = [root]
+        on_path = {root}  # the path as a set: a chain of n steps is checked in O(n), not O(n²)
         stack = [iter(edges.get(root, ()))]
         while stack:
             for target, where in stack[-1]:
-                if target in path:
+                if target in on_path:
                     cycle = [*path[path.index(target) :], target]
                     out.append(FieldViolation(where, "creates a cycle: " + " -> ".join(cycle)))
                 elif target not in done:
                     path.append(target)
+                    on_path.add(target)
                     stack.append(iter(edges.get(target, ())))
                     break
             else:
-                done.add(path.pop())
+                finished = path.pop()
+                on_path.discard(finished)
+                done.add(finished)
                 stack.pop()
 
 

@@ -249,3 +249,38 @@ async def test_unreadable_stream_requests_are_answered_not_ignored(channel: aio.
     # And the stream still serves a good request.
     beat = await protocol.send(heartbeat=wpb.WorkerHeartbeat(worker_id="w"))
     assert beat.WhichOneof("message") == "heartbeat"
+
+
+def chain(name: str, steps: int) -> workflow_pb2.WorkflowDefinition:
+    d = workflow_pb2.WorkflowDefinition(name=name)
+    d.triggers.add(name="manual", manual=workflow_pb2.ManualTrigger())
+    for i in range(steps):
+        d.steps.add(name=f"s{i}", task=workflow_pb2.TaskStep(handler=f"h.s{i}"))
+        d.transitions.add(from_step=f"s{i}", to=f"s{i + 1}" if i + 1 < steps else "complete")
+    return d
+
+
+async def test_an_oversized_definition_is_refused_at_once_and_a_large_one_is_fine(
+    channel: aio.Channel, database_url: str
+) -> None:
+    workflows = WorkflowServiceStub(channel)
+    with pytest.raises(aio.AioRpcError) as raised:
+        await workflows.RegisterWorkflow(
+            workflow_service_pb2.RegisterWorkflowRequest(definition=chain("huge", 40_000))
+        )
+    assert raised.value.code() == StatusCode.RESOURCE_EXHAUSTED
+    assert details(raised.value)[0] == "DEFINITION_TOO_LARGE"
+    assert await count_rows(database_url, "workflows") == 0
+
+    # At the limit it registers; meanwhile the server goes on answering other calls.
+    registering = asyncio.ensure_future(
+        workflows.RegisterWorkflow(
+            workflow_service_pb2.RegisterWorkflowRequest(definition=chain("large", 1000))
+        )
+    )
+    while not registering.done():
+        await WorkflowServiceStub(channel).ListWorkflows(
+            workflow_service_pb2.ListWorkflowsRequest(), timeout=30
+        )
+        await asyncio.sleep(0.01)
+    assert (await registering).workflow.version == 1
