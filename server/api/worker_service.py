@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any, TypeAlias
 
+import grpc
 from google.protobuf import duration_pb2
 from grpc import aio
 from squidmesh.v1 import worker_service_pb2 as pb
@@ -113,14 +114,20 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
     async def StreamAttempts(
         self, request_iterator: AsyncIterator[pb.StreamAttemptsRequest], context: Context
     ) -> AsyncIterator[pb.StreamAttemptsResponse]:
+        metadata = dict(context.invocation_metadata() or ())
+        worker_id = str(metadata.get(WORKER_ID_METADATA, ""))
+        if not worker_id or len(worker_id) > sanity.MAX_IDENTIFIER:
+            # Only the worker that claimed an attempt may report on it: a stream says whose.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"open the attempt stream with the metadata {WORKER_ID_METADATA}: the "
+                f"worker's id (at most {sanity.MAX_IDENTIFIER} characters)",
+            )
+        batches = metadata.get(BATCHES_METADATA) == "1"
         answers: Answers = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
         self._open.add(answers)
-        metadata = dict(context.invocation_metadata() or ())
-        worker_id = str(metadata.get(WORKER_ID_METADATA, ""))
-        batches = metadata.get(BATCHES_METADATA) == "1"
-        if worker_id:
-            self._streams.setdefault(worker_id, set()).add(answers)
+        self._streams.setdefault(worker_id, set()).add(answers)
 
         async def answer(request: pb.StreamAttemptsRequest) -> None:
             try:
@@ -167,12 +174,11 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                     yield batch[0] if len(batch) == 1 else pb.StreamAttemptsResponse(batch=batch)
         finally:
             self._open.discard(answers)
-            if worker_id:
-                streams = self._streams.get(worker_id, set())
-                streams.discard(answers)
-                if not streams:
-                    self._streams.pop(worker_id, None)
-                    self._offers.pop(worker_id, None)
+            streams = self._streams.get(worker_id, set())
+            streams.discard(answers)
+            if not streams:
+                self._streams.pop(worker_id, None)
+                self._offers.pop(worker_id, None)
             reader.cancel()
             for task in list(pending):
                 task.cancel()
@@ -184,7 +190,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
     ) -> HandoffOffer | None:
         """What the worker behind a result that accepts a handoff (and with `retries`, its
         retry) can be handed."""
-        if not accept or not worker_id:
+        if not accept:
             return None
         offer = self._offers.get(worker_id)
         if offer is None:
@@ -200,6 +206,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         if kind in ("started", "declined"):
             # Ids and tokens: a request with unreadable ones is refused whole.
             check_request(request)
+            _check_worker(getattr(request, kind).worker_id, worker_id, kind)
         if kind == "started":
             started = request.started
             decision = await self._engine.claim_attempt(
@@ -218,6 +225,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             return pb.StreamAttemptsResponse(start=_start_decision(decision))
         if kind == "heartbeat":
             beat = request.heartbeat
+            _check_worker(beat.worker_id, worker_id, kind)
             check_request(  # progress apart: bad progress is dropped, the lease renewed
                 pb.WorkerHeartbeat(
                     worker_id=beat.worker_id,
@@ -251,11 +259,16 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             invalid = sanity.problems(done.output, "output")
             if invalid:
                 result_decision = await self._engine.fail_attempt(
-                    attempt_id, done.token, _unstorable("output", invalid), None, offer
+                    attempt_id,
+                    done.token,
+                    _unstorable("output", invalid),
+                    None,
+                    offer,
+                    reporter=worker_id,
                 )
             else:
                 result_decision = await self._engine.complete_attempt(
-                    attempt_id, done.token, value_to_python(done.output), offer
+                    attempt_id, done.token, value_to_python(done.output), offer, reporter=worker_id
                 )
         elif kind == "failed":
             failed = request.failed
@@ -279,7 +292,12 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 failed.retry_after.ToMilliseconds() if failed.HasField("retry_after") else None
             )
             result_decision = await self._engine.fail_attempt(
-                attempt_id, failed.token, failure, None if invalid else retry_after, offer
+                attempt_id,
+                failed.token,
+                failure,
+                None if invalid else retry_after,
+                offer,
+                reporter=worker_id,
             )
         else:
             raise InvalidArgument("the request has no content (or a batch inside a batch)", [])
@@ -303,6 +321,15 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 if retry is not None
                 else None,
             )
+        )
+
+
+def _check_worker(named: str, stream_worker: str, kind: str) -> None:
+    """A claim, decline or heartbeat names the worker of the stream it comes on."""
+    if named != stream_worker:
+        raise InvalidArgument(
+            f"{kind}.worker_id is not the worker of this attempt stream",
+            [FieldViolation(f"{kind}.worker_id", "must be the stream's squidmesh-worker-id")],
         )
 
 

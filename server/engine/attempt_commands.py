@@ -214,9 +214,12 @@ class AttemptCommands(EngineCore):
         token: str,
         output: JSON,
         offer: HandoffOffer | None = None,
+        *,
+        reporter: str,
     ) -> ResultDecision:
         """Records a succeeded attempt and decides what follows; with `offer`, the answer may
-        hand the reporting worker the run's next attempt."""
+        hand the reporting worker the run's next attempt. Only the worker that claimed the
+        attempt (`reporter`) may report it."""
         try:
             self._check_size("output", output)
         except ResourceExhausted as exc:
@@ -226,18 +229,24 @@ class AttemptCommands(EngineCore):
                 message=exc.message,
                 non_retryable=True,
             )
-            return await self.fail_attempt(attempt_id, token, failure, None, offer)
+            return await self.fail_attempt(
+                attempt_id, token, failure, None, offer, reporter=reporter
+            )
         claimed = self._claims.pop(attempt_id, None)
         if claimed is not None:
-            decision = await self._complete_as_claimed(attempt_id, token, output, claimed, offer)
+            decision = await self._complete_as_claimed(
+                attempt_id, token, output, claimed, offer, reporter
+            )
             if decision is not None:
                 return decision
         async with self._db.transaction() as conn:
             finished = await attempts.finish(
-                conn, attempt_id, token, AttemptStatus.SUCCEEDED, output=output
+                conn, attempt_id, token, AttemptStatus.SUCCEEDED, output=output, reporter=reporter
             )
             if finished is None:
-                return await self._refusal(conn, attempt_id, token, AttemptStatus.SUCCEEDED, offer)
+                return await self._refusal(
+                    conn, attempt_id, token, AttemptStatus.SUCCEEDED, offer, reporter
+                )
             change = await self._step_succeeded(conn, finished, output)
             handed = self._hand_off(change, offer, attempt_id)
             last_seq = await changes.apply(conn, change)
@@ -283,6 +292,7 @@ class AttemptCommands(EngineCore):
         output: JSON,
         claimed: attempts.Claimed,
         offer: HandoffOffer | None,
+        reporter: str,
     ) -> ResultDecision | None:
         """The common case in one statement: nothing happened to the run since this process
         claimed the attempt, so the decision can be made from the run as the claim saw it.
@@ -299,7 +309,7 @@ class AttemptCommands(EngineCore):
             return None
         handed = self._hand_off(change, offer, attempt_id)
         ended = changes.AttemptEnded(
-            change, attempt_id, token, AttemptStatus.SUCCEEDED, claimed.last_seq, output
+            change, attempt_id, token, AttemptStatus.SUCCEEDED, claimed.last_seq, reporter, output
         )
         return await self._apply_as_claimed(ended, handed, claimed)
 
@@ -434,16 +444,18 @@ class AttemptCommands(EngineCore):
         retry_after_ms: int | None,
         offer: HandoffOffer | None = None,
         *,
+        reporter: str | None = None,
         expired: attempts.Expired | None = None,
     ) -> ResultDecision:
         """Records a failed attempt and decides what follows: a retry, the step's error
-        route, compensation, or the run's failure. With `expired`, only if the attempt's
-        lease or deadline passed (the timer loop's calls). With `offer`, the answer may hand
-        the reporting worker the run's next attempt, or hand it back the retry."""
+        route, compensation, or the run's failure. A worker's report (`reporter`) counts only
+        from the worker that claimed the attempt. With `expired` (the timer loop's calls, no
+        reporter), only if the attempt's lease or deadline passed. With `offer`, the answer may
+        hand the reporting worker the run's next attempt, or hand it back the retry."""
         claimed = self._claims.pop(attempt_id, None)
-        if claimed is not None and expired is None:
+        if claimed is not None and reporter is not None:
             answer = await self._fail_as_claimed(
-                attempt_id, token, failure, retry_after_ms, claimed, offer
+                attempt_id, token, failure, retry_after_ms, claimed, offer, reporter
             )
             if answer is not None:
                 return answer
@@ -455,9 +467,12 @@ class AttemptCommands(EngineCore):
                 AttemptStatus.FAILED,
                 error=failure.to_json(),
                 expired=expired,
+                reporter=reporter,
             )
             if finished is None:
-                return await self._refusal(conn, attempt_id, token, AttemptStatus.FAILED, offer)
+                return await self._refusal(
+                    conn, attempt_id, token, AttemptStatus.FAILED, offer, reporter
+                )
             run, name, number = finished.run, finished.step_name, finished.number
             defn = await self._definition(conn, run.workflow_id)
             step = defn.step(name)
@@ -513,6 +528,7 @@ class AttemptCommands(EngineCore):
         retry_after_ms: int | None,
         claimed: attempts.Claimed,
         offer: HandoffOffer | None,
+        reporter: str,
     ) -> ResultDecision | None:
         """`_complete_as_claimed` for a failure: decided from the run as the claim saw it, in
         one statement shared with the results that arrive together. None when that does not
@@ -539,6 +555,7 @@ class AttemptCommands(EngineCore):
             token,
             AttemptStatus.FAILED,
             claimed.last_seq,
+            reporter,
             error=failure.to_json(),
         )
         return await self._apply_as_claimed(ended, handed, claimed)
@@ -692,10 +709,14 @@ class AttemptCommands(EngineCore):
         token: str,
         outcome: AttemptStatus,
         offer: HandoffOffer | None = None,
+        reporter: str | None = None,
     ) -> ResultDecision:
         state = await attempts.state(conn, attempt_id)
         if state is None:
             return ResultDecision(accepted=False, refusal_reason="unknown")
+        if reporter is not None and state.worker_id not in (None, reporter):
+            # Fencing by worker: the right token from another worker or stream does not count.
+            return ResultDecision(accepted=False, refusal_reason="not_claimed_by_this_worker")
         if state.token == token and state.status == outcome:
             # A resend of a result already recorded (its answer was lost): hand over again
             # what the first answer handed over, if that attempt still waits for its worker.

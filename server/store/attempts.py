@@ -221,12 +221,15 @@ async def finish(
     error: dict[str, Any] | None = None,
     expired: Expired | None = None,
     wait: bool = False,
+    reporter: str | None = None,
 ) -> Finished | None:
     """Ends a running attempt, or with `wait` a scheduled wait timer (fenced), and locks its
-    run for the decision that follows."""
+    run for the decision that follows. With `reporter`, only if that worker claimed it."""
     condition = "status = 'scheduled' AND kind = 'wait'" if wait else "status = 'running'"
     if expired is not None:
         condition += f" AND {expired.value} < now()"
+    if reporter is not None:
+        condition += " AND worker_id = :reporter"
     row = (
         await conn.execute(
             (
@@ -246,6 +249,7 @@ async def finish(
                 "status": status.value,
                 "output": dumps(output),
                 "error": dumps(error) if error is not None else None,
+                "reporter": reporter,
             },
         )
     ).first()
@@ -293,7 +297,7 @@ async def heartbeat(
             "AS note FROM jsonb_to_recordset(CAST(:beats AS jsonb)) "
             "AS b(id uuid, token text, details jsonb) JOIN attempts o ON o.id = b.id) x, runs r "
             "WHERE a.id = x.id AND a.token = x.token AND a.status = 'running' "
-            "AND r.id = a.run_id "
+            "AND a.worker_id = :worker_id AND r.id = a.run_id "
             "RETURNING a.id, r.status = 'cancelling' AS cancel, (SELECT count(*) FROM w) AS n, "
             "x.note, a.run_id, a.step_name, a.number, a.progress"
         ),

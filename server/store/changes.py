@@ -102,7 +102,7 @@ _DOCUMENT = """jsonb_to_recordset(CAST(:changes AS jsonb)) AS d(
     context jsonb, error jsonb, started bool, ended bool, cancel_scheduled bool, n_events int,
     step_updates jsonb, new_steps jsonb, new_attempts jsonb, events jsonb,
     workflow_id bigint, workflow_name text, workflow_version int, trigger text, payload jsonb,
-    payload_hash text, idempotency_key text, source_run_id uuid, latest bool)"""
+    payload_hash text, idempotency_key text, source_run_id uuid, latest bool, reporter text)"""
 
 _NEW_ROWS = """
 ns AS (
@@ -205,7 +205,7 @@ _APPLY_IF_CURRENT = (
     error = doc.attempt_error, lease_expires_at = NULL
   FROM doc JOIN r0 ON r0.id = doc.run_id
   WHERE attempts.id = doc.attempt_id AND attempts.token = doc.token
-    AND attempts.status = 'running'
+    AND attempts.status = 'running' AND attempts.worker_id = doc.reporter
   RETURNING attempts.id, attempts.run_id
 ), ok AS (
   SELECT doc.* FROM doc JOIN fin ON fin.run_id = doc.run_id
@@ -274,6 +274,8 @@ class AttemptEnded:
     token: str
     status: str
     expected_seq: int
+    reporter: str
+    """The worker reporting it: only the one that claimed the attempt may."""
     output: JSON = None
     error: dict[str, JSON] | None = None
 
@@ -297,6 +299,7 @@ async def apply_if_current(conn: Connection, items: list[AttemptEnded]) -> list[
             output=item.output,
             attempt_error=item.error,
             expected_seq=item.expected_seq,
+            reporter=item.reporter,
         )
         for item in items
     ]

@@ -257,21 +257,25 @@ async def test_start_run_validation_and_idempotency(
 
 
 class Protocol:
-    """Drives the attempt stream the way a worker does."""
+    """Drives the attempt stream the way a worker does, as the worker `worker_id`."""
 
-    def __init__(self, channel: aio.Channel, worker_id: str = "") -> None:
+    def __init__(self, channel: aio.Channel, worker_id: str = "w1") -> None:
         self.stub = WorkerServiceStub(channel)
-        metadata = (("squidmesh-worker-id", worker_id),) if worker_id else None
-        self.call = self.stub.StreamAttempts(metadata=metadata)
+        self.call = self.stub.StreamAttempts(metadata=(("squidmesh-worker-id", worker_id),))
         self.next_id = 0
+        self.cancels: list[wpb.CancelAttempts] = []
 
     async def send(self, **message: object) -> wpb.StreamAttemptsResponse:
         self.next_id += 1
         await self.call.write(wpb.StreamAttemptsRequest(request_id=self.next_id, **message))  # type: ignore[arg-type]
-        response = await self.call.read()
-        assert isinstance(response, wpb.StreamAttemptsResponse)
-        assert response.request_id == self.next_id
-        return response
+        while True:
+            response = await self.call.read()
+            assert isinstance(response, wpb.StreamAttemptsResponse)
+            if response.WhichOneof("message") == "cancel":  # pushed by the server: not ours
+                self.cancels.append(response.cancel)
+                continue
+            assert response.request_id == self.next_id
+            return response
 
 
 async def scheduled_attempt(database_url: str, run_id: str, step: str) -> tuple[str, str]:
@@ -349,10 +353,34 @@ async def test_fenced_attempt_protocol_cancel_and_replay(
     )
     assert ok.start.accepted and ok.start.step == "reserve"
     assert ok.start.idempotency_key == f"{run.id}:reserve"
-    dup = await protocol.send(
+    other = Protocol(channel, "w2")
+    dup = await other.send(
         started=wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id="w2")
     )
     assert (dup.start.accepted, dup.start.refusal_reason) == (False, "duplicate")
+    # Fencing by worker: the right token from another worker's stream does not count.
+    stolen = await other.send(
+        completed=wpb.AttemptCompleted(
+            attempt_id=attempt_id, token=token, output=struct_pb2.Value(string_value="mine")
+        )
+    )
+    assert (stolen.result.accepted, stolen.result.refusal_reason) == (
+        False,
+        "not_claimed_by_this_worker",
+    )
+    foreign = await other.send(
+        heartbeat=wpb.WorkerHeartbeat(
+            worker_id="w2", attempts=[wpb.AttemptProgress(attempt_id=attempt_id, token=token)]
+        )
+    )
+    assert list(foreign.heartbeat.lost_attempt_ids) == [attempt_id]
+    posing = await other.send(
+        heartbeat=wpb.WorkerHeartbeat(
+            worker_id="w1", attempts=[wpb.AttemptProgress(attempt_id=attempt_id, token=token)]
+        )
+    )
+    assert list(posing.heartbeat.lost_attempt_ids) == [attempt_id]
+    other.call.cancel()
 
     beat = await protocol.send(
         heartbeat=wpb.WorkerHeartbeat(
@@ -770,7 +798,9 @@ async def test_requests_sent_as_one_batch_are_each_answered(
         )
     )
     assert registered.accepts_batches
-    call = workers.StreamAttempts(metadata=(("squidmesh-accepts-batches", "1"),))
+    call = workers.StreamAttempts(
+        metadata=(("squidmesh-worker-id", "w-batch"), ("squidmesh-accepts-batches", "1"))
+    )
 
     async def exchange(
         requests: list[wpb.StreamAttemptsRequest],
@@ -841,7 +871,7 @@ async def test_a_failing_run_lets_running_branches_end_then_compensates_them_too
     async def claim(step: str) -> tuple[str, str]:
         attempt, token = await scheduled_attempt(database_url, run.id, step)
         started = await protocol.send(
-            started=wpb.AttemptStarted(attempt_id=attempt, token=token, worker_id="w")
+            started=wpb.AttemptStarted(attempt_id=attempt, token=token, worker_id="w1")
         )
         assert started.start.accepted, (step, started.start.refusal_reason)
         return attempt, token

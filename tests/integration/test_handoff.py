@@ -106,7 +106,7 @@ async def test_a_result_hands_the_next_attempt_to_its_worker(
     assert resent.result.handoff.start.step == "ship"
 
     # A claim of the handed-off attempt (a duplicate delivery) is refused; its result counts.
-    duplicate = await protocol.send(
+    duplicate = await Protocol(channel, "w2").send(
         started=wpb.AttemptStarted(
             attempt_id=handoff.attempt_id, token=handoff.token, worker_id="w2"
         )

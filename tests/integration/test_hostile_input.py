@@ -16,6 +16,7 @@ from grpc import StatusCode, aio
 from squidmesh.v1 import run_pb2, run_service_pb2, workflow_pb2, workflow_service_pb2
 from squidmesh.v1 import worker_service_pb2 as wpb
 from squidmesh.v1.run_service_pb2_grpc import RunServiceStub
+from squidmesh.v1.worker_service_pb2_grpc import WorkerServiceStub
 from squidmesh.v1.workflow_service_pb2_grpc import WorkflowServiceStub
 
 from tests.integration.test_api import (
@@ -247,7 +248,7 @@ async def test_unreadable_stream_requests_are_answered_not_ignored(channel: aio.
     assert isinstance(nested, wpb.StreamAttemptsResponse)
     assert (nested.request_id, nested.WhichOneof("message")) == (protocol.next_id, "rejected")
     # And the stream still serves a good request.
-    beat = await protocol.send(heartbeat=wpb.WorkerHeartbeat(worker_id="w"))
+    beat = await protocol.send(heartbeat=wpb.WorkerHeartbeat(worker_id="w1"))
     assert beat.WhichOneof("message") == "heartbeat"
 
 
@@ -284,3 +285,20 @@ async def test_an_oversized_definition_is_refused_at_once_and_a_large_one_is_fin
         )
         await asyncio.sleep(0.01)
     assert (await registering).workflow.version == 1
+
+
+async def test_the_attempt_stream_belongs_to_one_worker(channel: aio.Channel) -> None:
+    """A stream says whose it is (metadata squidmesh-worker-id): without it the stream is
+    refused, and a claim in another worker's name on it is refused too."""
+    anonymous = WorkerServiceStub(channel).StreamAttempts()
+    await anonymous.write(wpb.StreamAttemptsRequest(request_id=1, heartbeat=wpb.WorkerHeartbeat()))
+    with pytest.raises(aio.AioRpcError) as raised:
+        await anonymous.read()
+    assert raised.value.code() == StatusCode.INVALID_ARGUMENT
+    posing = await Protocol(channel, "w1").send(
+        started=wpb.AttemptStarted(
+            attempt_id="00000000-0000-0000-0000-000000000000", token="t", worker_id="w2"
+        )
+    )
+    assert not posing.start.accepted
+    assert posing.start.refusal_reason.startswith("invalid: started.worker_id")

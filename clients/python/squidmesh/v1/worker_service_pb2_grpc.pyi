@@ -37,9 +37,12 @@ class WorkerServiceStub:
     """Announces a worker: its queues and handlers. Returns where to consume step tasks from."""
     StreamAttempts: _grpc.StreamStreamMultiCallable[_worker_service_pb2.StreamAttemptsRequest, _worker_service_pb2.StreamAttemptsResponse]
     """The attempt stream: the worker claims attempts, heartbeats and reports results; the server
-    answers each request (matched by request_id). A worker that opens it with the metadata
-    "squidmesh-worker-id" also receives CancelAttempts as soon as one of its attempts must stop
-    (otherwise it learns that from its next heartbeat's answer). Either side may send several
+    answers each request (matched by request_id). The stream belongs to one worker: it must be
+    opened with the metadata "squidmesh-worker-id" (the worker's id; INVALID_ARGUMENT without
+    it), claims, declines and heartbeats on it must name that worker, and results and
+    heartbeats count only for attempts that worker claimed (fencing by worker, besides the
+    token). The worker also receives CancelAttempts on it as soon as one of its attempts must
+    stop. Either side may send several
     messages as one `batch` (see StreamAttemptsRequest.batch): a stream message costs far more
     than the bytes in it.
     """
@@ -53,9 +56,12 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     """Announces a worker: its queues and handlers. Returns where to consume step tasks from."""
     StreamAttempts: _aio.StreamStreamMultiCallable[_worker_service_pb2.StreamAttemptsRequest, _worker_service_pb2.StreamAttemptsResponse]  # type: ignore[assignment]
     """The attempt stream: the worker claims attempts, heartbeats and reports results; the server
-    answers each request (matched by request_id). A worker that opens it with the metadata
-    "squidmesh-worker-id" also receives CancelAttempts as soon as one of its attempts must stop
-    (otherwise it learns that from its next heartbeat's answer). Either side may send several
+    answers each request (matched by request_id). The stream belongs to one worker: it must be
+    opened with the metadata "squidmesh-worker-id" (the worker's id; INVALID_ARGUMENT without
+    it), claims, declines and heartbeats on it must name that worker, and results and
+    heartbeats count only for attempts that worker claimed (fencing by worker, besides the
+    token). The worker also receives CancelAttempts on it as soon as one of its attempts must
+    stop. Either side may send several
     messages as one `batch` (see StreamAttemptsRequest.batch): a stream message costs far more
     than the bytes in it.
     """
@@ -78,9 +84,12 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_worker_service_pb2.StreamAttemptsResponse], _abc.AsyncIterator[_worker_service_pb2.StreamAttemptsResponse]]:
         """The attempt stream: the worker claims attempts, heartbeats and reports results; the server
-        answers each request (matched by request_id). A worker that opens it with the metadata
-        "squidmesh-worker-id" also receives CancelAttempts as soon as one of its attempts must stop
-        (otherwise it learns that from its next heartbeat's answer). Either side may send several
+        answers each request (matched by request_id). The stream belongs to one worker: it must be
+        opened with the metadata "squidmesh-worker-id" (the worker's id; INVALID_ARGUMENT without
+        it), claims, declines and heartbeats on it must name that worker, and results and
+        heartbeats count only for attempts that worker claimed (fencing by worker, besides the
+        token). The worker also receives CancelAttempts on it as soon as one of its attempts must
+        stop. Either side may send several
         messages as one `batch` (see StreamAttemptsRequest.batch): a stream message costs far more
         than the bytes in it.
         """
