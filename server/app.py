@@ -105,7 +105,7 @@ class App:
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                ("grpc.max_receive_message_length", settings.max_payload_bytes * 4),
+                ("grpc.max_receive_message_length", max_message_bytes(settings)),
                 # Calls that arrived but that the event loop has not taken up yet. Past the
                 # soft limit (grpc's default: 1,000) grpc cancels new ones at random, so a
                 # client starting 2,000 runs at once saw some fail with CANCELLED; they are
@@ -125,6 +125,7 @@ class App:
             settings.worker_broker_url or settings.redis_url,
             settings.stream_prefix,
             settings.heartbeat_interval_ms,
+            max_message_bytes(settings),
         )
         self._hub.on_stop = worker_service.stop_attempts
         self._worker_service = worker_service
@@ -186,3 +187,10 @@ async def serve(settings: Settings) -> None:
         log.info("stopping")
     finally:
         await app.stop()  # also after a failed start: stops what had started
+
+
+def max_message_bytes(settings: Settings) -> int:
+    """The largest request the server reads: room for a payload or an output at its limit in
+    protobuf form (a list of small numbers takes up to ~6 times its JSON size), and at least
+    16 MiB."""
+    return max(16 << 20, 8 * settings.max_payload_bytes)

@@ -50,6 +50,10 @@ __all__ = ["AttemptRunner"]
 log = structlog.get_logger("squidmesh.worker")
 
 MAX_HANDOFFS_IN_A_ROW = 32
+DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
+"""What a server that does not say (`max_message_bytes`) reads: gRPC's default."""
+MESSAGE_MARGIN = 4096
+"""Room for the rest of a result message (ids, token, flags) besides the output or error."""
 _CANCELS_REMEMBERED = 1_000
 
 
@@ -91,8 +95,10 @@ class AttemptRunner:
         concurrency: int,
         handoff: bool = True,
         declines: bool = False,
+        max_message_bytes: int = 0,
     ) -> None:
         self._worker_id = worker_id
+        self._max_message_bytes = max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
         self._stream = stream
         self._handlers = handlers
         self._executor = executor
@@ -303,6 +309,7 @@ class AttemptRunner:
         accept_handoff: bool,
     ) -> pb.ResultAck:
         duration_ms = round(seconds * 1000, 1)
+        outcome = self._sendable(outcome)
         if isinstance(outcome, Completed):
             message = outcome.to_proto(attempt_id, token)
             message.accept_handoff = accept_handoff
@@ -330,6 +337,16 @@ class AttemptRunner:
                 event, duration_ms=duration_ms, result_refused=ack.refusal_reason, **fields
             )
         return ack
+
+    def _sendable(self, outcome: Outcome) -> Outcome:
+        """The outcome, or what stands for it when its message would be more than the server
+        reads (which would end the stream, and the resend would end it again, forever)."""
+        limit = self._max_message_bytes - MESSAGE_MARGIN
+        if isinstance(outcome, Completed):
+            size = outcome.output.ByteSize()
+            return outcome if size <= limit else Failure.output_too_large(size, limit)
+        size = outcome.to_proto("", "").ByteSize()  # failures are the rare path
+        return outcome if size <= limit else outcome.shortened(size, limit)
 
 
 def _request_cancel(ctx: StepContext, reason: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from squidmesh.v1 import worker_service_pb2
@@ -30,6 +30,9 @@ __all__ = [
 
 CANCELLED = "Cancelled"
 OUTPUT_NOT_SERIALIZABLE = "OutputNotSerializable"
+OUTPUT_TOO_LARGE = "OutputTooLarge"
+MESSAGE_LIMIT = 16_000
+"""How much of an error's message is kept when the whole error is too large to send."""
 TRACEBACK_LIMIT = 4000
 """Characters of traceback kept in the details (the innermost frames)."""
 
@@ -115,6 +118,24 @@ class Failure:
             error_type=OUTPUT_NOT_SERIALIZABLE,
             message=f"the handler's output is not JSON: {exc}",
             non_retryable=True,
+        )
+
+    @classmethod
+    def output_too_large(cls, size: int, limit: int) -> Failure:
+        return cls(
+            error_type=OUTPUT_TOO_LARGE,
+            message=f"the handler's output is {size} bytes, more than the server reads ({limit})",
+            non_retryable=True,
+        )
+
+    def shortened(self, size: int, limit: int) -> Failure:
+        """This failure without its details and with its message cut, for when the whole of it
+        (`size` bytes) is more than the server reads (`limit`): the error still counts, retries
+        and all. (A character takes at most 4 bytes: a quarter of the limit always fits.)"""
+        return replace(
+            self,
+            message=self.message[: min(MESSAGE_LIMIT, limit // 8)],
+            details={"shortened_from_bytes": size},
         )
 
     def to_proto(self, attempt_id: str, token: str) -> worker_service_pb2.AttemptFailed:

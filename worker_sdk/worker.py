@@ -192,6 +192,7 @@ class Worker:
                 concurrency=self.concurrency,
                 handoff=self.handoff,
                 declines=registration.accepts_declines,
+                max_message_bytes=registration.max_message_bytes,
             )
             stream.on_cancel = runner.cancel  # the server's push; heartbeats are the fallback
             stream.start()

@@ -50,9 +50,15 @@ Answers: TypeAlias = "asyncio.Queue[pb.StreamAttemptsResponse | None]"
 
 class WorkerService(pb_grpc.WorkerServiceServicer):
     def __init__(
-        self, engine: Engine, broker_url: str, stream_prefix: str, heartbeat_interval_ms: int
+        self,
+        engine: Engine,
+        broker_url: str,
+        stream_prefix: str,
+        heartbeat_interval_ms: int,
+        max_message_bytes: int,
     ) -> None:
         self._engine = engine
+        self._max_message_bytes = max_message_bytes
         self._broker_url = broker_url
         self._stream_prefix = stream_prefix
         self._heartbeat_interval_ms = heartbeat_interval_ms
@@ -109,6 +115,7 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             task_name=TASK_NAME,
             accepts_batches=True,
             accepts_declines=True,
+            max_message_bytes=self._max_message_bytes,
         )
 
     async def StreamAttempts(

@@ -377,3 +377,14 @@ async def crunch(input: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     ctx.heartbeat({"rows": 1200, "phase": "loading"})
     await asyncio.sleep(input["seconds"])
     return {"rows": 1200}
+
+
+# --- an output larger than the server reads ------------------------------------------------------
+
+huge = Workflow("f_huge_output", description="returns more than an attempt-stream message holds")
+huge.trigger("manual", payload=[Field("mib", "integer", default=20)])
+
+
+@huge.task(retry=Retry(max_attempts=3, initial_delay=0.01))
+def bloat(input: dict[str, Any]) -> str:
+    return "x" * (input["mib"] << 20)

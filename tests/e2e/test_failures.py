@@ -634,3 +634,20 @@ def test_heartbeat_progress_shows_on_the_running_attempt(cluster: Cluster) -> No
     attempt = _steps(final)["crunch"].attempts[0]
     assert attempt.status == SUCCEEDED
     assert struct_to_dict(attempt.progress) == {"rows": 1200, "phase": "loading"}
+
+
+def test_an_output_larger_than_the_server_reads_fails_its_attempt_not_the_worker(
+    cluster: Cluster,
+) -> None:
+    """20 MiB of output is more than an attempt-stream message may hold: sent, it would end
+    the stream, and the worker would send it again forever. The worker reports a non-retryable
+    OutputTooLarge instead, and goes on serving."""
+    with _start_cluster(cluster, "f_huge_output", "f_progress") as client:
+        run = client.start_run("f_huge_output", {})
+        final = client.wait_for_run(run.id, timeout=60)
+        after = client.start_run("f_progress", {"seconds": 0.1})
+        assert client.wait_for_run(after.id, timeout=60).status == run_pb2.RUN_STATUS_COMPLETED
+    assert final.status == run_pb2.RUN_STATUS_FAILED
+    (attempt,) = _steps(final)["bloat"].attempts  # not retried
+    assert (attempt.error.type, attempt.error.non_retryable) == ("OutputTooLarge", True)
+    assert "more than the server reads" in attempt.error.message

@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
+import pytest
 from squidmesh.v1 import worker_service_pb2 as pb
 from squidmesh.values import to_duration
 
@@ -401,3 +402,37 @@ async def test_a_task_for_a_handler_the_worker_lacks_is_given_back_unclaimed() -
         given_back = [(d.attempt_id, d.token, d.worker_id, d.reason) for d in stream.declines]
         assert given_back == ([("a1", "tok", "w-1", "handler_unknown")] if declines else [])
         assert runner.in_flight == 0
+
+
+# -- results larger than the server reads -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("result", "expected_type"),
+    [("x" * 20_000, "OutputTooLarge"), (ValueError("y" * 40_000), "ValueError")],
+)
+async def test_a_result_the_server_cannot_read_is_replaced_not_sent(
+    result: object, expected_type: str
+) -> None:
+    """An output over the server's message size becomes a non-retryable OutputTooLarge; an
+    error over it keeps its type (and retries) with its message cut and no details."""
+
+    def handler(input: object) -> object:
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    stream = FakeStream(decision())
+    runner = AttemptRunner(
+        worker_id="w-1",
+        stream=cast(AttemptStream, stream),
+        handlers={"w.s": Handler.of("w.s", handler, "default")},
+        executor=None,
+        concurrency=1,
+        max_message_bytes=10_000,
+    )
+    await run_attempt(runner)
+    (sent,) = stream.results
+    assert isinstance(sent, pb.AttemptFailed) and sent.ByteSize() < 10_000
+    assert sent.error_type == expected_type
+    assert sent.non_retryable == (expected_type == "OutputTooLarge")

@@ -98,6 +98,7 @@ class RegisterWorkerResponse(_message.Message):
     TASK_NAME_FIELD_NUMBER: _builtins.int
     ACCEPTS_BATCHES_FIELD_NUMBER: _builtins.int
     ACCEPTS_DECLINES_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """The worker id as recorded."""
     broker_url: _builtins.str
@@ -116,6 +117,12 @@ class RegisterWorkerResponse(_message.Message):
     """The server reads StreamAttemptsRequest.batch."""
     accepts_declines: _builtins.bool
     """The server reads AttemptDeclined."""
+    max_message_bytes: _builtins.int
+    """The largest attempt-stream message the server reads, in bytes. A bigger one would end the
+    stream (RESOURCE_EXHAUSTED) and be sent again forever: a worker whose result would be
+    bigger reports instead a non-retryable failure of type "OutputTooLarge" (for an output)
+    or a shortened error (for an error). 0: unknown (an older server; 4 MiB).
+    """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
         """How often the worker should heartbeat while attempts run."""
@@ -131,10 +138,11 @@ class RegisterWorkerResponse(_message.Message):
         task_name: _builtins.str = ...,
         accepts_batches: _builtins.bool = ...,
         accepts_declines: _builtins.bool = ...,
+        max_message_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "accepts_declines", b"accepts_declines", "broker_url", b"broker_url", "consumer_group", b"consumer_group", "heartbeat_interval", b"heartbeat_interval", "stream_prefix", b"stream_prefix", "task_name", b"task_name", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_batches", b"accepts_batches", "accepts_declines", b"accepts_declines", "broker_url", b"broker_url", "consumer_group", b"consumer_group", "heartbeat_interval", b"heartbeat_interval", "max_message_bytes", b"max_message_bytes", "stream_prefix", b"stream_prefix", "task_name", b"task_name", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
