@@ -387,4 +387,5 @@ huge.trigger("manual", payload=[Field("mib", "integer", default=20)])
 
 @huge.task(retry=Retry(max_attempts=3, initial_delay=0.01))
 def bloat(input: dict[str, Any]) -> str:
-    return "x" * (input["mib"] << 20)
+    mib: int = input["mib"]
+    return "x" * (mib << 20)
