@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
         help="queue to serve (repeatable; default: every queue the module's steps use)",
     )
     worker.add_argument("--broker-url", help="override the broker URL the server hands out")
+    worker.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to let running attempts finish after SIGTERM (default 60); the server "
+        "retries those still running then, once their leases end",
+    )
     worker.set_defaults(handler=_worker)
 
     add_client_commands(commands)
@@ -224,6 +231,7 @@ def _worker(args: argparse.Namespace) -> int:
         queues=args.queues,
         concurrency=args.concurrency,
         broker_url=args.broker_url,
+        drain_timeout=args.drain_timeout,
     ).run_sync()
     return 0
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -155,6 +155,7 @@ class WorkerProcess(Process):
         *,
         concurrency: int = 4,
         env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         super().__init__(
             "worker",
@@ -168,6 +169,7 @@ class WorkerProcess(Process):
                 server_address,
                 "--concurrency",
                 str(concurrency),
+                *args,
             ],
             dict(env or {}),
             log_dir,

@@ -63,7 +63,10 @@ class Worker:
     attempts running at once (and the threads running sync handlers). `broker_url` overrides
     the Redis URL the server hands out. `token` is sent as a bearer token. `handoff` lets the
     server answer a result with the run's next attempt, run at once in the same slot (see
-    `worker_sdk.attempts`); turn it off to take every attempt from the queues.
+    `worker_sdk.attempts`); turn it off to take every attempt from the queues. After a stop,
+    attempts in flight get `drain_timeout` seconds (None: as long as they take) to finish;
+    the worker then exits anyway, and the server retries those still running when their
+    leases end.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class Worker:
         register_workflows: bool = True,
         token: str | None = None,
         handoff: bool = True,
+        drain_timeout: float | None = 60.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -99,6 +103,7 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self.register_workflows = register_workflows
         self.handoff = handoff
+        self.drain_timeout = drain_timeout
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
@@ -231,9 +236,19 @@ class Worker:
             self._log.info("worker_draining", in_flight=runner.in_flight)
             runner.stop_handoffs()
             finish.set()
-            await asyncio.gather(*tasks[:-1], return_exceptions=True)  # receivers drained
-            await runner.wait_idle()
-            self._log.info("worker_stopped")
+            try:
+                async with asyncio.timeout(self.drain_timeout):
+                    await asyncio.gather(*tasks[:-1], return_exceptions=True)  # receivers
+                    await runner.wait_idle()
+                self._log.info("worker_stopped")
+            except TimeoutError:
+                # A handler that does not return, or a result the server never answers: the
+                # worker still stops, and the leases of what it leaves end on the server.
+                self._log.warning(
+                    "worker_drain_timed_out",
+                    drain_timeout=self.drain_timeout,
+                    in_flight=runner.in_flight,
+                )
             if failure is not None:
                 raise failure
         finally:

@@ -4,6 +4,7 @@ restarted, and a step task delivered twice."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -143,6 +144,34 @@ def test_worker_drains_in_flight_attempts_on_sigterm(cluster: Cluster, tmp_path:
         final = client.wait_for_run(run.id, timeout=30)
     assert final.status == run_pb2.RUN_STATUS_COMPLETED
     assert len(read_marks(tmp_path, "first", run.id)) == 1
+
+
+def test_a_worker_stops_within_its_drain_timeout_whatever_its_handlers_do(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """SIGTERM with a handler that runs far longer than the drain timeout: the worker exits
+    once the drain timeout passed, and the attempt it leaves fails as worker_lost when its
+    lease ends (then the retry policy decides)."""
+    cluster.start_server()
+    drain_s = 1.0
+    handler_s = 300
+    worker = cluster.start_worker(concurrency=2, args=["--drain-timeout", str(drain_s)])
+    with cluster.client() as client:
+        cluster.wait_registered(client, "e2e_slow")
+        run = client.start_run("e2e_slow", {"seconds": handler_s, "marks": str(tmp_path)})
+        wait_for(lambda: read_marks(tmp_path, "first", run.id), 30, "first attempt to start")
+        began = time.monotonic()
+        assert worker.terminate(timeout=handler_s / 2) == 0
+        took = time.monotonic() - began
+        print(f"measured: the worker exited {took:.1f}s after SIGTERM (drain timeout {drain_s}s)")
+
+        def lost() -> bool:
+            attempts = client.get_run(run.id).steps[0].attempts
+            return attempts[0].error.reason == "worker_lost"
+
+        wait_for(lost, 60, "the abandoned attempt's lease to end")
+        client.cancel_run(run.id, reason="done")
+    assert took < handler_s / 2, "the worker waited for its handler"
 
 
 async def _count(cluster: Cluster, query: str) -> int:
