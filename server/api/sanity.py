@@ -15,7 +15,9 @@ make the error as large as itself.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import TypeAlias
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -60,83 +62,100 @@ _STRUCT = "google.protobuf.Struct"
 _VALUE = "google.protobuf.Value"
 _LIST = "google.protobuf.ListValue"
 
+# A field path, built only when a problem is found: (parent, segment), where a segment is
+# ".name", "[index]" or ".key". Paths are not formatted for the many fields that are fine.
+Path: TypeAlias = "tuple[Path, str] | None"
+
 
 def problems(message: Message, where: str = "") -> list[FieldViolation]:
     """Every problem of the message (the first MAX_PROBLEMS), as field violations whose paths
     start with `where`."""
     found: list[FieldViolation] = []
-    _message(message, where, found)
+    _message(message, (None, where) if where else None, found)
     return found[:MAX_PROBLEMS]
 
 
-def _message(message: Message, where: str, found: list[FieldViolation]) -> None:
+def _message(message: Message, path: Path, found: list[FieldViolation]) -> None:
     kind = message.DESCRIPTOR.full_name
     if kind == _STRUCT:
         for key, value in message.fields.items():  # type: ignore[attr-defined]
-            path = _key_path(where, key)
-            _text(key, path, found, what="key")
-            _message(value, path, found)
+            key_path = (path, _key(key))
+            _text(key, key_path, found, what="key")
+            _message(value, key_path, found)
         return
     if kind == _VALUE:
         filled = message.WhichOneof("kind")
         if filled == "number_value" and not math.isfinite(message.number_value):  # type: ignore[attr-defined]
-            found.append(
-                FieldViolation(where, "must be a finite number (JSON has no NaN or Infinity)")
-            )
+            _add(found, path, "must be a finite number (JSON has no NaN or Infinity)")
         elif filled == "string_value":
-            _text(message.string_value, where, found)  # type: ignore[attr-defined]
+            _text(message.string_value, path, found)  # type: ignore[attr-defined]
         elif filled == "struct_value":
-            _message(message.struct_value, where, found)  # type: ignore[attr-defined]
+            _message(message.struct_value, path, found)  # type: ignore[attr-defined]
         elif filled == "list_value":
-            _message(message.list_value, where, found)  # type: ignore[attr-defined]
+            _message(message.list_value, path, found)  # type: ignore[attr-defined]
         return
     if kind == _LIST:
         for index, item in enumerate(message.values):  # type: ignore[attr-defined]
-            _message(item, f"{where}[{index}]", found)
+            _message(item, (path, f"[{index}]"), found)
         return
     for field, value in message.ListFields():
         if len(found) >= MAX_PROBLEMS:
             return
-        path = f"{where}.{field.name}" if where else field.name
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        field_path = (path, f".{field.name}")
+        value_field = _map_value(field)
+        if value_field is not None:
             for key, item in value.items():
-                item_path = f"{path}[{_shown(key)}]" if isinstance(key, str) else f"{path}[{key}]"
+                item_path = (field_path, f"[{_shown(key) if isinstance(key, str) else key}]")
                 if isinstance(key, str):
                     _text(key, item_path, found, what="key")
-                _scalar(field.message_type.fields_by_name["value"], item, item_path, found)
+                _scalar(value_field, item, item_path, found)
         elif field.is_repeated:
             for index, item in enumerate(value):
-                _scalar(field, item, f"{path}[{index}]", found)
+                _scalar(field, item, (field_path, f"[{index}]"), found)
         else:
-            _scalar(field, value, path, found)
+            _scalar(field, value, field_path, found)
 
 
-def _scalar(field: FieldDescriptor, value: object, where: str, found: list[FieldViolation]) -> None:
+@functools.cache
+def _map_value(field: FieldDescriptor) -> FieldDescriptor | None:
+    """The value field of a map field's entries; None for any other field."""
+    entry = field.message_type
+    if entry is None or not entry.GetOptions().map_entry:
+        return None
+    value: FieldDescriptor = entry.fields_by_name["value"]
+    return value
+
+
+def _scalar(field: FieldDescriptor, value: object, path: Path, found: list[FieldViolation]) -> None:
     if isinstance(value, Message):
-        _message(value, where, found)
+        _message(value, path, found)
     elif isinstance(value, str):
-        _text(value, where, found)
-        if field.name in IDENTIFIERS and len(value) > MAX_IDENTIFIER:
-            found.append(FieldViolation(where, f"must be at most {MAX_IDENTIFIER} characters"))
+        _text(value, path, found)
+        if len(value) > MAX_IDENTIFIER and field.name in IDENTIFIERS:
+            _add(found, path, f"must be at most {MAX_IDENTIFIER} characters")
     elif (
         field.type == FieldDescriptor.TYPE_ENUM
         and field.enum_type is not None
         and value not in field.enum_type.values_by_number
     ):
-        found.append(FieldViolation(where, f"unknown {field.enum_type.name} value {value}"))
+        _add(found, path, f"unknown {field.enum_type.name} value {value}")
 
 
-def _text(text: str, where: str, found: list[FieldViolation], what: str = "text") -> None:
+def _text(text: str, path: Path, found: list[FieldViolation], what: str = "text") -> None:
     if "\x00" in text:
-        found.append(
-            FieldViolation(
-                where, f"{what} contains a NUL character (U+0000), which cannot be stored"
-            )
-        )
+        _add(found, path, f"{what} contains a NUL character (U+0000), which cannot be stored")
 
 
-def _key_path(where: str, key: str) -> str:
-    return f"{where}.{_shown(key)}" if where else _shown(key)
+def _add(found: list[FieldViolation], path: Path, problem: str) -> None:
+    segments = []
+    while path is not None:
+        path, segment = path
+        segments.append(segment)
+    found.append(FieldViolation("".join(reversed(segments)).lstrip("."), problem))
+
+
+def _key(key: str) -> str:
+    return f".{_shown(key)}"
 
 
 def _shown(key: str) -> str:
