@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "data"
+def data_dir(service_dir: Path) -> Iterator[Path]:
+    path = service_dir / "data"
     yield path
     stop_orphans(path)
     assert _server_pids(path) == (set(), set())
@@ -219,8 +219,8 @@ def test_stop_orphans_stops_servers_of_a_killed_holder(data_dir: Path, tmp_path:
     stop_orphans(tmp_path / "missing")  # no data directory: nothing to do
 
 
-def test_long_data_dir_moves_sockets_to_a_short_path(tmp_path: Path) -> None:
-    data_dir = tmp_path / ("d" * 120) / "data"
+def test_long_data_dir_moves_sockets_to_a_short_path(service_dir: Path) -> None:
+    data_dir = service_dir / ("d" * 120) / "data"
     try:
         with EmbeddedServices(data_dir) as services:
             urls = services.start()
