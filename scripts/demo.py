@@ -23,10 +23,20 @@ BIN = Path(sys.executable).parent / "squidmesh"
 ADDRESS = os.environ.get("SQUIDMESH_ADDRESS", "127.0.0.1:50051")
 DATA_DIR = REPO / "data" / "demo"
 PAYLOAD = {"amount": 1500, "currency": "eur", "customer": "ada@example.com"}
+BEGAN = time.monotonic()
 
 
 def say(text: str) -> None:
     print(f"\n==> {text}", flush=True)
+
+
+def done(what: str, since: float) -> None:
+    """One indented line under the step it ends, with how long that step took."""
+    print(f"    {what} ({time.monotonic() - since:.1f} s)", flush=True)
+
+
+def shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
@@ -94,9 +104,21 @@ def main() -> int:
             f"demo: something already serves on {ADDRESS}; stop it or set SQUIDMESH_ADDRESS"
         )
     logs = DATA_DIR / "logs"
+    first_time = not (DATA_DIR / "postgres").exists()
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SQUIDMESH_ADDRESS": ADDRESS, "PYTHONPATH": str(REPO)}
-    say(f"starting the server on {ADDRESS} (embedded Postgres and Redis in {DATA_DIR})")
+    print(
+        "Squid Mesh demo: a server with embedded PostgreSQL and Redis, a worker process for\n"
+        "examples/payment.py, and one payment run watched until it ends; then everything stops.\n"
+        f"Process logs go to {shown(logs)}/.",
+        flush=True,
+    )
+    say(
+        f"starting the server on {ADDRESS}, with PostgreSQL and Redis embedded in"
+        f" {shown(DATA_DIR)}"
+        + (" (the first time, it creates the database: a few seconds)" if first_time else "")
+    )
+    step = time.monotonic()
     server = subprocess.Popen(
         [BIN, "serve", "--data-dir", str(DATA_DIR)],
         env=env,
@@ -111,7 +133,9 @@ def main() -> int:
         if server.poll() is not None:
             print((logs / "server.log").read_text(), file=sys.stderr)
             raise SystemExit("demo: the server exited")
-        say("starting a worker process for examples/payment.py")
+        done("serving", step)
+        say("starting a worker process: squidmesh worker examples.payment")
+        step = time.monotonic()
         worker = subprocess.Popen(
             [BIN, "worker", "examples.payment", "--server", ADDRESS],
             env=env,
@@ -121,6 +145,7 @@ def main() -> int:
             process_group=0,
         )
         wait_until(registered, 60, "the payment workflow to be registered")
+        done("it registered the workflow `payment`; `squidmesh workflows get payment` shows", step)
         subprocess.run(
             [BIN, "workflows", "get", "payment", "--server", ADDRESS], check=True, process_group=0
         )
@@ -147,6 +172,7 @@ def main() -> int:
         say("interrupted: stopping the worker and the server")
         status = 130
     finally:
+        step = time.monotonic()
         clean = True
         if worker is not None:
             clean = stop(worker, "worker", logs / "worker.log") and clean
@@ -158,13 +184,14 @@ def main() -> int:
             print("\n".join(f"  {line}" for line in left), file=sys.stderr)
             stop_orphans(DATA_DIR)
             clean = False
-        print(f"logs: {logs}", flush=True)
+        done(f"stopped; the logs are in {shown(logs)}/", step)
     if not clean:
         return status or 1
+    took = f"{time.monotonic() - BEGAN:.1f} s"
     if status == 0:
-        say("done: the run completed and everything stopped")
+        say(f"done in {took}: the run completed and everything stopped")
     elif status != 130:
-        say("the run did not complete; everything stopped")
+        say(f"the run did not complete; everything stopped ({took})")
     return status
 
 

@@ -4,6 +4,8 @@ SQUIDMESH_TEST_DATABASE_URL and SQUIDMESH_TEST_REDIS_URL), a fresh database per 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,13 +16,31 @@ from tests.support import drop_database, fresh_database, stream_prefix
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedUrls]:
+def services_root() -> Iterator[Path]:
+    """Where the tests' embedded Postgres and Redis keep their data: not under pytest's
+    temporary directory. Run as root, Postgres runs as the user `pgserver`, which must traverse
+    every parent of its data directory; but each pytest session that starts makes
+    /tmp/pytest-of-<user> private again (0700), and the Postgres of a suite already running
+    then PANICs at its next checkpoint (pg_control: permission denied)."""
+    root = Path(tempfile.mkdtemp(prefix="squidmesh-tests-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def service_dir(services_root: Path) -> Path:
+    """An empty directory of the test's own for embedded services (see services_root)."""
+    return Path(tempfile.mkdtemp(dir=services_root))
+
+
+@pytest.fixture(scope="session")
+def services(services_root: Path) -> Iterator[EmbeddedUrls]:
     db = os.environ.get("SQUIDMESH_TEST_DATABASE_URL")
     redis = os.environ.get("SQUIDMESH_TEST_REDIS_URL")
     if db and redis:
         yield EmbeddedUrls(database_url=db, redis_url=redis)
         return
-    embedded = EmbeddedServices(tmp_path_factory.mktemp("embedded"))
+    embedded = EmbeddedServices(services_root / "session")
     try:
         yield embedded.start()
     finally:

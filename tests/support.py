@@ -22,6 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.store.db import libpq_url
 
 REPO = Path(__file__).resolve().parents[1]
+SERVE = (sys.executable, "-m", "server.cli", "serve")
+"""The repository's server."""
 T = TypeVar("T")
 
 
@@ -66,24 +68,38 @@ def wait_for(
         time.sleep(every)
 
 
-def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUIDMESH_")}
-    env["PYTHONPATH"] = str(REPO)
+def child_env(extra: Mapping[str, str], repo_on_path: bool = True) -> dict[str, str]:
+    """This environment without SQUIDMESH_* settings (a developer's own would leak into the
+    tests), plus `extra`; the repository importable or not."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("SQUIDMESH_") and k != "PYTHONPATH"
+    }
+    if repo_on_path:
+        env["PYTHONPATH"] = str(REPO)
     env.update(extra)
     return env
 
 
 class Process:
-    """A child process whose output goes to a log file (shown when a test fails)."""
+    """A child process whose output goes to a log file (shown when a test fails). It runs in
+    the repository, which it imports from, unless given a `cwd` of its own: then nothing of the
+    repository is on its path (a user's project)."""
 
-    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str | Path],
+        env: Mapping[str, str],
+        log_dir: Path,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             args,
-            env=_child_env(env),
-            cwd=REPO,
+            env=child_env(env, repo_on_path=cwd is None),
+            cwd=cwd or REPO,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -116,16 +132,20 @@ class Process:
 
 class ServerProcess(Process):
     def __init__(
-        self, env: Mapping[str, str], log_dir: Path, port: int | None = None, *, wait: bool = True
+        self,
+        env: Mapping[str, str],
+        log_dir: Path,
+        port: int | None = None,
+        *,
+        wait: bool = True,
+        command: Sequence[str | Path] = SERVE,
+        cwd: Path | None = None,
     ) -> None:
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self._env = dict(env)
         super().__init__(
-            "server",
-            [sys.executable, "-m", "server.cli", "serve"],
-            {**env, "SQUIDMESH_ADDRESS": self.address},
-            log_dir,
+            "server", command, {**env, "SQUIDMESH_ADDRESS": self.address}, log_dir, cwd
         )
         if wait:
             self.wait_healthy()

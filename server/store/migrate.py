@@ -8,7 +8,12 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+_SERVER = Path(__file__).resolve().parents[1]
+# An installed wheel carries them as server/migrations; a checkout (or an editable install)
+# has them at the top of the repository.
+MIGRATIONS_DIR = (
+    _SERVER / "migrations" if (_SERVER / "migrations").is_dir() else _SERVER.parent / "migrations"
+)
 
 
 def alembic_config(database_url: str) -> Config:

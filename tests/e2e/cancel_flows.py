@@ -18,10 +18,11 @@ from tests.e2e.marks import append_mark
 from worker_sdk import Field, Retry, RetryableError, StepContext, Workflow
 
 QUICK_RETRY = Retry(max_attempts=3, backoff="fixed", initial_delay=0.1)
-WAIT_SECONDS = 1.5
-"""How long `e2e_cancel_wait` waits in its wait step."""
-RETRY_DELAY = 1.5
-"""The backoff of `e2e_cancel_retry` before its second attempt."""
+WAIT_SECONDS = 3.0
+"""How long `e2e_cancel_wait` waits in its wait step: the test sees the run waiting and
+cancels it in about 0.1 s, a few tenths on a busy machine; this leaves room for far more."""
+RETRY_DELAY = 3.0
+"""The backoff of `e2e_cancel_retry` before its second attempt (room as for WAIT_SECONDS)."""
 IGNORED_LEASE = 2.0
 """The heartbeat timeout (lease) of the step that ignores cancellation."""
 LONG_LEASE = 60.0

@@ -3,13 +3,13 @@ logs are printed when a test fails)."""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.support import Process, ServerProcess, WorkerProcess, wait_for
+from tests.support import SERVE, Process, ServerProcess, WorkerProcess, wait_for
 from worker_sdk import Client
 
 
@@ -20,9 +20,14 @@ class Cluster:
         self.processes: list[Process] = []
         self.server: ServerProcess | None = None
 
-    def start_server(self, **extra_env: str) -> ServerProcess:
+    def start_server(
+        self, command: Sequence[str | Path] = SERVE, cwd: Path | None = None, **extra_env: str
+    ) -> ServerProcess:
+        """A server process; started again, it listens on the same port."""
         port = self.server.port if self.server is not None else None
-        self.server = ServerProcess({**self.env, **extra_env}, self.log_dir, port=port, wait=False)
+        self.server = ServerProcess(
+            {**self.env, **extra_env}, self.log_dir, port, wait=False, command=command, cwd=cwd
+        )
         self.processes.append(self.server)  # stopped and its log shown even if it never serves
         self.server.wait_healthy()
         return self.server
@@ -32,6 +37,14 @@ class Cluster:
         worker = WorkerProcess(module, self.server.address, self.log_dir, **kwargs)  # type: ignore[arg-type]
         self.processes.append(worker)
         return worker
+
+    def start_process(
+        self, name: str, args: Sequence[str | Path], env: dict[str, str], cwd: Path | None = None
+    ) -> Process:
+        """Any other process, stopped (and its log shown) like the servers and workers."""
+        process = Process(name, args, env, self.log_dir, cwd)
+        self.processes.append(process)
+        return process
 
     def client(self) -> Client:
         assert self.server is not None

@@ -71,6 +71,20 @@ def flaky(input: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
 retries.transition("flaky", "complete")
 
 
+# --- dispatch latency: one step that returns at once ------------------------------------------
+
+quick = Workflow("f_quick", description="one step that returns at once")
+quick.trigger("manual", payload=[])
+
+
+@quick.task()
+def at_once(input: dict[str, Any]) -> None:
+    """Measures what it costs right now to dispatch a step (tests widen timing windows by it)."""
+
+
+quick.transition("at_once", "complete")
+
+
 # --- error routes --------------------------------------------------------------------------------
 
 
@@ -272,10 +286,14 @@ short_wait.transition("before", "hold")
 short_wait.transition("hold", "after")
 short_wait.transition("after", "complete")
 
-long_wait = Workflow("f_long_wait", description="before, a 3 s wait, after")
+LONG_WAIT_SECONDS = float(os.environ.get("E2E_LONG_WAIT_SECONDS", "3"))
+"""The wait of f_long_wait: the test that kills the server during it chooses it (it must
+outlast a server restart, which it measures first) and starts the worker with it."""
+
+long_wait = Workflow("f_long_wait", description="before, a long wait, after")
 long_wait.trigger("manual", payload=[_MARKS])
 long_wait.task(name="before", output_key="before")(_stamp)
-long_wait.wait("hold", seconds=3.0)
+long_wait.wait("hold", seconds=LONG_WAIT_SECONDS)
 long_wait.task(name="after", output_key="after")(_stamp)
 long_wait.transition("before", "hold")
 long_wait.transition("hold", "after")

@@ -33,26 +33,37 @@ def test_runs_keep_their_version(cluster: Cluster) -> None:
     assert [s.name for s in new_final.steps] == ["v2_step"]
 
 
+DISPATCH_TIMEOUT = 30.0
+"""The server's default: an attempt not claimed this long after it was published is
+published again."""
+
+
 def test_a_task_an_older_worker_cannot_run_reaches_a_newer_one_quickly(cluster: Cluster) -> None:
-    # The dispatch timeout stays at its default (30 s): before workers gave such tasks back,
-    # each one the older worker received waited for it.
+    # The dispatch timeout stays at its default: before workers gave such tasks back, each one
+    # the older worker received waited for it.
     cluster.start_server()
     old = cluster.start_worker("tests.e2e.flows")
     cluster.start_worker("tests.e2e.flows_rolling")
     with cluster.client() as client:
         cluster.wait_registered(client, "e2e_slow")
         cluster.wait_registered(client, "e2e_rolling")
-        began = time.monotonic()
+        durations = []
         for _ in range(12):  # one at a time: the idle workers take turns at the queue
+            began = time.monotonic()
             run = client.start_run("e2e_rolling", {})
             final = client.wait_for_run(run.id, timeout=60)
+            durations.append(time.monotonic() - began)
             assert final.status == run_pb2.RUN_STATUS_COMPLETED
-        elapsed = time.monotonic() - began
 
     declined = old.output().count("attempt_handler_unknown")
-    print(f"measured: 12 runs in {elapsed:.2f}s, {declined} deliveries declined by the old worker")
+    print(
+        f"measured: 12 runs in {sum(durations):.2f}s (slowest {max(durations):.2f}s),"
+        f" {declined} deliveries declined by the old worker"
+    )
     assert declined >= 1, "the older worker never received one: nothing was tested"
-    assert elapsed < 10, f"{elapsed:.1f}s: a declined task waited for the dispatch timeout"
+    # A declined task that waited for the dispatch timeout would take 30 s; one given back
+    # takes a fraction of a second, a few seconds on a busy machine.
+    assert max(durations) < DISPATCH_TIMEOUT / 2, f"{durations}: one waited for the timeout"
 
 
 def test_watch_resumes_exactly_once_and_streams_from_two_servers(cluster: Cluster) -> None:

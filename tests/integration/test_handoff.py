@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -62,6 +63,18 @@ async def attempt_row(database_url: str, run_id: str, step: str) -> dict[str, An
     assert row is not None
     keys = ("id", "status", "worker_id", "handoff_from", "started", "leased", "kicked")
     return dict(zip(keys, row, strict=True))
+
+
+async def dispatch_times(database_url: str, attempt_id: str) -> tuple[datetime, datetime]:
+    """(due_at, kicked_at) of a published attempt: when it was due, when last dispatched."""
+    async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+        cursor = await conn.execute(
+            "SELECT due_at, kicked_at FROM attempts WHERE id = %s AND kicked_at IS NOT NULL",
+            (attempt_id,),
+        )
+        row = await cursor.fetchone()
+    assert row is not None, "not dispatched"
+    return row[0], row[1]
 
 
 async def published(redis_url: str, app: App) -> int:
@@ -244,10 +257,11 @@ async def test_a_failure_hands_back_its_first_retry_to_claim_when_due(
     assert claimed.start.accepted and claimed.start.attempt_number == 2
     again = await protocol.send(failed=failed(retry.attempt_id, retry.token, retry_after_ms=40))
     assert again.result.accepted and not again.result.HasField("retry")
-    assert await published(services.redis_url, app) == 1  # the first attempt's task only
     await wait_until(lambda: published(services.redis_url, app), 2)
     third = await attempt_row(database_url, run.id, "reserve")
     assert (third["status"], third["handoff_from"], third["kicked"]) == ("scheduled", None, True)
+    due, kicked = await dispatch_times(database_url, third["id"])
+    assert kicked >= due  # published by its timer when due, not with the answer
     protocol.call.cancel()
 
     async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
@@ -273,12 +287,17 @@ async def test_a_retry_handed_back_and_never_claimed_is_published_after_the_disp
         run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
         answer = await protocol.send(failed=failed(attempt_id, token, retry_after_ms=10))
         assert answer.result.HasField("retry")
+        retry_id = answer.result.retry.attempt_id
+        _, handed_back = await dispatch_times(database_url, retry_id)
         protocol.call.cancel()  # the worker died holding it
-        await asyncio.sleep(0.1)  # past its due time: no timer publishes it...
-        assert await published(services.redis_url, app) == 1
-        await wait_until(lambda: published(services.redis_url, app), 2)  # ...the reconciler does
+        await wait_until(lambda: published(services.redis_url, app), 2)
         row = await attempt_row(database_url, run.id, "reserve")
-        assert (row["id"], row["status"]) == (answer.result.retry.attempt_id, "scheduled")
+        assert (row["id"], row["status"]) == (retry_id, "scheduled")
+        # Published not by a timer at its due time (10 ms) but by the reconciler, once the
+        # dispatch timeout passed since it was handed back (on the database's clock: a busy
+        # machine only makes it later).
+        due, published_at = await dispatch_times(database_url, retry_id)
+        assert published_at - handed_back >= timedelta(milliseconds=300), (due, published_at)
 
 
 async def test_a_retry_handed_back_of_a_run_cancelled_meanwhile_is_refused(

@@ -278,7 +278,9 @@ async def test_requests_made_while_disconnected_go_out_on_the_next_stream() -> N
     try:
         first = await server.next_call(1)
         first.break_()
-        await asyncio.sleep(0.05)  # in the backoff: no live stream
+        # The stream sees the break, then backs off: the request is made at once (no await in
+        # between), however slow the machine, so it is made with no live stream.
+        await asyncio.wait_for(_disconnected(stream), 5)
         assert not stream.connected
         pending = asyncio.create_task(stream.started(started("a1")))
         second = await server.next_call(2)
@@ -287,6 +289,11 @@ async def test_requests_made_while_disconnected_go_out_on_the_next_stream() -> N
         assert (await pending).accepted
     finally:
         await stream.close()
+
+
+async def _disconnected(stream: AttemptStream) -> None:
+    while stream.connected:  # noqa: ASYNC110 (the stream has no event for it)
+        await asyncio.sleep(0.001)
 
 
 async def test_close_fails_waiting_requests() -> None:

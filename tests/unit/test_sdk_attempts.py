@@ -68,7 +68,8 @@ def test_the_context_takes_the_attempt_timeout_from_the_decision() -> None:
     assert ctx.attempt_timeout == 10
     assert ctx.deadline is not None and before + 10 <= ctx.deadline <= time.monotonic() + 10
     remaining = ctx.time_remaining()
-    assert remaining is not None and 9 < remaining <= 10
+    elapsed = time.monotonic() - before  # however long a busy machine took since
+    assert remaining is not None and 10 - elapsed <= remaining <= 10
     unlimited = StepContext.from_decision("a1", decision())
     assert unlimited.attempt_timeout is None and unlimited.deadline is None
     assert unlimited.time_remaining() is None
