@@ -22,6 +22,7 @@ import time
 import structlog
 
 from server.engine.commands import Engine
+from server.engine.errors import Unavailable
 from server.events.hub import EventHub
 from worker_sdk.clock import next_sleep
 
@@ -88,6 +89,10 @@ class TimerLoop:
                 )
             except asyncio.CancelledError:
                 raise
+            except Unavailable as exc:  # expected while Postgres restarts: no traceback
+                log.warning("timer_loop_database_unavailable", error=exc.message)
+                await asyncio.sleep(self._interval_s)
+                continue
             except Exception:
                 log.exception("timer_loop_failed")
                 await asyncio.sleep(self._interval_s)

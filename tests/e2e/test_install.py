@@ -146,7 +146,7 @@ def test_the_readme_commands_work_in_a_fresh_virtualenv(
         client.wait_for_run(express.id, timeout=60)
         runs = {
             json_format.MessageToDict(r.payload)["order_id"]: client.get_run(r.id)
-            for r in client.iter_runs(workflow="order")
+            for r in client.iter_runs(workflow="order", view="full")
         }
 
     assert sorted(runs) == ["A-1", "A-2"]

@@ -3,6 +3,8 @@ retry), not INTERNAL; once it is back, the same server serves again."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from urllib.parse import urlsplit
 
 import psycopg
@@ -45,5 +47,15 @@ async def test_calls_are_unavailable_while_the_database_is_down(
         assert raised.value.code() == StatusCode.UNAVAILABLE
     finally:
         allow_connections(services, database_url, True)
-    started = await runs.StartRun(request, timeout=30)
+    # Once it is back the same server serves again (as soon as its pool reconnected: a
+    # client retries UNAVAILABLE).
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            started = await runs.StartRun(request, timeout=30)
+            break
+        except aio.AioRpcError as error:
+            if error.code() != StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
     assert started.created
