@@ -9,9 +9,9 @@
 - handler_reruns: handler executions beyond one per step, not counting the planned failures
   (`bench.chaos_workflow`): at-least-once execution, e.g. a step whose worker was killed.
 - recovery: per fault, the seconds from the moment it hit until a step completed again (once
-  the fault was over: a restart done) and, when it stranded work, until that work was taken
-  up again: every attempt a killed worker was running failed as worker_lost (its lease
-  expired), the first of the tasks waiting in a wiped Redis was claimed again."""
+  the fault was over: a restart done) and, when it stranded work, until the server took that
+  work up again: every attempt a killed worker was running failed as worker_lost (its lease
+  expired), the tasks a wiped Redis lost were published again."""
 
 from __future__ import annotations
 
@@ -165,11 +165,12 @@ def _recovery(conn: psycopg.Connection[Any], fault: Injected) -> Recovery:
             (fault.stranded,),
         ).fetchone()
     else:
-        # Tasks Redis lost are taken up when they are claimed again: the first of them (the
-        # rest may wait for a free slot: load, not recovery).
+        # Tasks Redis lost are taken up when the server publishes them again (their claims
+        # then wait for free slots like any task). Those a worker had read already and
+        # claimed are not published again: they were not lost.
         resumed = conn.execute(
-            "SELECT extract(epoch FROM min(started_at)) FROM attempts WHERE id = ANY(%s) "
-            "AND started_at > to_timestamp(%s)",
+            "SELECT extract(epoch FROM min(kicked_at)) FROM attempts WHERE id = ANY(%s) "
+            "AND kicked_at > to_timestamp(%s)",
             (fault.stranded, fault.at),
         ).fetchone()
     assert resumed is not None
