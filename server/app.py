@@ -22,6 +22,7 @@ from squidmesh.v1 import (
 from server.api.run_service import RunService
 from server.api.worker_service import WorkerService
 from server.api.workflow_service import WorkflowService
+from server.dispatch.loss import RedisLossWatch
 from server.dispatch.publisher import Publisher
 from server.embedded import EmbeddedServices
 from server.engine.commands import Engine, EngineConfig
@@ -55,6 +56,7 @@ class App:
         self._worker_service: WorkerService | None = None
         self._notifier: Notifier | None = None
         self._timers: TimerLoop | None = None
+        self._redis_watch: RedisLossWatch | None = None
         self._server: aio.Server | None = None
 
     async def start(self) -> None:
@@ -97,6 +99,13 @@ class App:
             lease_grace_ms=settings.heartbeat_timeout_ms,
         )
         self._timers.start()
+        self._redis_watch = RedisLossWatch(
+            settings.redis_url,
+            settings.stream_prefix,
+            engine.republish_unclaimed,
+            settings.reconcile_interval_ms / 1000,
+        )
+        self._redis_watch.start()
 
         server = aio.server(
             options=[
@@ -153,6 +162,8 @@ class App:
             self._worker_service.close_streams()  # they would hold the grace period up
         if self._server is not None:
             await self._server.stop(grace_s)
+        if self._redis_watch is not None:
+            await self._redis_watch.close()
         if self._timers is not None:
             await self._timers.close()
         if self._hub is not None:

@@ -28,6 +28,8 @@ from typing import Any
 import redis.exceptions
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from taskiq import AckableMessage
 from taskiq.receiver import Receiver
 from taskiq_redis import RedisStreamBroker
@@ -70,6 +72,9 @@ class StepTaskBroker(RedisStreamBroker):
             consumer_id="0",  # a group created after messages were added still gets them
             idle_timeout=60_000,
             xread_block=1000,  # below redis-py's 5 s socket timeout
+            # A connection Redis closed (it restarted) fails its next command: one retry, on a
+            # new connection, keeps an ack from failing for that alone.
+            retry=Retry(NoBackoff(), 1),
         )
 
     async def _messages(self) -> AsyncGenerator[AckableMessage, None]:

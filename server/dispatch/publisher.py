@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from taskiq.message import TaskiqMessage
 from taskiq_redis import RedisStreamBroker
 
@@ -38,6 +40,9 @@ class Publisher:
             maxlen=STREAM_MAXLEN,
             socket_timeout=5,
             socket_connect_timeout=2,
+            # A connection Redis closed (it restarted) fails its next command: one retry, on a
+            # new connection, keeps the first publish after a restart from being lost.
+            retry=Retry(NoBackoff(), 1),
         )
         self._batcher: Batcher[list[Dispatch], None] = Batcher(self._publish_batch)
 

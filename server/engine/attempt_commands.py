@@ -46,6 +46,7 @@ from server.store.db import Connection, retry_conflicts
 from server.store.runs import LockedRun
 
 _CLAIMS_REMEMBERED = 10_000
+_REPUBLISH_BATCH = 500
 DECLINE_BACKOFF_MS = 100
 """How soon an attempt a worker declined is published again the first time."""
 
@@ -677,6 +678,19 @@ class AttemptCommands(EngineCore):
         async with self._db.connect() as conn:
             due = await attempts.kick_lost(conn, dispatch_timeout_ms)
         return await self._kick(due)
+
+    async def republish_unclaimed(self) -> int:
+        """Publishes again every task attempt published and not claimed yet: Redis lost them
+        (`server.dispatch.loss`). Those published meanwhile may go twice; fencing runs one."""
+        async with self._db.connect() as conn:
+            before = await attempts.database_now(conn)
+        total = 0
+        while True:
+            async with self._db.connect() as conn:
+                due = await attempts.kick_unclaimed(conn, before, _REPUBLISH_BATCH)
+            total += await self._kick(due)
+            if len(due.tasks) < _REPUBLISH_BATCH:
+                return total
 
     async def _kick(self, due: attempts.Due) -> int:
         if due.tasks:

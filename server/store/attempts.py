@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from server.engine.model import ACTIVE_RUN_STATUSES, JSON, AttemptKind, AttemptStatus, RunStatus
@@ -382,6 +383,23 @@ async def kick_lost(conn: Connection, dispatch_timeout_ms: int, limit: int = 500
         "kicked_at < now() - :timeout * interval '1 millisecond'",
         {"timeout": dispatch_timeout_ms, "limit": limit},
     )
+
+
+async def kick_unclaimed(conn: Connection, published_before: datetime, limit: int = 500) -> Due:
+    """Marks as kicked again the task attempts published before `published_before` and not
+    claimed, whose messages Redis lost (it restarted empty). A retry handed back to its worker
+    and still in its backoff was never in Redis: it is left to its worker."""
+    return await _kick(
+        conn,
+        "kind = 'task' AND kicked_at < :before AND due_at <= now()",
+        {"before": published_before, "limit": limit},
+    )
+
+
+async def database_now(conn: Connection) -> datetime:
+    """Postgres's clock, which `kicked_at` is on."""
+    now: datetime = (await conn.execute("SELECT clock_timestamp()")).scalar()
+    return now
 
 
 async def _kick(conn: Connection, condition: str, params: dict[str, Any]) -> Due:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 from squidmesh.v1 import run_pb2
 
@@ -41,24 +43,43 @@ def test_worker_killed_mid_step_is_replaced_after_its_lease(
     assert first.attempts[0].worker_id != first.attempts[1].worker_id
 
 
+RESUME_S = 5.0
+"""How soon after Redis is back (restarted empty) its lost step tasks must be running again:
+the server notices the loss within a reconcile interval (1 s) and the worker reconnects within
+its read backoff (at most 2 s), far sooner than the dispatch timeout (30 s) would."""
+
+
 def test_redis_restarted_empty_mid_run(cluster: Cluster, tmp_path: Path) -> None:
     redis = RedisProcess(tmp_path / "redis")
     try:
         cluster.env["SQUIDMESH_REDIS_URL"] = redis.url
-        cluster.start_server(SQUIDMESH_DISPATCH_TIMEOUT_MS="2000")
-        cluster.start_worker(concurrency=2)
+        cluster.start_server()  # the default dispatch timeout: recovery must not wait for it
+        cluster.start_worker(concurrency=2)  # stays up: it must declare its group again
         with cluster.client() as client:
             cluster.wait_registered(client, "e2e_slow")
-            # Six runs on two slots: four step tasks wait in Redis when it is wiped.
-            runs = [client.start_run("e2e_slow", {"seconds": 0.5}).id for _ in range(6)]
+            # Six runs on two slots: three or four step tasks wait in Redis when it is wiped.
+            payload = {"seconds": 0.3, "marks": str(tmp_path)}
+            runs = [client.start_run("e2e_slow", payload).id for _ in range(6)]
             redis.restart_empty()
-            finals = [client.wait_for_run(r, timeout=90) for r in runs]
+            back = asyncio.run(_database_now(cluster))
+            finals = [client.wait_for_run(r, timeout=60) for r in runs]
     finally:
         redis.stop()
     for final in finals:
         assert final.status == run_pb2.RUN_STATUS_COMPLETED, final
-    republished = asyncio.run(_count(cluster, "SELECT count(*) FROM attempts WHERE kick_count > 0"))
-    assert republished > 0, "the reconciler re-published nothing: Redis lost no task?"
+        for step in final.steps:  # each result applied once, each handler run once
+            assert [a.status for a in step.attempts] == [run_pb2.ATTEMPT_STATUS_SUCCEEDED]
+            assert len(read_marks(tmp_path, step.name, final.id)) == 1
+    lost = asyncio.run(
+        _rows(
+            cluster,
+            "SELECT extract(epoch FROM started_at - %s) FROM attempts WHERE kick_count > 0",
+            (back,),
+        )
+    )
+    assert lost, "nothing was published again: Redis lost no task?"
+    resumed_after = max(float(row[0]) for row in lost)
+    assert resumed_after <= RESUME_S, f"a lost task ran {resumed_after:.1f} s after Redis was back"
 
 
 def test_server_killed_and_restarted_mid_run(cluster: Cluster, tmp_path: Path) -> None:
@@ -174,7 +195,9 @@ def test_a_worker_stops_within_its_drain_timeout_whatever_its_handlers_do(
     assert took < handler_s / 2, "the worker waited for its handler"
 
 
-async def _count(cluster: Cluster, query: str) -> int:
+async def _rows(
+    cluster: Cluster, query: str, params: tuple[object, ...] = ()
+) -> list[tuple[Any, ...]]:
     import psycopg
 
     from server.store.db import libpq_url
@@ -182,6 +205,10 @@ async def _count(cluster: Cluster, query: str) -> int:
     async with await psycopg.AsyncConnection.connect(
         libpq_url(cluster.env["SQUIDMESH_DATABASE_URL"])
     ) as conn:
-        row = await (await conn.execute(query)).fetchone()
-    assert row is not None
-    return int(row[0])
+        return await (await conn.execute(query, params)).fetchall()
+
+
+async def _database_now(cluster: Cluster) -> datetime:
+    """Postgres's clock, which the attempts' times are on."""
+    rows = await _rows(cluster, "SELECT clock_timestamp()")
+    return cast(datetime, rows[0][0])
