@@ -98,7 +98,8 @@ def test_list_runs_request_carries_filters_and_view() -> None:
 
 def test_idempotent_calls_are_retried_with_backoff_while_unavailable() -> None:
     """Nothing listens: GetRun is tried five times (backoffs of about 0.2, 0.4, 0.8 and 1.6 s,
-    with gRPC's jitter) before UNAVAILABLE reaches the caller; StartRun is not repeated."""
+    with gRPC's jitter) before UNAVAILABLE reaches the caller; StartRun is repeated only with
+    an idempotency key."""
     with Client(f"127.0.0.1:{free_port()}", timeout=30) as unreachable:
         began = time.monotonic()
         with pytest.raises(grpc.RpcError) as raised:
@@ -109,6 +110,14 @@ def test_idempotent_calls_are_retried_with_backoff_while_unavailable() -> None:
         with pytest.raises(grpc.RpcError):
             unreachable.start_run("w", {})
         once = time.monotonic() - began
+        # With an idempotency key a repeat is safe: the client waits at least half of each
+        # backoff (0.2, 0.4, 0.8, 1.6 s) between its five attempts.
+        began = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            unreachable.start_run("w", {}, idempotency_key="k")
+        keyed = time.monotonic() - began
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert keyed >= 1.5, keyed
     # gRPC's jitter draws each backoff in [0, current]: lower bounds cannot be promised
     # per attempt, but four of them take far longer than one refused connection.
     assert retried > once and retried > 0.1, (retried, once)

@@ -13,11 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -227,8 +236,42 @@ CHANNEL_OPTIONS = (
     ),
 )
 """gRPC's own retries, with backoff, of the calls that are safe to repeat when the server or
-its database is unavailable for a moment. StartRun and ReplayRun are not among them: repeat
-those yourself, with the same idempotency key."""
+its database is unavailable for a moment. StartRun and ReplayRun are safe to repeat only with
+an idempotency key: the clients retry those themselves (`_keyed`, `_keyed_async`)."""
+
+_KEYED_BACKOFF_S = (0.2, 0.4, 0.8, 1.6)
+"""The waits between the attempts of a keyed StartRun or ReplayRun, as in CHANNEL_OPTIONS."""
+
+T = TypeVar("T")
+
+
+def _retryable(exc: grpc.RpcError, keyed: bool) -> bool:
+    return keyed and _status_code(exc) == grpc.StatusCode.UNAVAILABLE
+
+
+def _keyed(call: Callable[[], T], keyed: bool) -> T:
+    """Runs a StartRun or ReplayRun; with an idempotency key (`keyed`), while UNAVAILABLE,
+    again after each wait of _KEYED_BACKOFF_S (with jitter): the key makes a repeat safe."""
+    for wait_s in _KEYED_BACKOFF_S:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if not _retryable(exc, keyed):
+                raise
+        time.sleep(wait_s * random.uniform(0.5, 1.0))
+    return call()
+
+
+async def _keyed_async(call: Callable[[], Awaitable[T]], keyed: bool) -> T:
+    """`_keyed` for the AsyncClient."""
+    for wait_s in _KEYED_BACKOFF_S:
+        try:
+            return await call()
+        except grpc.RpcError as exc:
+            if not _retryable(exc, keyed):
+                raise
+        await asyncio.sleep(wait_s * random.uniform(0.5, 1.0))
+    return await call()
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
@@ -279,7 +322,9 @@ class Client:
         idempotency_key: str = "",
     ) -> run_pb2.Run:
         request = _build.start_run(workflow, payload, trigger, idempotency_key)
-        return self._runs.StartRun(request, **self._opts()).run
+        return _keyed(
+            lambda: self._runs.StartRun(request, **self._opts()), bool(idempotency_key)
+        ).run
 
     def get_run(self, run_id: str) -> run_pb2.Run:
         request = run_service_pb2.GetRunRequest(run_id=run_id)
@@ -368,7 +413,9 @@ class Client:
         request = run_service_pb2.ReplayRunRequest(
             run_id=run_id, allow_irreversible=allow_irreversible, idempotency_key=idempotency_key
         )
-        return self._runs.ReplayRun(request, **self._opts()).run
+        return _keyed(
+            lambda: self._runs.ReplayRun(request, **self._opts()), bool(idempotency_key)
+        ).run
 
     def wait_for_run(self, run_id: str, timeout: float | None = None) -> run_pb2.Run:
         """Waits (watching) until the run is terminal and returns it. Raises TimeoutError.
@@ -459,7 +506,10 @@ class AsyncClient:
         idempotency_key: str = "",
     ) -> run_pb2.Run:
         request = _build.start_run(workflow, payload, trigger, idempotency_key)
-        return (await self._runs.StartRun(request, **self._opts())).run
+        response = await _keyed_async(
+            lambda: self._runs.StartRun(request, **self._opts()), bool(idempotency_key)
+        )
+        return response.run
 
     async def get_run(self, run_id: str) -> run_pb2.Run:
         request = run_service_pb2.GetRunRequest(run_id=run_id)
@@ -549,7 +599,10 @@ class AsyncClient:
         request = run_service_pb2.ReplayRunRequest(
             run_id=run_id, allow_irreversible=allow_irreversible, idempotency_key=idempotency_key
         )
-        return (await self._runs.ReplayRun(request, **self._opts())).run
+        response = await _keyed_async(
+            lambda: self._runs.ReplayRun(request, **self._opts()), bool(idempotency_key)
+        )
+        return response.run
 
     async def wait_for_run(
         self,
