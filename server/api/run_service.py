@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -44,11 +45,15 @@ class RunService(pb_grpc.RunServiceServicer):
             raise InvalidArgument(
                 "workflow is required", [FieldViolation("workflow", "must not be empty")]
             )
-        run, created = await self._engine.start_run(
-            request.workflow,
-            request.trigger,
-            struct_to_dict(request.payload),
-            request.idempotency_key,
+        # Shielded: a caller that gives up (its deadline) after the run was written must not
+        # stop its first attempts being published (they would wait for the dispatch timeout).
+        run, created = await asyncio.shield(
+            self._engine.start_run(
+                request.workflow,
+                request.trigger,
+                struct_to_dict(request.payload),
+                request.idempotency_key,
+            )
         )
         return pb.StartRunResponse(run=convert.run(run), created=created)
 
@@ -141,9 +146,11 @@ class RunService(pb_grpc.RunServiceServicer):
     async def ReplayRun(
         self, request: pb.ReplayRunRequest, context: Context
     ) -> pb.ReplayRunResponse:
-        run = await self._engine.replay_run(
-            convert.parse_uuid(request.run_id, "run_id"),
-            request.allow_irreversible,
-            request.idempotency_key,
+        run = await asyncio.shield(  # as StartRun
+            self._engine.replay_run(
+                convert.parse_uuid(request.run_id, "run_id"),
+                request.allow_irreversible,
+                request.idempotency_key,
+            )
         )
         return pb.ReplayRunResponse(run=convert.run(run))

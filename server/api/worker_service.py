@@ -66,6 +66,9 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         """The open attempt streams of each worker, by worker id."""
         self._open: set[Answers] = set()
         """Every open attempt stream."""
+        self._requests: set[asyncio.Task[None]] = set()
+        """Attempt-stream requests under way, on every stream (held here so that those of a
+        stream that broke run to their end)."""
         self._offers: dict[str, HandoffOffer] = {}
         """What each worker with a stream here can be handed (its queues and handlers, read
         from its registration at its first result that accepts a handoff)."""
@@ -158,10 +161,13 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                         if request.batch:  # a batch inside a batch: answered as unreadable
                             request = pb.StreamAttemptsRequest(request_id=request.request_id)
                         task = asyncio.create_task(answer(request))
-                        pending.add(task)
-                        task.add_done_callback(pending.discard)
+                        for tasks in (pending, self._requests):
+                            tasks.add(task)
+                            task.add_done_callback(tasks.discard)
                 if pending:
-                    await asyncio.gather(*pending, return_exceptions=True)
+                    # wait(), not gather(): cancelled when the stream breaks, it leaves them
+                    # running (see below).
+                    await asyncio.wait(pending)
             finally:
                 await answers.put(None)
 
@@ -187,8 +193,8 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 self._streams.pop(worker_id, None)
                 self._offers.pop(worker_id, None)
             reader.cancel()
-            for task in list(pending):
-                task.cancel()
+            # Requests under way finish (their answers go nowhere): a result already written
+            # must still publish the next step, or it would wait for the dispatch timeout.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
