@@ -147,17 +147,27 @@ def encode_page_token(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
 
 
-def decode_page_token(token: str) -> dict[str, Any]:
+def decode_page_token(token: str, *keys: str) -> dict[str, str]:
+    """The fields of a token `encode_page_token` made: an object with these keys, each a string
+    (without NUL, which no query takes). Anything else is INVALID_ARGUMENT."""
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if not isinstance(data, dict):
-            raise ValueError
-        return data
     except ValueError:
-        raise InvalidArgument(
-            "page_token is not valid",
-            [FieldViolation("page_token", "was not returned by a previous call")],
-        ) from None
+        data = None
+    if not (
+        isinstance(data, dict)
+        and set(data) == set(keys)
+        and all(isinstance(value, str) and "\x00" not in value for value in data.values())
+    ):
+        raise invalid_page_token()
+    return data
+
+
+def invalid_page_token() -> InvalidArgument:
+    return InvalidArgument(
+        "page_token is not valid",
+        [FieldViolation("page_token", "was not returned by a previous call")],
+    )
 
 
 def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:

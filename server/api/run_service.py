@@ -67,14 +67,11 @@ class RunService(pb_grpc.RunServiceServicer):
         limit = convert.page_size(request.page_size)
         cursor = None
         if request.page_token:
-            token = convert.decode_page_token(request.page_token)
+            token = convert.decode_page_token(request.page_token, "t", "id")
             try:
                 cursor = (datetime.fromisoformat(token["t"]), uuid.UUID(token["id"]))
-            except (KeyError, ValueError, TypeError):
-                raise InvalidArgument(
-                    "page_token is not valid",
-                    [FieldViolation("page_token", "was not returned by a previous call")],
-                ) from None
+            except ValueError:
+                raise convert.invalid_page_token() from None
         where = RunFilter(
             workflow=request.workflow,
             statuses=tuple(

@@ -43,7 +43,11 @@ class WorkflowService(pb_grpc.WorkflowServiceServicer):
         self, request: pb.ListWorkflowsRequest, context: Context
     ) -> pb.ListWorkflowsResponse:
         limit = convert.page_size(request.page_size)
-        after = convert.decode_page_token(request.page_token)["name"] if request.page_token else ""
+        after = (
+            convert.decode_page_token(request.page_token, "name")["name"]
+            if request.page_token
+            else ""
+        )
         versions = await self._engine.list_workflows(after, limit + 1)
         next_token = ""
         if len(versions) > limit:
