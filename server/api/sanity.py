@@ -7,7 +7,9 @@ a batch of other requests failing with it, or a run that can never be dispatched
 - NaN or Infinity in a `google.protobuf.Value` (JSON has no such numbers);
 - an enum value the contract does not define (it would be silently ignored);
 - an identifier (a name, id, key, token...) longer than `MAX_IDENTIFIER` characters: they are
-  index keys, and Postgres refuses index entries of a few KiB.
+  index keys, and Postgres refuses index entries of a few KiB;
+- a `Timestamp` or `Duration` outside the range its type defines (years 1 to 9999; ±10,000
+  years; nanos within a second, of the sign of the seconds): no date type holds it.
 
 Descriptions name the field and the problem, never the value: a request must not be able to
 make the error as large as itself.
@@ -61,6 +63,11 @@ IDENTIFIERS = frozenset(
 _STRUCT = "google.protobuf.Struct"
 _VALUE = "google.protobuf.Value"
 _LIST = "google.protobuf.ListValue"
+_TIMESTAMP = "google.protobuf.Timestamp"
+_DURATION = "google.protobuf.Duration"
+_TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)  # 0001-01-01 to 9999-12-31
+_DURATION_SECONDS = 315_576_000_000  # 10,000 years
+_NANOS = 999_999_999
 
 # A field path, built only when a problem is found: (parent, segment), where a segment is
 # ".name", "[index]" or ".key". Paths are not formatted for the many fields that are fine.
@@ -97,6 +104,21 @@ def _message(message: Message, path: Path, found: list[FieldViolation]) -> None:
     if kind == _LIST:
         for index, item in enumerate(message.values):  # type: ignore[attr-defined]
             _message(item, (path, f"[{index}]"), found)
+        return
+    if kind == _TIMESTAMP:
+        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
+        low, high = _TIMESTAMP_SECONDS
+        if not (low <= seconds <= high and 0 <= nanos <= _NANOS):
+            _add(found, path, "must be a timestamp of the years 1 to 9999")
+        return
+    if kind == _DURATION:
+        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
+        if abs(seconds) > _DURATION_SECONDS or abs(nanos) > _NANOS or seconds * nanos < 0:
+            _add(
+                found,
+                path,
+                "must be a duration of at most 10,000 years (nanos of the seconds' sign)",
+            )
         return
     for field, value in message.ListFields():
         if len(found) >= MAX_PROBLEMS:
