@@ -19,6 +19,7 @@ from squidmesh.v1 import (
     workflow_service_pb2_grpc,
 )
 
+from server.api.decoding import DecodeErrors
 from server.api.run_service import RunService
 from server.api.worker_service import WorkerService
 from server.api.workflow_service import WorkflowService
@@ -108,6 +109,7 @@ class App:
         self._redis_watch.start()
 
         server = aio.server(
+            interceptors=[DecodeErrors()],
             options=[
                 # Fail rather than silently share the port with another server.
                 ("grpc.so_reuseport", 0),
@@ -121,7 +123,7 @@ class App:
                 # cheap to hold, and StartRuns that wait together are written together.
                 ("grpc.server.max_pending_requests", 20_000),
                 ("grpc.server.max_pending_requests_hard_limit", 40_000),
-            ]
+            ],
         )
         workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(
             WorkflowService(engine), server

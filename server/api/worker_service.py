@@ -313,7 +313,9 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 reporter=worker_id,
             )
         else:
-            raise InvalidArgument("the request has no content (or a batch inside a batch)", [])
+            raise InvalidArgument(
+                "the request has no content that can be read (or a batch inside a batch)", []
+            )
         handoff, retry = result_decision.handoff, result_decision.retry
         return pb.StreamAttemptsResponse(
             result=pb.ResultAck(

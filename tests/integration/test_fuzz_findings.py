@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
+import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from grpc import StatusCode, aio
 from squidmesh.v1 import run_service_pb2, workflow_service_pb2
+from squidmesh.v1 import worker_service_pb2 as wpb
 from squidmesh.v1.workflow_service_pb2_grpc import WorkflowServiceStub
 
-from tests.integration.test_api import count_rows, definition, details, register_orders
+from tests.integration.test_api import count_rows, definition, details, error_info, register_orders
 from tests.integration.test_hostile_input import refused
+
+
+def identity(data: bytes) -> bytes:
+    """The serializer of raw calls: their requests and answers are bytes."""
+    return data
+
+
+def field_bytes(number: int, payload: bytes) -> bytes:
+    """One length-delimited field in protobuf wire format (payloads under 16 KiB)."""
+    size = (
+        bytes([len(payload)])
+        if len(payload) < 128
+        else bytes([len(payload) & 0x7F | 0x80, len(payload) >> 7])
+    )
+    return bytes([number << 3 | 2]) + size + payload
+
+
+def deep_value_bytes(depth: int) -> bytes:
+    """A Value nested `depth` lists deep, in wire format."""
+    inner = field_bytes(3, b"x")
+    for _ in range(depth):
+        inner = field_bytes(6, field_bytes(1, inner))
+    return inner
 
 
 async def test_page_tokens_of_the_wrong_shape_are_invalid_argument(channel: aio.Channel) -> None:
@@ -62,3 +88,64 @@ async def test_timestamps_and_durations_out_of_their_range_are_invalid_argument(
         "definition.steps[1].heartbeat_timeout",
     }
     assert await count_rows(database_url, "workflows") == 1  # orders alone
+
+
+async def test_undecodable_requests_are_invalid_argument(channel: aio.Channel) -> None:
+    await register_orders(channel)
+    run_id = field_bytes(1, b"00000000-0000-0000-0000-000000000000")
+    deep_payload = field_bytes(1, b"orders") + field_bytes(
+        3, field_bytes(1, field_bytes(1, b"x") + field_bytes(2, deep_value_bytes(60)))
+    )
+    for path, data in [
+        ("/squidmesh.v1.RunService/StartRun", b"\xff\xff\xff"),
+        ("/squidmesh.v1.RunService/StartRun", deep_payload),  # nested past 100 levels
+        ("/squidmesh.v1.RunService/GetRun", field_bytes(1, b"\xff\xfe")),  # bad UTF-8
+        ("/squidmesh.v1.WorkflowService/ListWorkflows", run_id[:-3]),  # cut short
+        ("/squidmesh.v1.WorkerService/RegisterWorker", b"\x0f"),  # no wire type 7
+    ]:
+        with pytest.raises(aio.AioRpcError) as raised:
+            await channel.unary_unary(path, identity, identity)(data, timeout=10)
+        assert raised.value.code() == StatusCode.INVALID_ARGUMENT, (path, raised.value.details())
+        assert raised.value.details() == "the request cannot be decoded"
+        assert error_info(raised.value).reason == "INVALID_ARGUMENT"
+    watch = channel.unary_stream("/squidmesh.v1.RunService/WatchRun", identity, identity)(
+        b"\xff", timeout=10
+    )
+    with pytest.raises(aio.AioRpcError) as raised:
+        await watch.read()
+    assert raised.value.code() == StatusCode.INVALID_ARGUMENT
+
+
+async def test_undecodable_attempt_stream_messages_are_answered_and_the_stream_lives_on(
+    channel: aio.Channel,
+) -> None:
+    stream = channel.stream_stream(
+        "/squidmesh.v1.WorkerService/StreamAttempts",
+        identity,
+        wpb.StreamAttemptsResponse.FromString,
+    )(metadata=(("squidmesh-worker-id", "w"),))
+
+    async def answer() -> wpb.StreamAttemptsResponse:
+        message = await asyncio.wait_for(stream.read(), 10)
+        assert isinstance(message, wpb.StreamAttemptsResponse)
+        return message
+
+    # request_id 7 with a result whose output is nested past protobuf's decoding limit.
+    completed = field_bytes(1, b"a") + field_bytes(2, b"t") + field_bytes(3, deep_value_bytes(60))
+    await stream.write(b"\x08\x07" + field_bytes(4, completed))
+    rejected = await answer()
+    assert (rejected.request_id, rejected.WhichOneof("message")) == (7, "rejected")
+    # In a batch, the requests that decode are answered as usual, the others rejected.
+    heartbeat = wpb.StreamAttemptsRequest(
+        request_id=8, heartbeat=wpb.WorkerHeartbeat(worker_id="w")
+    )
+    bad = b"\x08\x09" + field_bytes(3, b"\xff\xff")
+    await stream.write(field_bytes(6, heartbeat.SerializeToString()) + field_bytes(6, bad))
+    answers = {a.request_id: a.WhichOneof("message") for a in (await answer(), await answer())}
+    assert answers == {8: "heartbeat", 9: "rejected"}
+    # Garbage that shows no request_id at all is answered too, and the stream serves on.
+    await stream.write(b"\xff\xff\xff")
+    assert (await answer()).WhichOneof("message") == "rejected"
+    await stream.write(heartbeat.SerializeToString())
+    assert (await answer()).WhichOneof("message") == "heartbeat"
+    stream.cancel()
