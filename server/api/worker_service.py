@@ -157,8 +157,13 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         async def read() -> None:
             try:
                 async for message in request_iterator:
-                    for request in message.batch or (message,):
-                        if request.batch:  # a batch inside a batch: answered as unreadable
+                    requests = list(message.batch)
+                    if not requests or message.request_id or message.WhichOneof("message"):
+                        requests.append(message)  # alone, or a batch that carries more
+                    for request in requests:
+                        # A batch inside a batch, or a batch that also carries a request, is
+                        # answered as unreadable (a top-level batch's items are served).
+                        if request.batch:
                             request = pb.StreamAttemptsRequest(request_id=request.request_id)
                         task = asyncio.create_task(answer(request))
                         for tasks in (pending, self._requests):
@@ -314,7 +319,9 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             )
         else:
             raise InvalidArgument(
-                "the request has no content that can be read (or a batch inside a batch)", []
+                "the request has no content that can be read (or is a batch inside a batch, "
+                "or a batch that also carries a request)",
+                [],
             )
         handoff, retry = result_decision.handoff, result_decision.retry
         return pb.StreamAttemptsResponse(

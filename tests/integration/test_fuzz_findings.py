@@ -1,4 +1,4 @@
-"""Regressions of what the fuzz suite (test_fuzz_*.py) found, one focused test each."""
+"""Regressions of what the fuzz suite (tests/integration/fuzz) found, one focused test each."""
 
 from __future__ import annotations
 
@@ -13,31 +13,17 @@ from squidmesh.v1 import run_service_pb2, workflow_service_pb2
 from squidmesh.v1 import worker_service_pb2 as wpb
 from squidmesh.v1.workflow_service_pb2_grpc import WorkflowServiceStub
 
-from tests.integration.test_api import count_rows, definition, details, error_info, register_orders
+from tests.integration.fuzz.harness import identity
+from tests.integration.fuzz.hostile import deep_value_bytes, field_bytes
+from tests.integration.test_api import (
+    Protocol,
+    count_rows,
+    definition,
+    details,
+    error_info,
+    register_orders,
+)
 from tests.integration.test_hostile_input import refused
-
-
-def identity(data: bytes) -> bytes:
-    """The serializer of raw calls: their requests and answers are bytes."""
-    return data
-
-
-def field_bytes(number: int, payload: bytes) -> bytes:
-    """One length-delimited field in protobuf wire format (payloads under 16 KiB)."""
-    size = (
-        bytes([len(payload)])
-        if len(payload) < 128
-        else bytes([len(payload) & 0x7F | 0x80, len(payload) >> 7])
-    )
-    return bytes([number << 3 | 2]) + size + payload
-
-
-def deep_value_bytes(depth: int) -> bytes:
-    """A Value nested `depth` lists deep, in wire format."""
-    inner = field_bytes(3, b"x")
-    for _ in range(depth):
-        inner = field_bytes(6, field_bytes(1, inner))
-    return inner
 
 
 async def test_page_tokens_of_the_wrong_shape_are_invalid_argument(channel: aio.Channel) -> None:
@@ -149,3 +135,21 @@ async def test_undecodable_attempt_stream_messages_are_answered_and_the_stream_l
     await stream.write(heartbeat.SerializeToString())
     assert (await answer()).WhichOneof("message") == "heartbeat"
     stream.cancel()
+
+
+async def test_a_batch_that_also_carries_a_request_is_answered_too(channel: aio.Channel) -> None:
+    protocol = Protocol(channel)
+    beat = wpb.StreamAttemptsRequest(request_id=2, heartbeat=wpb.WorkerHeartbeat(worker_id="w"))
+    both = wpb.StreamAttemptsRequest(
+        request_id=1,
+        started=wpb.AttemptStarted(attempt_id="a", token="t", worker_id="w"),
+        batch=[beat],
+    )
+    await protocol.call.write(both)
+    await protocol.call.write(wpb.StreamAttemptsRequest(request_id=3, batch=[beat]))
+    answers = []
+    for _ in range(4):
+        answer = await asyncio.wait_for(protocol.call.read(), 10)
+        assert isinstance(answer, wpb.StreamAttemptsResponse)
+        answers.append((answer.request_id, answer.WhichOneof("message")))
+    assert sorted(answers) == [(1, "rejected"), (2, "heartbeat"), (2, "heartbeat"), (3, "rejected")]

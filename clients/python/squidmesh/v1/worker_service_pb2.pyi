@@ -472,7 +472,7 @@ class StreamAttemptsResponse(_message.Message):
     @_builtins.property
     def rejected(self) -> Global___RequestRejected:
         """Answer to a request the server cannot read at all (no content, a batch inside a batch,
-        bytes that do not decode: then only its request_id is read, and each request of a batch
+        a batch that also carries a request_id or content, bytes that do not decode: then only its request_id is read, and each request of a batch
         that decodes alone is answered as usual). The worker drops the request and does not
         send it again. A readable request with bad
         fields gets its usual answer kind, refused (e.g. StartDecision.refusal_reason
