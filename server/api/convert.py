@@ -104,11 +104,12 @@ def run(view: RunView, *, full: bool = True) -> run_pb2.Run:
 
 
 def step(view: StepView) -> run_pb2.StepRun:
+    # Outputs arrived as doubles; Postgres reads a large whole one back as an integer.
     return run_pb2.StepRun(
         name=view.name,
         status=_STEP_STATUS[view.status],
         attempts=[attempt(a) for a in view.attempts],
-        output=to_value(view.output) if view.output is not None else None,
+        output=to_value(view.output, exact=False) if view.output is not None else None,
         error=failure(view.error),
         create_time=timestamp(view.created_at),
         end_time=timestamp(view.ended_at),
@@ -125,7 +126,7 @@ def attempt(view: AttemptView) -> run_pb2.Attempt:
         create_time=timestamp(view.created_at),
         start_time=timestamp(view.started_at),
         end_time=timestamp(view.ended_at),
-        output=to_value(view.output) if view.output is not None else None,
+        output=to_value(view.output, exact=False) if view.output is not None else None,
         error=failure(view.error),
         progress=struct(view.progress) if view.progress is not None else None,
     )

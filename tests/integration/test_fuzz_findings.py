@@ -7,10 +7,11 @@ import base64
 import json
 
 import pytest
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from grpc import StatusCode, aio
 from squidmesh.v1 import run_service_pb2, workflow_service_pb2
 from squidmesh.v1 import worker_service_pb2 as wpb
+from squidmesh.v1.run_service_pb2_grpc import RunServiceStub
 from squidmesh.v1.workflow_service_pb2_grpc import WorkflowServiceStub
 
 from tests.integration.fuzz.harness import identity
@@ -22,8 +23,11 @@ from tests.integration.test_api import (
     details,
     error_info,
     register_orders,
+    scheduled_attempt,
+    start_and_claim,
 )
 from tests.integration.test_hostile_input import refused
+from worker_sdk import struct_to_dict
 
 
 async def test_page_tokens_of_the_wrong_shape_are_invalid_argument(channel: aio.Channel) -> None:
@@ -153,3 +157,26 @@ async def test_a_batch_that_also_carries_a_request_is_answered_too(channel: aio.
         assert isinstance(answer, wpb.StreamAttemptsResponse)
         answers.append((answer.request_id, answer.WhichOneof("message")))
     assert sorted(answers) == [(1, "rejected"), (2, "heartbeat"), (2, "heartbeat"), (3, "rejected")]
+
+
+async def test_a_whole_number_past_2_53_in_an_output_can_be_read_and_passed_on(
+    channel: aio.Channel, database_url: str
+) -> None:
+    # A double such as 1e16 is valid JSON, but Postgres reads it back as an integer, which
+    # the strict conversion refused: GetRun and the next step's claim answered INTERNAL.
+    protocol = Protocol(channel)
+    run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
+    output = struct_pb2.Value()
+    output.struct_value.update({"big": 1e16, "list": [-1e300]})
+    done = await protocol.send(
+        completed=wpb.AttemptCompleted(attempt_id=attempt_id, token=token, output=output)
+    )
+    assert done.result.accepted
+    got = await RunServiceStub(channel).GetRun(run_service_pb2.GetRunRequest(run_id=run.id))
+    assert struct_to_dict(got.run.steps[0].output.struct_value) == {"big": 1e16, "list": [-1e300]}
+    ship_id, ship_token = await scheduled_attempt(database_url, run.id, "ship")
+    claimed = await protocol.send(
+        started=wpb.AttemptStarted(attempt_id=ship_id, token=ship_token, worker_id="w1")
+    )
+    assert claimed.start.accepted
+    assert struct_to_dict(claimed.start.input.struct_value)["big"] == 1e16

@@ -27,10 +27,12 @@ __all__ = [
 MAX_EXACT_INT = 2**53
 
 
-def to_value(obj: object) -> struct_pb2.Value:
-    """A Python JSON-like value as a `Value`. Raises TypeError/ValueError when it is not JSON."""
+def to_value(obj: object, *, exact: bool = True) -> struct_pb2.Value:
+    """A Python JSON-like value as a `Value`. Raises TypeError/ValueError when it is not JSON.
+    With `exact=False`, integers past 2^53 become the nearest double instead: for values that
+    arrived as doubles and were stored (a JSON store reads 1e16 back as an integer)."""
     value = struct_pb2.Value()
-    _fill_value(value, obj, "$")
+    _fill_value(value, obj, "$", exact)
     return value
 
 
@@ -84,13 +86,13 @@ def from_duration(duration: duration_pb2.Duration) -> float:
     return duration.seconds + duration.nanos / 1_000_000_000
 
 
-def _fill_value(target: struct_pb2.Value, obj: object, where: str) -> None:
+def _fill_value(target: struct_pb2.Value, obj: object, where: str, exact: bool = True) -> None:
     if obj is None:
         target.null_value = struct_pb2.NULL_VALUE
     elif isinstance(obj, bool):
         target.bool_value = obj
     elif isinstance(obj, int):
-        if abs(obj) > MAX_EXACT_INT:
+        if exact and abs(obj) > MAX_EXACT_INT:
             raise ValueError(
                 f"{where}: integer {obj} does not fit a JSON number exactly; send it as a string"
             )
@@ -103,12 +105,12 @@ def _fill_value(target: struct_pb2.Value, obj: object, where: str) -> None:
         target.string_value = obj
     elif isinstance(obj, Mapping):
         target.struct_value.SetInParent()
-        _fill_struct(target.struct_value, obj, where)
+        _fill_struct(target.struct_value, obj, where, exact)
     elif isinstance(obj, list | tuple):
         items = target.list_value
         items.SetInParent()
         for index, item in enumerate(obj):
-            _fill_value(items.values.add(), item, f"{where}[{index}]")
+            _fill_value(items.values.add(), item, f"{where}[{index}]", exact)
     else:
         raise TypeError(f"{where}: {type(obj).__name__} is not JSON-serialisable")
 
@@ -128,8 +130,10 @@ def _kind(obj: object) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _fill_struct(target: struct_pb2.Struct, mapping: Mapping[Any, object], where: str) -> None:
+def _fill_struct(
+    target: struct_pb2.Struct, mapping: Mapping[Any, object], where: str, exact: bool = True
+) -> None:
     for key, item in mapping.items():
         if not isinstance(key, str):
             raise TypeError(f"{where}: object keys must be strings, got {type(key).__name__}")
-        _fill_value(target.fields[key], item, f"{where}.{key}")
+        _fill_value(target.fields[key], item, f"{where}.{key}", exact)
