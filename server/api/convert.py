@@ -109,7 +109,7 @@ def step(view: StepView) -> run_pb2.StepRun:
         name=view.name,
         status=_STEP_STATUS[view.status],
         attempts=[attempt(a) for a in view.attempts],
-        output=to_value(view.output, exact=False) if view.output is not None else None,
+        output=to_value(view.output, strict=False) if view.output is not None else None,
         error=failure(view.error),
         create_time=timestamp(view.created_at),
         end_time=timestamp(view.ended_at),
@@ -126,7 +126,7 @@ def attempt(view: AttemptView) -> run_pb2.Attempt:
         create_time=timestamp(view.created_at),
         start_time=timestamp(view.started_at),
         end_time=timestamp(view.ended_at),
-        output=to_value(view.output, exact=False) if view.output is not None else None,
+        output=to_value(view.output, strict=False) if view.output is not None else None,
         error=failure(view.error),
         progress=struct(view.progress) if view.progress is not None else None,
     )

@@ -313,7 +313,7 @@ def _trigger_to_proto(trigger: Trigger) -> workflow_pb2.Trigger:
                 name=f.name,
                 type=_to_proto(_FIELD_TYPES, f.type),
                 required=f.required,
-                default_value=None if f.default is None else to_value(f.default, exact=False),
+                default_value=None if f.default is None else to_value(f.default, strict=False),
                 description=f.description,
             )
             for f in trigger.payload
@@ -380,7 +380,7 @@ def _transition_to_proto(t: Transition) -> workflow_pb2.Transition:
         condition = workflow_pb2.Condition(
             path=t.condition.path,
             operator=_to_proto(_OPERATORS, t.condition.operator),
-            value=None if t.condition.value is None else to_value(t.condition.value, exact=False),
+            value=None if t.condition.value is None else to_value(t.condition.value, strict=False),
         )
     return workflow_pb2.Transition(
         from_step=t.from_step, on=_to_proto(_OUTCOMES, t.on), to=t.to, condition=condition

@@ -8,6 +8,10 @@ a batch of other requests failing with it, or a run that can never be dispatched
 - an enum value the contract does not define (it would be silently ignored);
 - an identifier (a name, id, key, token...) longer than `MAX_IDENTIFIER` characters: they are
   index keys, and Postgres refuses index entries of a few KiB;
+- a JSON value (a `Struct`, `Value` or `ListValue`) nested more than `MAX_DEPTH` objects and
+  lists deep: protobuf decodes at most 100 message levels, and every answer that carries such
+  a value back (a run, a claim's input, a batch of answers) wraps it in a few more, so a deeper
+  value would be stored and then break every read of its run, or the stream of its worker;
 - a `Timestamp` or `Duration` outside the range its type defines (years 1 to 9999; ±10,000
   years; nanos within a second, of the sign of the seconds): no date type holds it.
 
@@ -23,6 +27,7 @@ from typing import TypeAlias
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from squidmesh.values import MAX_DEPTH
 
 from server.engine.errors import FieldViolation
 
@@ -82,13 +87,19 @@ def problems(message: Message, where: str = "") -> list[FieldViolation]:
     return found[:MAX_PROBLEMS]
 
 
-def _message(message: Message, path: Path, found: list[FieldViolation]) -> None:
+def _message(message: Message, path: Path, found: list[FieldViolation], depth: int = 0) -> None:
+    """`depth`: how many JSON objects and lists `message` is inside."""
     kind = message.DESCRIPTOR.full_name
+    if kind in (_STRUCT, _LIST):
+        depth += 1
+        if depth > MAX_DEPTH:
+            _add(found, path, f"is nested more than {MAX_DEPTH} levels deep")
+            return
     if kind == _STRUCT:
         for key, value in message.fields.items():  # type: ignore[attr-defined]
             key_path = (path, _key(key))
             _text(key, key_path, found, what="key")
-            _message(value, key_path, found)
+            _message(value, key_path, found, depth)
         return
     if kind == _VALUE:
         filled = message.WhichOneof("kind")
@@ -97,13 +108,13 @@ def _message(message: Message, path: Path, found: list[FieldViolation]) -> None:
         elif filled == "string_value":
             _text(message.string_value, path, found)  # type: ignore[attr-defined]
         elif filled == "struct_value":
-            _message(message.struct_value, path, found)  # type: ignore[attr-defined]
+            _message(message.struct_value, path, found, depth)  # type: ignore[attr-defined]
         elif filled == "list_value":
-            _message(message.list_value, path, found)  # type: ignore[attr-defined]
+            _message(message.list_value, path, found, depth)  # type: ignore[attr-defined]
         return
     if kind == _LIST:
         for index, item in enumerate(message.values):  # type: ignore[attr-defined]
-            _message(item, (path, f"[{index}]"), found)
+            _message(item, (path, f"[{index}]"), found, depth)
         return
     if kind == _TIMESTAMP:
         seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]

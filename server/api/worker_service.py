@@ -417,7 +417,7 @@ def _start_decision(decision: StartDecision) -> pb.StartDecision:
         step=decision.step,
         handler=decision.handler,
         attempt_number=decision.attempt_number,
-        input=to_value(decision.input, exact=False) if decision.accepted else None,
+        input=to_value(decision.input, strict=False) if decision.accepted else None,
         idempotency_key=decision.idempotency_key,
         heartbeat_timeout=timeout,
         attempt_timeout=attempt_timeout,

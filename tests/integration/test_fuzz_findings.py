@@ -9,13 +9,14 @@ import json
 import pytest
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from grpc import StatusCode, aio
-from squidmesh.v1 import run_service_pb2, workflow_service_pb2
+from squidmesh.v1 import run_pb2, run_service_pb2, workflow_service_pb2
 from squidmesh.v1 import worker_service_pb2 as wpb
 from squidmesh.v1.run_service_pb2_grpc import RunServiceStub
 from squidmesh.v1.workflow_service_pb2_grpc import WorkflowServiceStub
+from squidmesh.values import MAX_DEPTH
 
 from tests.integration.fuzz.harness import identity
-from tests.integration.fuzz.hostile import deep_value_bytes, field_bytes
+from tests.integration.fuzz.hostile import deep_value_bytes, field_bytes, fill_value, nested
 from tests.integration.test_api import (
     Protocol,
     count_rows,
@@ -180,3 +181,30 @@ async def test_a_whole_number_past_2_53_in_an_output_can_be_read_and_passed_on(
     )
     assert claimed.start.accepted
     assert struct_to_dict(claimed.start.input.struct_value)["big"] == 1e16
+
+
+async def test_values_nested_too_deep_to_be_sent_back_are_refused_where_they_enter(
+    channel: aio.Channel, database_url: str
+) -> None:
+    # An output 48 lists deep decoded, was stored, and then no GetRun of its run and no answer
+    # on its worker's stream could be decoded any more (protobuf's limit of 100 levels).
+    runs = await register_orders(channel)
+    request = run_service_pb2.StartRunRequest(workflow="orders")
+    request.payload.update({"amount": 1, "deep": nested(MAX_DEPTH)})  # 21 levels with the payload
+    violations = await refused(runs.StartRun(request))
+    assert (f"payload{'.deep' + '.a' * (MAX_DEPTH - 1)}", "is nested more than 20 levels deep") in (
+        violations
+    )
+    assert await count_rows(database_url, "runs") == 0
+
+    protocol = Protocol(channel)
+    run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
+    done = wpb.StreamAttemptsRequest(
+        completed=wpb.AttemptCompleted(attempt_id=attempt_id, token=token)
+    )
+    fill_value(done.completed.output, nested(48, kind="list"))
+    answer = await protocol.send(completed=done.completed)
+    assert answer.result.accepted, "answered, so that the worker does not send it again"
+    got = await RunServiceStub(channel).GetRun(run_service_pb2.GetRunRequest(run_id=run.id))
+    assert got.run.steps[0].attempts[0].error.reason == "output_invalid"
+    assert got.run.status == run_pb2.RUN_STATUS_FAILED

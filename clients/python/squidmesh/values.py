@@ -1,8 +1,9 @@
 """Conversions between Python values and the protobuf JSON types of the contract
 (`google.protobuf.Value`, `Struct`, `Duration`).
 
-JSON semantics, strictly: dict keys must be strings, numbers must be finite, and integers must
-fit in a double exactly (|n| <= 2**53) — a larger id silently rounded is worse than an error.
+JSON semantics, strictly: dict keys must be strings, numbers must be finite, integers must fit
+in a double exactly (|n| <= 2**53) — a larger id silently rounded is worse than an error — and
+objects and lists nest at most MAX_DEPTH deep, as the server requires.
 Tuples become lists. Whole numbers read back from a `Value` become `int`, as `json.loads` would
 give them.
 """
@@ -25,14 +26,18 @@ __all__ = [
 ]
 
 MAX_EXACT_INT = 2**53
+MAX_DEPTH = 20
+"""The deepest nesting of objects and lists the server accepts in a value (protobuf decodes at
+most 100 message levels, and each JSON level costs two or three)."""
 
 
-def to_value(obj: object, *, exact: bool = True) -> struct_pb2.Value:
+def to_value(obj: object, *, strict: bool = True) -> struct_pb2.Value:
     """A Python JSON-like value as a `Value`. Raises TypeError/ValueError when it is not JSON.
-    With `exact=False`, integers past 2^53 become the nearest double instead: for values that
-    arrived as doubles and were stored (a JSON store reads 1e16 back as an integer)."""
+    `strict=False` is for values checked when they came in, then stored: integers past 2^53
+    become the nearest double (a JSON store reads 1e16 back as an integer), and the nesting
+    is not limited (a run's context holds outputs one level deeper than they came)."""
     value = struct_pb2.Value()
-    _fill_value(value, obj, "$", exact)
+    _fill_value(value, obj, "$", 0 if strict else None)
     return value
 
 
@@ -42,7 +47,7 @@ def to_struct(mapping: Mapping[str, object], *, where: str = "$") -> struct_pb2.
     if not isinstance(mapping, Mapping):
         raise TypeError(f"{where} must be a JSON object, not {_kind(mapping)}")
     struct = struct_pb2.Struct()
-    _fill_struct(struct, mapping, where)
+    _fill_struct(struct, mapping, where, 1)
     return struct
 
 
@@ -86,13 +91,17 @@ def from_duration(duration: duration_pb2.Duration) -> float:
     return duration.seconds + duration.nanos / 1_000_000_000
 
 
-def _fill_value(target: struct_pb2.Value, obj: object, where: str, exact: bool = True) -> None:
+def _fill_value(target: struct_pb2.Value, obj: object, where: str, depth: int | None) -> None:
+    """`depth`: how many objects and lists `obj` is inside; None when not strict."""
+    if depth is not None and depth >= MAX_DEPTH and isinstance(obj, Mapping | list | tuple):
+        raise ValueError(f"{where}: nested more than {MAX_DEPTH} objects and lists deep")
+    inner = None if depth is None else depth + 1
     if obj is None:
         target.null_value = struct_pb2.NULL_VALUE
     elif isinstance(obj, bool):
         target.bool_value = obj
     elif isinstance(obj, int):
-        if exact and abs(obj) > MAX_EXACT_INT:
+        if depth is not None and abs(obj) > MAX_EXACT_INT:
             raise ValueError(
                 f"{where}: integer {obj} does not fit a JSON number exactly; send it as a string"
             )
@@ -105,12 +114,12 @@ def _fill_value(target: struct_pb2.Value, obj: object, where: str, exact: bool =
         target.string_value = obj
     elif isinstance(obj, Mapping):
         target.struct_value.SetInParent()
-        _fill_struct(target.struct_value, obj, where, exact)
+        _fill_struct(target.struct_value, obj, where, inner)
     elif isinstance(obj, list | tuple):
         items = target.list_value
         items.SetInParent()
         for index, item in enumerate(obj):
-            _fill_value(items.values.add(), item, f"{where}[{index}]", exact)
+            _fill_value(items.values.add(), item, f"{where}[{index}]", inner)
     else:
         raise TypeError(f"{where}: {type(obj).__name__} is not JSON-serialisable")
 
@@ -131,9 +140,9 @@ def _kind(obj: object) -> str:
 
 
 def _fill_struct(
-    target: struct_pb2.Struct, mapping: Mapping[Any, object], where: str, exact: bool = True
+    target: struct_pb2.Struct, mapping: Mapping[Any, object], where: str, depth: int | None
 ) -> None:
     for key, item in mapping.items():
         if not isinstance(key, str):
             raise TypeError(f"{where}: object keys must be strings, got {type(key).__name__}")
-        _fill_value(target.fields[key], item, f"{where}.{key}", exact)
+        _fill_value(target.fields[key], item, f"{where}.{key}", depth)
