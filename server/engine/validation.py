@@ -94,7 +94,8 @@ def _check_cron(cron: str, time_zone: str, where: str, out: list[FieldViolation]
         )
     try:
         ZoneInfo(time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
+    # A name too long for a file, or naming a directory, is an OSError.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         out.append(
             FieldViolation(f"{where}.cron.time_zone", f"{time_zone!r} is not an IANA time zone")
         )

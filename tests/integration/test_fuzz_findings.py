@@ -208,3 +208,17 @@ async def test_values_nested_too_deep_to_be_sent_back_are_refused_where_they_ent
     got = await RunServiceStub(channel).GetRun(run_service_pb2.GetRunRequest(run_id=run.id))
     assert got.run.steps[0].attempts[0].error.reason == "output_invalid"
     assert got.run.status == run_pb2.RUN_STATUS_FAILED
+
+
+async def test_a_time_zone_no_file_can_be_named_after_is_invalid_argument(
+    channel: aio.Channel,
+) -> None:
+    workflows = WorkflowServiceStub(channel)
+    for zone in ["é" * 250, "America", "/etc/passwd"]:
+        bad = definition("cron")
+        bad.triggers[0].cron.expression = "0 3 * * *"
+        bad.triggers[0].cron.time_zone = zone
+        violations = await refused(
+            workflows.RegisterWorkflow(workflow_service_pb2.RegisterWorkflowRequest(definition=bad))
+        )
+        assert "definition.triggers[0].cron.time_zone" in {f for f, _ in violations}, zone
