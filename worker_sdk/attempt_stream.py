@@ -341,6 +341,15 @@ class AttemptStream:
 
 
 def _expect(response: pb.StreamAttemptsResponse, kind: str) -> pb.StreamAttemptsResponse:
+    if response.WhichOneof("message") == "rejected" and kind in ("start", "result"):
+        # The server could not read the request (its bytes did not decode): a refusal like
+        # any other, so that the claim or result is dropped, never sent again.
+        reason = f"rejected: {response.rejected.message}"
+        if kind == "start":
+            return pb.StreamAttemptsResponse(
+                start=pb.StartDecision(accepted=False, refusal_reason=reason)
+            )
+        return pb.StreamAttemptsResponse(result=pb.ResultAck(accepted=False, refusal_reason=reason))
     if response.WhichOneof("message") != kind:
         raise RuntimeError(
             f"attempt stream protocol error: request {response.request_id} answered with "
