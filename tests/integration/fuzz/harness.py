@@ -28,7 +28,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from squidmesh.v1 import run_pb2, run_service_pb2, workflow_service_pb2
+from squidmesh.v1 import run_pb2, run_service_pb2, workflow_pb2, workflow_service_pb2
 from squidmesh.v1 import worker_service_pb2 as wpb
 from squidmesh.v1.run_service_pb2_grpc import RunServiceStub
 from squidmesh.v1.workflow_service_pb2_grpc import WorkflowServiceStub
@@ -172,16 +172,46 @@ class Rows:
             await self._conn.close()
 
 
-async def refused_cleanly(rows: Rows, call: Callable[[], Awaitable[T]], what: object) -> T | None:
-    """Makes the call: its result when it succeeds; when it is refused, checks the status and
-    that nothing was written, and returns None."""
+async def refused_cleanly(
+    rows: Rows,
+    call: Callable[[], Awaitable[T]],
+    what: object,
+    local: tuple[type[Exception], ...] = (),
+) -> T | None:
+    """Makes the call: its result when it succeeds; when it is refused (by the server, or by a
+    client raising one of `local` before sending), checks the status and that nothing was
+    written, and returns None."""
     before = await rows.counts()
     try:
         return await call()
     except aio.AioRpcError as error:
         assert_clear(error, what)
-        assert await rows.counts() == before, f"a refused call wrote rows: {_short(what)}"
-        return None
+    except local:
+        pass
+    assert await rows.counts() == before, f"a refused call wrote rows: {_short(what)}"
+    return None
+
+
+def every_type() -> workflow_pb2.WorkflowDefinition:
+    """A workflow whose trigger takes one optional field of each type: hostile payloads that
+    fit the contract are accepted and stored."""
+    d = definition("bags")
+    types = ["string", "integer", "number", "boolean", "object", "list", "timestamp"]
+    del d.triggers[0].payload[:]
+    for name in types:
+        d.triggers[0].payload.add(
+            name=name, type=getattr(workflow_pb2, f"FIELD_TYPE_{name.upper()}")
+        )
+    return d
+
+
+async def register(channel: aio.Channel, *definitions: workflow_pb2.WorkflowDefinition) -> None:
+    for d in definitions:
+        await call(
+            channel,
+            WORKFLOW_METHODS["RegisterWorkflow"],
+            workflow_service_pb2.RegisterWorkflowRequest(definition=d),
+        )
 
 
 async def assert_still_serves(channel: aio.Channel, database_url: str) -> None:
