@@ -8,12 +8,13 @@ stream, every request is answered on the first connection: nothing is ever sent 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Iterator
 from typing import Any
 
 from google.protobuf import struct_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc import aio
 from hypothesis import strategies as st
 from squidmesh.v1 import run_service_pb2
@@ -258,7 +259,9 @@ async def test_the_sdk_stream_gets_every_answer_at_once_and_resends_nothing(
         request = hostile.overlay(inner(kind, attempt_id, token), fields)
         if value is not None and isinstance(request, wpb.AttemptCompleted):
             hostile.fill_value(request.output, value)
-        await asyncio.wait_for(getattr(stream, kind)(request), CALL_TIMEOUT)
+        # DecodeError: too deep for protobuf to copy into the stream's message; nothing sent.
+        with contextlib.suppress(DecodeError):
+            await asyncio.wait_for(getattr(stream, kind)(request), CALL_TIMEOUT)
 
     try:
         await fuzz(examples, check, examples=80)
