@@ -101,11 +101,15 @@ def deep_values() -> Strategy[Any]:
 
 
 def wide_values() -> Strategy[Any]:
-    """Large values: many keys or a long list, a few hundred KB."""
-    return st.sampled_from([1_000, 20_000]).flatmap(
-        lambda n: st.sampled_from(
-            [{f"k{i}": i for i in range(n)}, list(range(n)), ["é" * 100] * (n // 10)]
-        )
+    """Large values: many keys or a long list (a few hundred KB), past the payload limit
+    (1 MiB), and past gRPC's message limit (4 MiB)."""
+    return st.one_of(
+        st.sampled_from([1_000, 20_000]).flatmap(
+            lambda n: st.sampled_from(
+                [{f"k{i}": i for i in range(n)}, list(range(n)), ["é" * 100] * (n // 10)]
+            )
+        ),
+        st.sampled_from([1_500_000, 2_500_000]).map(lambda n: "é" * n),
     )
 
 
