@@ -522,15 +522,8 @@ async def test_list_runs_basic_view_ships_no_run_data(
             run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=1))
         )
     ).run
-    failing = (
-        await runs.StartRun(
-            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=2))
-        )
-    ).run
     protocol = Protocol(channel)
-    attempt_id, token = await scheduled_attempt(database_url, failing.id, "reserve")
-    claim = wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id="w1")
-    assert (await protocol.send(started=claim)).start.accepted
+    failing, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
     secret = payload(card="4242")
     failed = wpb.AttemptFailed(
         attempt_id=attempt_id, token=token, message="declined", details=secret, non_retryable=True
@@ -614,16 +607,9 @@ async def test_result_after_cancel_ends_the_run_cancelled(
 ) -> None:
     """A claimed attempt's result arriving after CancelRun does not advance the run (the
     one-statement result path sees the run changed since the claim and steps aside)."""
-    runs = await register_orders(channel)
-    run = (
-        await runs.StartRun(
-            run_service_pb2.StartRunRequest(workflow="orders", payload=payload(amount=5))
-        )
-    ).run
     protocol = Protocol(channel)
-    attempt_id, token = await scheduled_attempt(database_url, run.id, "reserve")
-    claim = wpb.AttemptStarted(attempt_id=attempt_id, token=token, worker_id="w1")
-    assert (await protocol.send(started=claim)).start.accepted
+    run, attempt_id, token = await start_and_claim(channel, database_url, protocol, "w1")
+    runs = RunServiceStub(channel)
 
     cancelling = (
         await runs.CancelRun(run_service_pb2.CancelRunRequest(run_id=run.id, reason="stop"))

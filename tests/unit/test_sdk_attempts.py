@@ -45,13 +45,16 @@ class FakeStream:
         return pb.ResultAck(accepted=True)
 
 
-def runner_for(stream: Any, fn: Any, executor: ThreadPoolExecutor | None = None) -> AttemptRunner:
+def runner_for(
+    stream: Any, fn: Any, executor: ThreadPoolExecutor | None = None, **options: Any
+) -> AttemptRunner:
     return AttemptRunner(
         worker_id="w-1",
         stream=cast(AttemptStream, stream),
         handlers={"w.s": Handler.of("w.s", fn, "default")},
         executor=executor,
         concurrency=1,
+        **options,
     )
 
 
@@ -424,14 +427,7 @@ async def test_a_result_the_server_cannot_read_is_replaced_not_sent(
         return result
 
     stream = FakeStream(decision())
-    runner = AttemptRunner(
-        worker_id="w-1",
-        stream=cast(AttemptStream, stream),
-        handlers={"w.s": Handler.of("w.s", handler, "default")},
-        executor=None,
-        concurrency=1,
-        max_message_bytes=10_000,
-    )
+    runner = runner_for(stream, handler, max_message_bytes=10_000)
     await run_attempt(runner)
     (sent,) = stream.results
     assert isinstance(sent, pb.AttemptFailed) and sent.ByteSize() < 10_000
