@@ -38,6 +38,25 @@ class StepKind(enum.StrEnum):
     LOG = "log"
     PAUSE = "pause"
     APPROVAL = "approval"
+    WAIT_EVENT = "wait_event"
+    WAIT_CHILD = "wait_child"
+
+    @property
+    def gate(self) -> bool:
+        """Whether the step waits for something outside the run (a person, an event, a child
+        run): it holds no worker slot and has a row in `waits` while it waits."""
+        return self in GATE_STEP_KINDS
+
+
+GATE_STEP_KINDS = frozenset(
+    {StepKind.PAUSE, StepKind.APPROVAL, StepKind.WAIT_EVENT, StepKind.WAIT_CHILD}
+)
+
+
+class DeadlineAction(enum.StrEnum):
+    REJECT = "reject"
+    FAIL = "fail"
+    ROUTE = "route"
 
 
 class Outcome(enum.StrEnum):
@@ -193,6 +212,30 @@ class Step:
     irreversible: bool = False
     after: tuple[str, ...] = ()
     compensate: str = ""
+    # Gates (pause, approval, wait_event, wait_child). Absent from the content hash at their
+    # defaults, so definitions registered before gates existed keep their hash.
+    deadline_ms: int | None = None
+    """Approval, wait_event, wait_child: how long after the step is reached it may wait."""
+    required_approvals: int = 1
+    decision_fields: tuple[PayloadField, ...] = ()
+    """The fields an approval's decision payload may carry."""
+    on_deadline: DeadlineAction = DeadlineAction.REJECT
+    on_deadline_step: str = ""
+    event: str = ""
+    """wait_event: the event name."""
+    correlation_key: str = ""
+    """wait_event: the correlation key template; wait_child: the child's key template."""
+
+
+_GATE_DEFAULTS: dict[str, Any] = {
+    "deadline_ms": None,
+    "required_approvals": 1,
+    "decision_fields": [],
+    "on_deadline": DeadlineAction.REJECT,
+    "on_deadline_step": "",
+    "event": "",
+    "correlation_key": "",
+}
 
 
 COMPENSATION_SUFFIX = ":compensate"
@@ -285,16 +328,7 @@ class WorkflowDef:
             triggers=tuple(
                 Trigger(
                     name=t["name"],
-                    payload=tuple(
-                        PayloadField(
-                            name=f["name"],
-                            type=FieldType(f["type"]),
-                            required=f["required"],
-                            default=f["default"],
-                            description=f.get("description", ""),
-                        )
-                        for f in t["payload"]
-                    ),
+                    payload=tuple(_field_from_json(f) for f in t["payload"]),
                     cron=t["cron"],
                     time_zone=t["time_zone"],
                     missed_tick_policy=MissedTickPolicy(t["missed_tick_policy"]),
@@ -322,9 +356,25 @@ class WorkflowDef:
         )
 
     def content_hash(self) -> str:
-        """Hash of the canonical content: equal definitions hash equal."""
-        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        """Hash of the canonical content: equal definitions hash equal. Gate options at their
+        defaults are left out, so a definition hashes as it did before they existed."""
+        content = self.to_json()
+        for step in content["steps"]:
+            for key, default in _GATE_DEFAULTS.items():
+                if step[key] == default:
+                    del step[key]
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _field_from_json(f: dict[str, Any]) -> PayloadField:
+    return PayloadField(
+        name=f["name"],
+        type=FieldType(f["type"]),
+        required=f["required"],
+        default=f["default"],
+        description=f.get("description", ""),
+    )
 
 
 def _step_from_json(s: dict[str, Any]) -> Step:
@@ -364,6 +414,14 @@ def _step_from_json(s: dict[str, Any]) -> Step:
         irreversible=s["irreversible"],
         after=tuple(s["after"]),
         compensate=s["compensate"],
+        # Definitions stored before gates existed lack these.
+        deadline_ms=s.get("deadline_ms"),
+        required_approvals=s.get("required_approvals", 1),
+        decision_fields=tuple(_field_from_json(f) for f in s.get("decision_fields", ())),
+        on_deadline=DeadlineAction(s.get("on_deadline", DeadlineAction.REJECT)),
+        on_deadline_step=s.get("on_deadline_step", ""),
+        event=s.get("event", ""),
+        correlation_key=s.get("correlation_key", ""),
     )
 
 
@@ -394,3 +452,6 @@ class FailureReason(enum.StrEnum):
     NO_MATCHING_TRANSITION = "no_matching_transition"
     CANCELLED = "cancelled"
     INPUT_MISSING = "input_missing"
+    APPROVAL_REJECTED = "approval_rejected"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CHILD_RUN_FAILED = "child_run_failed"

@@ -58,6 +58,9 @@ runs = Table(
     Column("idempotency_key", Text),
     Column("payload_hash", Text, nullable=False),
     Column("source_run_id", UUID(as_uuid=True)),
+    # A child run: the run (and its step) whose handler started it.
+    Column("parent_run_id", UUID(as_uuid=True)),
+    Column("parent_step", Text),
     Column("last_seq", BigInteger, nullable=False, server_default=text("0")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
     Column("started_at", DateTime(timezone=True)),
@@ -74,6 +77,13 @@ runs = Table(
     Index("runs_created", "created_at", "id"),
     Index("runs_workflow_created", "workflow_name", "created_at", "id"),
     Index("runs_status_created", "status", "created_at", "id"),
+    Index(
+        "runs_parent_created",
+        "parent_run_id",
+        "created_at",
+        "id",
+        postgresql_where=text("parent_run_id IS NOT NULL"),
+    ),
     postgresql_with=HOT_TABLE,
 )
 
@@ -180,4 +190,96 @@ workers = Table(
     Column("labels", JSONB, nullable=False),
     Column("registered_at", DateTime(timezone=True), nullable=False, server_default=NOW),
     Column("last_seen_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Column("host", Text, nullable=False, server_default=text("''")),
+    # When its attempt stream (to any replica) last opened and closed; live while it is open
+    # (connected_at after disconnected_at) and last_seen_at is recent.
+    Column("connected_at", DateTime(timezone=True)),
+    Column("disconnected_at", DateTime(timezone=True)),
+)
+
+# A step that waits for something outside its run: a person (pause, approval), an event
+# (wait_event) or a child run (wait_child). Open while resolved_at is NULL; the step's row says
+# the rest. Deadlines are timers like any other: any replica's timer loop claims them.
+waits = Table(
+    "waits",
+    metadata,
+    Column("run_id", UUID(as_uuid=True), ForeignKey("runs.id"), nullable=False),
+    Column("step_name", Text, nullable=False),
+    # "pause", "approval", "event" or "child".
+    Column("kind", String(16), nullable=False),
+    # wait_event: the event name and the rendered correlation key; wait_child: the child's key
+    # in correlation_key.
+    Column("event_name", Text),
+    Column("correlation_key", Text),
+    Column("deadline_at", DateTime(timezone=True)),
+    # Approvals so far: [{actor, comment, at, payload}].
+    Column("votes", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Column("resolved_at", DateTime(timezone=True)),
+    PrimaryKeyConstraint("run_id", "step_name", name="waits_pkey"),
+    Index(
+        "waits_open_events",
+        "event_name",
+        "correlation_key",
+        postgresql_where=text("resolved_at IS NULL AND kind = 'event'"),
+    ),
+    Index(
+        "waits_open_deadlines",
+        "deadline_at",
+        postgresql_where=text("resolved_at IS NULL AND deadline_at IS NOT NULL"),
+    ),
+    Index(
+        "waits_open_children",
+        "run_id",
+        postgresql_where=text("resolved_at IS NULL AND kind = 'child'"),
+    ),
+)
+
+# Events published with PublishEvent, kept so that a run reaching its wait_event step after
+# the publication still finds its event (look-back).
+published_events = Table(
+    "published_events",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False),
+    Column("correlation_key", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("actor", Text, nullable=False, server_default=text("''")),
+    Column("published_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    UniqueConstraint("name", "event_id", name="published_events_name_event_id_key"),
+    Index("published_events_match", "name", "correlation_key", "published_at"),
+)
+
+# Every manual command on a run (cancel, replay, resume, approve, reject, an event that
+# resolved a wait), applied or refused: the audit trail, and the record that makes a
+# command's idempotency key return its first result.
+run_commands = Table(
+    "run_commands",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", UUID(as_uuid=True), ForeignKey("runs.id"), nullable=False),
+    # "cancel", "replay", "resume", "approve", "reject", "event".
+    Column("type", String(16), nullable=False),
+    Column("step_name", Text),
+    Column("actor", Text, nullable=False, server_default=text("''")),
+    Column("comment", Text, nullable=False, server_default=text("''")),
+    Column("idempotency_key", Text),
+    # Hash of what the command asked (type, step, payload): a key reused for another request
+    # is refused.
+    Column("request_hash", Text, nullable=False, server_default=text("''")),
+    # "applied", "refused" or "duplicate".
+    Column("outcome", String(16), nullable=False),
+    Column("refusal_reason", Text),
+    Column("refusal_message", Text),
+    Column("data", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Index("run_commands_run_created", "run_id", "created_at", "id"),
+    Index(
+        "run_commands_idempotency_key",
+        "run_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL AND outcome = 'applied'"),
+    ),
 )

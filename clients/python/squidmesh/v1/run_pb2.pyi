@@ -34,11 +34,11 @@ class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.V
     RUN_STATUS_RUNNING: _RunStatus.ValueType  # 2
     """At least one step is scheduled or running."""
     RUN_STATUS_WAITING: _RunStatus.ValueType  # 3
-    """Waiting on a durable delay."""
+    """Waiting on a durable delay, an event or a child run, with nothing else to do."""
     RUN_STATUS_RETRYING: _RunStatus.ValueType  # 4
     """A failed attempt will be retried after a backoff."""
     RUN_STATUS_PAUSED: _RunStatus.ValueType  # 5
-    """Stopped at a pause or approval step."""
+    """Stopped at a pause or approval step, with nothing else to do until a person acts."""
     RUN_STATUS_CANCELLING: _RunStatus.ValueType  # 6
     """A running attempt is being told to stop."""
     RUN_STATUS_COMPLETED: _RunStatus.ValueType  # 7
@@ -62,11 +62,11 @@ RUN_STATUS_PENDING: RunStatus.ValueType  # 1
 RUN_STATUS_RUNNING: RunStatus.ValueType  # 2
 """At least one step is scheduled or running."""
 RUN_STATUS_WAITING: RunStatus.ValueType  # 3
-"""Waiting on a durable delay."""
+"""Waiting on a durable delay, an event or a child run, with nothing else to do."""
 RUN_STATUS_RETRYING: RunStatus.ValueType  # 4
 """A failed attempt will be retried after a backoff."""
 RUN_STATUS_PAUSED: RunStatus.ValueType  # 5
-"""Stopped at a pause or approval step."""
+"""Stopped at a pause or approval step, with nothing else to do until a person acts."""
 RUN_STATUS_CANCELLING: RunStatus.ValueType  # 6
 """A running attempt is being told to stop."""
 RUN_STATUS_COMPLETED: RunStatus.ValueType  # 7
@@ -96,7 +96,7 @@ class _StepStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepStatus
     STEP_STATUS_RETRYING: _StepStatus.ValueType  # 3
     """A retry is scheduled after a backoff."""
     STEP_STATUS_WAITING: _StepStatus.ValueType  # 4
-    """A wait step is waiting."""
+    """A wait, wait_event or wait_child step is waiting."""
     STEP_STATUS_PAUSED: _StepStatus.ValueType  # 5
     """Waiting for ResumeRun, ApproveStep or RejectStep."""
     STEP_STATUS_COMPLETED: _StepStatus.ValueType  # 6
@@ -118,7 +118,7 @@ STEP_STATUS_RUNNING: StepStatus.ValueType  # 2
 STEP_STATUS_RETRYING: StepStatus.ValueType  # 3
 """A retry is scheduled after a backoff."""
 STEP_STATUS_WAITING: StepStatus.ValueType  # 4
-"""A wait step is waiting."""
+"""A wait, wait_event or wait_child step is waiting."""
 STEP_STATUS_PAUSED: StepStatus.ValueType  # 5
 """Waiting for ResumeRun, ApproveStep or RejectStep."""
 STEP_STATUS_COMPLETED: StepStatus.ValueType  # 6
@@ -282,6 +282,9 @@ class Run(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    PARENT_STEP_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Run id (UUID)."""
     workflow: _builtins.str
@@ -298,6 +301,10 @@ class Run(_message.Message):
     """The run this one replays, if any."""
     last_sequence: _builtins.int
     """Sequence number of the run's latest event."""
+    parent_run_id: _builtins.str
+    """The run whose handler started this one (a child run), if any."""
+    parent_step: _builtins.str
+    """The step of the parent run whose handler started this one."""
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """The validated payload, defaults applied."""
@@ -334,6 +341,10 @@ class Run(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the run last changed."""
 
+    @_builtins.property
+    def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChildRun]:
+        """The runs this run's handlers started, oldest first (GetRun only)."""
+
     def __init__(
         self,
         *,
@@ -354,14 +365,55 @@ class Run(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         last_sequence: _builtins.int = ...,
+        parent_run_id: _builtins.str = ...,
+        parent_step: _builtins.str = ...,
+        children: _abc.Iterable[Global___ChildRun] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "payload", b"payload", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "create_time", b"create_time", "current_steps", b"current_steps", "end_time", b"end_time", "error", b"error", "id", b"id", "idempotency_key", b"idempotency_key", "last_sequence", b"last_sequence", "payload", b"payload", "source_run_id", b"source_run_id", "start_time", b"start_time", "status", b"status", "steps", b"steps", "trigger", b"trigger", "update_time", b"update_time", "workflow", b"workflow", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["children", b"children", "context", b"context", "create_time", b"create_time", "current_steps", b"current_steps", "end_time", b"end_time", "error", b"error", "id", b"id", "idempotency_key", b"idempotency_key", "last_sequence", b"last_sequence", "parent_run_id", b"parent_run_id", "parent_step", b"parent_step", "payload", b"payload", "source_run_id", b"source_run_id", "start_time", b"start_time", "status", b"status", "steps", b"steps", "trigger", b"trigger", "update_time", b"update_time", "workflow", b"workflow", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class ChildRun(_message.Message):
+    """A run started by a handler of another run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    PARENT_STEP_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The child's run id."""
+    workflow: _builtins.str
+    """The child's workflow."""
+    key: _builtins.str
+    """The key the handler started it with (unique within the parent)."""
+    parent_step: _builtins.str
+    """The parent's step whose handler started it."""
+    status: Global___RunStatus.ValueType
+    """The child's current status."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        workflow: _builtins.str = ...,
+        key: _builtins.str = ...,
+        parent_step: _builtins.str = ...,
+        status: Global___RunStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "parent_step", b"parent_step", "run_id", b"run_id", "status", b"status", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChildRun: _TypeAlias = ChildRun  # noqa: Y015
 
 @_typing.final
 class StepRun(_message.Message):

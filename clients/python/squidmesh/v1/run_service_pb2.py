@@ -22,46 +22,73 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from squidmesh.v1 import diagnosis_pb2 as squidmesh_dot_v1_dot_diagnosis__pb2
+from squidmesh.v1 import history_pb2 as squidmesh_dot_v1_dot_history__pb2
 from squidmesh.v1 import run_pb2 as squidmesh_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esquidmesh/v1/run_service.proto\x12\x0csquidmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16squidmesh/v1/run.proto\"w\n\x0fStartRunRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x0f\n\x07trigger\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"C\n\x10StartRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\"\x9a\x02\n\x0fListRunsRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12)\n\x08statuses\x18\x02 \x03(\x0e\x32\x17.squidmesh.v1.RunStatus\x12\x0f\n\x07trigger\x18\x03 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12#\n\x04view\x18\x08 \x01(\x0e\x32\x15.squidmesh.v1.RunView\"L\n\x10ListRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.squidmesh.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\x9c\x01\n\x10WatchRunResponse\x12%\n\x08snapshot\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.RunH\x00\x12\'\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x16.squidmesh.v1.RunEventH\x00\x12-\n\nkeep_alive\x18\x03 \x01(\x0b\x32\x17.squidmesh.v1.KeepAliveH\x00\x42\t\n\x07message\"5\n\tKeepAlive\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"3\n\x11\x43\x61ncelRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\"W\n\x10ReplayRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1a\n\x12\x61llow_irreversible\x18\x02 \x01(\x08\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"3\n\x11ReplayRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run*J\n\x07RunView\x12\x18\n\x14RUN_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eRUN_VIEW_BASIC\x10\x01\x12\x11\n\rRUN_VIEW_FULL\x10\x02\x32\xd0\x03\n\nRunService\x12I\n\x08StartRun\x12\x1d.squidmesh.v1.StartRunRequest\x1a\x1e.squidmesh.v1.StartRunResponse\x12\x43\n\x06GetRun\x12\x1b.squidmesh.v1.GetRunRequest\x1a\x1c.squidmesh.v1.GetRunResponse\x12I\n\x08ListRuns\x12\x1d.squidmesh.v1.ListRunsRequest\x1a\x1e.squidmesh.v1.ListRunsResponse\x12K\n\x08WatchRun\x12\x1d.squidmesh.v1.WatchRunRequest\x1a\x1e.squidmesh.v1.WatchRunResponse0\x01\x12L\n\tCancelRun\x12\x1e.squidmesh.v1.CancelRunRequest\x1a\x1f.squidmesh.v1.CancelRunResponse\x12L\n\tReplayRun\x12\x1e.squidmesh.v1.ReplayRunRequest\x1a\x1f.squidmesh.v1.ReplayRunResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esquidmesh/v1/run_service.proto\x12\x0csquidmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1csquidmesh/v1/diagnosis.proto\x1a\x1asquidmesh/v1/history.proto\x1a\x16squidmesh/v1/run.proto\"\xa3\x01\n\x0fStartRunRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x0f\n\x07trigger\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x15\n\rparent_run_id\x18\x05 \x01(\t\x12\x13\n\x0bparent_step\x18\x06 \x01(\t\"C\n\x10StartRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\"\xb1\x02\n\x0fListRunsRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12)\n\x08statuses\x18\x02 \x03(\x0e\x32\x17.squidmesh.v1.RunStatus\x12\x0f\n\x07trigger\x18\x03 \x01(\t\x12\x35\n\x11\x63reate_time_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63reate_time_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12#\n\x04view\x18\x08 \x01(\x0e\x32\x15.squidmesh.v1.RunView\x12\x15\n\rparent_run_id\x18\t \x01(\t\"L\n\x10ListRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.squidmesh.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\x9c\x01\n\x10WatchRunResponse\x12%\n\x08snapshot\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.RunH\x00\x12\'\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x16.squidmesh.v1.RunEventH\x00\x12-\n\nkeep_alive\x18\x03 \x01(\x0b\x32\x17.squidmesh.v1.KeepAliveH\x00\x42\t\n\x07message\"5\n\tKeepAlive\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"3\n\x11\x43\x61ncelRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\"W\n\x10ReplayRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1a\n\x12\x61llow_irreversible\x18\x02 \x01(\x08\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"3\n\x11ReplayRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\"i\n\x10ResumeRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"3\n\x11ResumeRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\"\x95\x01\n\x12\x41pproveStepRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"u\n\x13\x41pproveStepResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\x12\x0f\n\x07\x64\x65\x63ided\x18\x02 \x01(\x08\x12\x11\n\tapprovals\x18\x03 \x01(\x05\x12\x1a\n\x12required_approvals\x18\x04 \x01(\x05\"\x94\x01\n\x11RejectStepRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12(\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"4\n\x12RejectStepResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.squidmesh.v1.Run\"\x87\x01\n\x13PublishEventRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63orrelation_key\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\"\x85\x01\n\x14PublishEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x18\n\x10resolved_run_ids\x18\x03 \x03(\t\x12\x30\n\x0cpublish_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x11\x45xplainRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xd6\x01\n\x12\x45xplainRunResponse\x12\'\n\x06status\x18\x01 \x01(\x0e\x32\x17.squidmesh.v1.RunStatus\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12\'\n\x08\x62lockers\x18\x03 \x03(\x0b\x32\x15.squidmesh.v1.Blocker\x12.\n\x0cnext_actions\x18\x04 \x03(\x0b\x32\x18.squidmesh.v1.NextAction\x12-\n\nstatus_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"M\n\x14GetRunHistoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x15GetRunHistoryResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.squidmesh.v1.HistoryEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*J\n\x07RunView\x12\x18\n\x14RUN_VIEW_UNSPECIFIED\x10\x00\x12\x12\n\x0eRUN_VIEW_BASIC\x10\x01\x12\x11\n\rRUN_VIEW_FULL\x10\x02\x32\xc5\x07\n\nRunService\x12I\n\x08StartRun\x12\x1d.squidmesh.v1.StartRunRequest\x1a\x1e.squidmesh.v1.StartRunResponse\x12\x43\n\x06GetRun\x12\x1b.squidmesh.v1.GetRunRequest\x1a\x1c.squidmesh.v1.GetRunResponse\x12I\n\x08ListRuns\x12\x1d.squidmesh.v1.ListRunsRequest\x1a\x1e.squidmesh.v1.ListRunsResponse\x12K\n\x08WatchRun\x12\x1d.squidmesh.v1.WatchRunRequest\x1a\x1e.squidmesh.v1.WatchRunResponse0\x01\x12L\n\tCancelRun\x12\x1e.squidmesh.v1.CancelRunRequest\x1a\x1f.squidmesh.v1.CancelRunResponse\x12L\n\tReplayRun\x12\x1e.squidmesh.v1.ReplayRunRequest\x1a\x1f.squidmesh.v1.ReplayRunResponse\x12L\n\tResumeRun\x12\x1e.squidmesh.v1.ResumeRunRequest\x1a\x1f.squidmesh.v1.ResumeRunResponse\x12R\n\x0b\x41pproveStep\x12 .squidmesh.v1.ApproveStepRequest\x1a!.squidmesh.v1.ApproveStepResponse\x12O\n\nRejectStep\x12\x1f.squidmesh.v1.RejectStepRequest\x1a .squidmesh.v1.RejectStepResponse\x12U\n\x0cPublishEvent\x12!.squidmesh.v1.PublishEventRequest\x1a\".squidmesh.v1.PublishEventResponse\x12O\n\nExplainRun\x12\x1f.squidmesh.v1.ExplainRunRequest\x1a .squidmesh.v1.ExplainRunResponse\x12X\n\rGetRunHistory\x12\".squidmesh.v1.GetRunHistoryRequest\x1a#.squidmesh.v1.GetRunHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'squidmesh.v1.run_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNVIEW']._serialized_start=1355
-  _globals['_RUNVIEW']._serialized_end=1429
-  _globals['_STARTRUNREQUEST']._serialized_start=135
-  _globals['_STARTRUNREQUEST']._serialized_end=254
-  _globals['_STARTRUNRESPONSE']._serialized_start=256
-  _globals['_STARTRUNRESPONSE']._serialized_end=323
-  _globals['_GETRUNREQUEST']._serialized_start=325
-  _globals['_GETRUNREQUEST']._serialized_end=356
-  _globals['_GETRUNRESPONSE']._serialized_start=358
-  _globals['_GETRUNRESPONSE']._serialized_end=406
-  _globals['_LISTRUNSREQUEST']._serialized_start=409
-  _globals['_LISTRUNSREQUEST']._serialized_end=691
-  _globals['_LISTRUNSRESPONSE']._serialized_start=693
-  _globals['_LISTRUNSRESPONSE']._serialized_end=769
-  _globals['_WATCHRUNREQUEST']._serialized_start=771
-  _globals['_WATCHRUNREQUEST']._serialized_end=852
-  _globals['_WATCHRUNRESPONSE']._serialized_start=855
-  _globals['_WATCHRUNRESPONSE']._serialized_end=1011
-  _globals['_KEEPALIVE']._serialized_start=1013
-  _globals['_KEEPALIVE']._serialized_end=1066
-  _globals['_CANCELRUNREQUEST']._serialized_start=1068
-  _globals['_CANCELRUNREQUEST']._serialized_end=1158
-  _globals['_CANCELRUNRESPONSE']._serialized_start=1160
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1211
-  _globals['_REPLAYRUNREQUEST']._serialized_start=1213
-  _globals['_REPLAYRUNREQUEST']._serialized_end=1300
-  _globals['_REPLAYRUNRESPONSE']._serialized_start=1302
-  _globals['_REPLAYRUNRESPONSE']._serialized_end=1353
-  _globals['_RUNSERVICE']._serialized_start=1432
-  _globals['_RUNSERVICE']._serialized_end=1896
+  _globals['_RUNVIEW']._serialized_start=2851
+  _globals['_RUNVIEW']._serialized_end=2925
+  _globals['_STARTRUNREQUEST']._serialized_start=226
+  _globals['_STARTRUNREQUEST']._serialized_end=389
+  _globals['_STARTRUNRESPONSE']._serialized_start=391
+  _globals['_STARTRUNRESPONSE']._serialized_end=458
+  _globals['_GETRUNREQUEST']._serialized_start=460
+  _globals['_GETRUNREQUEST']._serialized_end=491
+  _globals['_GETRUNRESPONSE']._serialized_start=493
+  _globals['_GETRUNRESPONSE']._serialized_end=541
+  _globals['_LISTRUNSREQUEST']._serialized_start=544
+  _globals['_LISTRUNSREQUEST']._serialized_end=849
+  _globals['_LISTRUNSRESPONSE']._serialized_start=851
+  _globals['_LISTRUNSRESPONSE']._serialized_end=927
+  _globals['_WATCHRUNREQUEST']._serialized_start=929
+  _globals['_WATCHRUNREQUEST']._serialized_end=1010
+  _globals['_WATCHRUNRESPONSE']._serialized_start=1013
+  _globals['_WATCHRUNRESPONSE']._serialized_end=1169
+  _globals['_KEEPALIVE']._serialized_start=1171
+  _globals['_KEEPALIVE']._serialized_end=1224
+  _globals['_CANCELRUNREQUEST']._serialized_start=1226
+  _globals['_CANCELRUNREQUEST']._serialized_end=1316
+  _globals['_CANCELRUNRESPONSE']._serialized_start=1318
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1369
+  _globals['_REPLAYRUNREQUEST']._serialized_start=1371
+  _globals['_REPLAYRUNREQUEST']._serialized_end=1458
+  _globals['_REPLAYRUNRESPONSE']._serialized_start=1460
+  _globals['_REPLAYRUNRESPONSE']._serialized_end=1511
+  _globals['_RESUMERUNREQUEST']._serialized_start=1513
+  _globals['_RESUMERUNREQUEST']._serialized_end=1618
+  _globals['_RESUMERUNRESPONSE']._serialized_start=1620
+  _globals['_RESUMERUNRESPONSE']._serialized_end=1671
+  _globals['_APPROVESTEPREQUEST']._serialized_start=1674
+  _globals['_APPROVESTEPREQUEST']._serialized_end=1823
+  _globals['_APPROVESTEPRESPONSE']._serialized_start=1825
+  _globals['_APPROVESTEPRESPONSE']._serialized_end=1942
+  _globals['_REJECTSTEPREQUEST']._serialized_start=1945
+  _globals['_REJECTSTEPREQUEST']._serialized_end=2093
+  _globals['_REJECTSTEPRESPONSE']._serialized_start=2095
+  _globals['_REJECTSTEPRESPONSE']._serialized_end=2147
+  _globals['_PUBLISHEVENTREQUEST']._serialized_start=2150
+  _globals['_PUBLISHEVENTREQUEST']._serialized_end=2285
+  _globals['_PUBLISHEVENTRESPONSE']._serialized_start=2288
+  _globals['_PUBLISHEVENTRESPONSE']._serialized_end=2421
+  _globals['_EXPLAINRUNREQUEST']._serialized_start=2423
+  _globals['_EXPLAINRUNREQUEST']._serialized_end=2458
+  _globals['_EXPLAINRUNRESPONSE']._serialized_start=2461
+  _globals['_EXPLAINRUNRESPONSE']._serialized_end=2675
+  _globals['_GETRUNHISTORYREQUEST']._serialized_start=2677
+  _globals['_GETRUNHISTORYREQUEST']._serialized_end=2754
+  _globals['_GETRUNHISTORYRESPONSE']._serialized_start=2756
+  _globals['_GETRUNHISTORYRESPONSE']._serialized_end=2849
+  _globals['_RUNSERVICE']._serialized_start=2928
+  _globals['_RUNSERVICE']._serialized_end=3893
 # @@protoc_insertion_point(module_scope)

@@ -5,11 +5,14 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from squidmesh.v1 import diagnosis_pb2 as _diagnosis_pb2
+from squidmesh.v1 import history_pb2 as _history_pb2
 from squidmesh.v1 import run_pb2 as _run_pb2
 import builtins as _builtins
 import sys
@@ -66,6 +69,8 @@ class StartRunRequest(_message.Message):
     TRIGGER_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    PARENT_STEP_FIELD_NUMBER: _builtins.int
     workflow: _builtins.str
     """Workflow name."""
     trigger: _builtins.str
@@ -74,7 +79,15 @@ class StartRunRequest(_message.Message):
     """Optional idempotency key, unique per workflow. A repeated call with the same key, trigger
     and payload returns the run the first call started; the same key with another trigger or
     payload fails with ALREADY_EXISTS (reason IDEMPOTENCY_KEY_REUSED, metadata `run_id`).
+    For a child run the key is unique within the parent run instead.
     """
+    parent_run_id: _builtins.str
+    """Starts a child run of this run (a handler's `ctx.start_child_run`): the runs are linked
+    both ways, and a wait_child step of the parent can wait for the child's end. The parent
+    must not be terminal, and a child run needs an idempotency key.
+    """
+    parent_step: _builtins.str
+    """The parent's step whose handler starts the child."""
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """The payload, checked against the trigger's contract."""
@@ -86,10 +99,12 @@ class StartRunRequest(_message.Message):
         trigger: _builtins.str = ...,
         payload: _struct_pb2.Struct | None = ...,
         idempotency_key: _builtins.str = ...,
+        parent_run_id: _builtins.str = ...,
+        parent_step: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "payload", b"payload", "trigger", b"trigger", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "parent_run_id", b"parent_run_id", "parent_step", b"parent_step", "payload", b"payload", "trigger", b"trigger", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -183,6 +198,7 @@ class ListRunsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     workflow: _builtins.str
     """Only runs of this workflow."""
     trigger: _builtins.str
@@ -193,6 +209,8 @@ class ListRunsRequest(_message.Message):
     """Token from a previous response to get the next page."""
     view: Global___RunView.ValueType
     """How much of each run to return; unspecified means RUN_VIEW_BASIC."""
+    parent_run_id: _builtins.str
+    """Only the child runs of this run."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_run_pb2.RunStatus.ValueType]:
         """Only runs in one of these statuses."""
@@ -216,10 +234,11 @@ class ListRunsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         view: Global___RunView.ValueType = ...,
+        parent_run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses", "trigger", b"trigger", "view", b"view", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "statuses", b"statuses", "trigger", b"trigger", "view", b"view", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -457,3 +476,419 @@ class ReplayRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplayRunResponse: _TypeAlias = ReplayRunResponse  # noqa: Y015
+
+@_typing.final
+class ResumeRunRequest(_message.Message):
+    """Request of ResumeRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Run id."""
+    step: _builtins.str
+    """The paused step; may be empty when the run has exactly one."""
+    actor: _builtins.str
+    """Who resumes (required)."""
+    comment: _builtins.str
+    """Why."""
+    idempotency_key: _builtins.str
+    """Optional idempotency key, unique per run: the same key with the same command returns the
+    first result; with another command it fails with ALREADY_EXISTS.
+    """
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        step: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "comment", b"comment", "idempotency_key", b"idempotency_key", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRunRequest: _TypeAlias = ResumeRunRequest  # noqa: Y015
+
+@_typing.final
+class ResumeRunResponse(_message.Message):
+    """Response of ResumeRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> _run_pb2.Run:
+        """The run after the command."""
+
+    def __init__(
+        self,
+        *,
+        run: _run_pb2.Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRunResponse: _TypeAlias = ResumeRunResponse  # noqa: Y015
+
+@_typing.final
+class ApproveStepRequest(_message.Message):
+    """Request of ApproveStep."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Run id."""
+    step: _builtins.str
+    """The approval step; may be empty when the run has exactly one waiting."""
+    actor: _builtins.str
+    """Who approves (required). Approvals count once per actor."""
+    comment: _builtins.str
+    """Why."""
+    idempotency_key: _builtins.str
+    """Optional idempotency key, unique per run (see ResumeRunRequest.idempotency_key)."""
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Struct:
+        """The decision's payload, checked against the step's declared fields."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        step: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        payload: _struct_pb2.Struct | None = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "comment", b"comment", "idempotency_key", b"idempotency_key", "payload", b"payload", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveStepRequest: _TypeAlias = ApproveStepRequest  # noqa: Y015
+
+@_typing.final
+class ApproveStepResponse(_message.Message):
+    """Response of ApproveStep."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    DECIDED_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
+    REQUIRED_APPROVALS_FIELD_NUMBER: _builtins.int
+    decided: _builtins.bool
+    """True when this approval decided the step (it reached its required approvals)."""
+    approvals: _builtins.int
+    """Approvals the step has, this one included."""
+    required_approvals: _builtins.int
+    """Approvals the step requires."""
+    @_builtins.property
+    def run(self) -> _run_pb2.Run:
+        """The run after the command."""
+
+    def __init__(
+        self,
+        *,
+        run: _run_pb2.Run | None = ...,
+        decided: _builtins.bool = ...,
+        approvals: _builtins.int = ...,
+        required_approvals: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "decided", b"decided", "required_approvals", b"required_approvals", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveStepResponse: _TypeAlias = ApproveStepResponse  # noqa: Y015
+
+@_typing.final
+class RejectStepRequest(_message.Message):
+    """Request of RejectStep."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Run id."""
+    step: _builtins.str
+    """The approval step; may be empty when the run has exactly one waiting."""
+    actor: _builtins.str
+    """Who rejects (required)."""
+    comment: _builtins.str
+    """Why."""
+    idempotency_key: _builtins.str
+    """Optional idempotency key, unique per run (see ResumeRunRequest.idempotency_key)."""
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Struct:
+        """The decision's payload, checked against the step's declared fields."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        step: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        payload: _struct_pb2.Struct | None = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "comment", b"comment", "idempotency_key", b"idempotency_key", "payload", b"payload", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectStepRequest: _TypeAlias = RejectStepRequest  # noqa: Y015
+
+@_typing.final
+class RejectStepResponse(_message.Message):
+    """Response of RejectStep."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> _run_pb2.Run:
+        """The run after the command."""
+
+    def __init__(
+        self,
+        *,
+        run: _run_pb2.Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectStepResponse: _TypeAlias = RejectStepResponse  # noqa: Y015
+
+@_typing.final
+class PublishEventRequest(_message.Message):
+    """Request of PublishEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CORRELATION_KEY_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Event name, e.g. "payment.settled"."""
+    correlation_key: _builtins.str
+    """The correlation key the waits are matched on, e.g. "order:42"."""
+    event_id: _builtins.str
+    """Unique id of the event (per name). Publishing the same id again changes nothing and
+    returns the first publication. Empty: the server assigns one.
+    """
+    actor: _builtins.str
+    """Who publishes."""
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Struct:
+        """The event's payload: the output of the steps it resolves."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        correlation_key: _builtins.str = ...,
+        payload: _struct_pb2.Struct | None = ...,
+        event_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "correlation_key", b"correlation_key", "event_id", b"event_id", "name", b"name", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventRequest: _TypeAlias = PublishEventRequest  # noqa: Y015
+
+@_typing.final
+class PublishEventResponse(_message.Message):
+    """Response of PublishEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    RESOLVED_RUN_IDS_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event id (assigned when the request had none)."""
+    created: _builtins.bool
+    """False when the event id was published before: nothing changed."""
+    @_builtins.property
+    def resolved_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The runs whose waits this publication resolved."""
+
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp:
+        """When the event was first published."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        created: _builtins.bool = ...,
+        resolved_run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publish_time", b"publish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "event_id", b"event_id", "publish_time", b"publish_time", "resolved_run_ids", b"resolved_run_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventResponse: _TypeAlias = PublishEventResponse  # noqa: Y015
+
+@_typing.final
+class ExplainRunRequest(_message.Message):
+    """Request of ExplainRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Run id."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainRunRequest: _TypeAlias = ExplainRunRequest  # noqa: Y015
+
+@_typing.final
+class ExplainRunResponse(_message.Message):
+    """Response of ExplainRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    BLOCKERS_FIELD_NUMBER: _builtins.int
+    NEXT_ACTIONS_FIELD_NUMBER: _builtins.int
+    STATUS_AGE_FIELD_NUMBER: _builtins.int
+    status: _run_pb2.RunStatus.ValueType
+    """The run's status."""
+    summary: _builtins.str
+    """One sentence: why the run is where it is."""
+    @_builtins.property
+    def blockers(self) -> _containers.RepeatedCompositeFieldContainer[_diagnosis_pb2.Blocker]:
+        """What the run waits for (or, for a terminal run, how it ended), most important first."""
+
+    @_builtins.property
+    def next_actions(self) -> _containers.RepeatedCompositeFieldContainer[_diagnosis_pb2.NextAction]:
+        """Commands an operator could send, each with whether it is allowed now and why not."""
+
+    @_builtins.property
+    def status_age(self) -> _duration_pb2.Duration:
+        """How long the run has been in its status."""
+
+    def __init__(
+        self,
+        *,
+        status: _run_pb2.RunStatus.ValueType = ...,
+        summary: _builtins.str = ...,
+        blockers: _abc.Iterable[_diagnosis_pb2.Blocker] | None = ...,
+        next_actions: _abc.Iterable[_diagnosis_pb2.NextAction] | None = ...,
+        status_age: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status_age", b"status_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blockers", b"blockers", "next_actions", b"next_actions", "status", b"status", "status_age", b"status_age", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainRunResponse: _TypeAlias = ExplainRunResponse  # noqa: Y015
+
+@_typing.final
+class GetRunHistoryRequest(_message.Message):
+    """Request of GetRunHistory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Run id."""
+    page_size: _builtins.int
+    """Maximum number of entries to return (default 100, at most 1000)."""
+    page_token: _builtins.str
+    """Token from a previous response to get the next page."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunHistoryRequest: _TypeAlias = GetRunHistoryRequest  # noqa: Y015
+
+@_typing.final
+class GetRunHistoryResponse(_message.Message):
+    """Response of GetRunHistory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_history_pb2.HistoryEntry]:
+        """Entries, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[_history_pb2.HistoryEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunHistoryResponse: _TypeAlias = GetRunHistoryResponse  # noqa: Y015

@@ -65,6 +65,36 @@ class RunServiceStub:
                 request_serializer=squidmesh_dot_v1_dot_run__service__pb2.ReplayRunRequest.SerializeToString,
                 response_deserializer=squidmesh_dot_v1_dot_run__service__pb2.ReplayRunResponse.FromString,
                 _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/squidmesh.v1.RunService/ResumeRun',
+                request_serializer=squidmesh_dot_v1_dot_run__service__pb2.ResumeRunRequest.SerializeToString,
+                response_deserializer=squidmesh_dot_v1_dot_run__service__pb2.ResumeRunResponse.FromString,
+                _registered_method=True)
+        self.ApproveStep = channel.unary_unary(
+                '/squidmesh.v1.RunService/ApproveStep',
+                request_serializer=squidmesh_dot_v1_dot_run__service__pb2.ApproveStepRequest.SerializeToString,
+                response_deserializer=squidmesh_dot_v1_dot_run__service__pb2.ApproveStepResponse.FromString,
+                _registered_method=True)
+        self.RejectStep = channel.unary_unary(
+                '/squidmesh.v1.RunService/RejectStep',
+                request_serializer=squidmesh_dot_v1_dot_run__service__pb2.RejectStepRequest.SerializeToString,
+                response_deserializer=squidmesh_dot_v1_dot_run__service__pb2.RejectStepResponse.FromString,
+                _registered_method=True)
+        self.PublishEvent = channel.unary_unary(
+                '/squidmesh.v1.RunService/PublishEvent',
+                request_serializer=squidmesh_dot_v1_dot_run__service__pb2.PublishEventRequest.SerializeToString,
+                response_deserializer=squidmesh_dot_v1_dot_run__service__pb2.PublishEventResponse.FromString,
+                _registered_method=True)
+        self.ExplainRun = channel.unary_unary(
+                '/squidmesh.v1.RunService/ExplainRun',
+                request_serializer=squidmesh_dot_v1_dot_run__service__pb2.ExplainRunRequest.SerializeToString,
+                response_deserializer=squidmesh_dot_v1_dot_run__service__pb2.ExplainRunResponse.FromString,
+                _registered_method=True)
+        self.GetRunHistory = channel.unary_unary(
+                '/squidmesh.v1.RunService/GetRunHistory',
+                request_serializer=squidmesh_dot_v1_dot_run__service__pb2.GetRunHistoryRequest.SerializeToString,
+                response_deserializer=squidmesh_dot_v1_dot_run__service__pb2.GetRunHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -117,6 +147,52 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeRun(self, request, context):
+        """Resumes a run stopped at a pause step: it continues on the step's ok transition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveStep(self, request, context):
+        """Approves a waiting approval step (one vote; the step is approved once it has its
+        required approvals from distinct actors) and follows its ok transition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectStep(self, request, context):
+        """Rejects a waiting approval step and follows its error transition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishEvent(self, request, context):
+        """Publishes an event: every wait_event step waiting for its name and correlation key
+        resolves in the same transaction; a run that reaches such a step later (within the step's
+        look-back: since its run started) finds it. The same event id is published once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainRun(self, request, context):
+        """Explains why a run is where it is: blockers with evidence, and the next actions allowed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunHistory(self, request, context):
+        """The run's audit history: every command on it (refused ones included) interleaved with its
+        events, oldest first, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +225,36 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.ReplayRun,
                     request_deserializer=squidmesh_dot_v1_dot_run__service__pb2.ReplayRunRequest.FromString,
                     response_serializer=squidmesh_dot_v1_dot_run__service__pb2.ReplayRunResponse.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=squidmesh_dot_v1_dot_run__service__pb2.ResumeRunRequest.FromString,
+                    response_serializer=squidmesh_dot_v1_dot_run__service__pb2.ResumeRunResponse.SerializeToString,
+            ),
+            'ApproveStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveStep,
+                    request_deserializer=squidmesh_dot_v1_dot_run__service__pb2.ApproveStepRequest.FromString,
+                    response_serializer=squidmesh_dot_v1_dot_run__service__pb2.ApproveStepResponse.SerializeToString,
+            ),
+            'RejectStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectStep,
+                    request_deserializer=squidmesh_dot_v1_dot_run__service__pb2.RejectStepRequest.FromString,
+                    response_serializer=squidmesh_dot_v1_dot_run__service__pb2.RejectStepResponse.SerializeToString,
+            ),
+            'PublishEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishEvent,
+                    request_deserializer=squidmesh_dot_v1_dot_run__service__pb2.PublishEventRequest.FromString,
+                    response_serializer=squidmesh_dot_v1_dot_run__service__pb2.PublishEventResponse.SerializeToString,
+            ),
+            'ExplainRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainRun,
+                    request_deserializer=squidmesh_dot_v1_dot_run__service__pb2.ExplainRunRequest.FromString,
+                    response_serializer=squidmesh_dot_v1_dot_run__service__pb2.ExplainRunResponse.SerializeToString,
+            ),
+            'GetRunHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunHistory,
+                    request_deserializer=squidmesh_dot_v1_dot_run__service__pb2.GetRunHistoryRequest.FromString,
+                    response_serializer=squidmesh_dot_v1_dot_run__service__pb2.GetRunHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +420,168 @@ class RunService:
             '/squidmesh.v1.RunService/ReplayRun',
             squidmesh_dot_v1_dot_run__service__pb2.ReplayRunRequest.SerializeToString,
             squidmesh_dot_v1_dot_run__service__pb2.ReplayRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/squidmesh.v1.RunService/ResumeRun',
+            squidmesh_dot_v1_dot_run__service__pb2.ResumeRunRequest.SerializeToString,
+            squidmesh_dot_v1_dot_run__service__pb2.ResumeRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/squidmesh.v1.RunService/ApproveStep',
+            squidmesh_dot_v1_dot_run__service__pb2.ApproveStepRequest.SerializeToString,
+            squidmesh_dot_v1_dot_run__service__pb2.ApproveStepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/squidmesh.v1.RunService/RejectStep',
+            squidmesh_dot_v1_dot_run__service__pb2.RejectStepRequest.SerializeToString,
+            squidmesh_dot_v1_dot_run__service__pb2.RejectStepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/squidmesh.v1.RunService/PublishEvent',
+            squidmesh_dot_v1_dot_run__service__pb2.PublishEventRequest.SerializeToString,
+            squidmesh_dot_v1_dot_run__service__pb2.PublishEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/squidmesh.v1.RunService/ExplainRun',
+            squidmesh_dot_v1_dot_run__service__pb2.ExplainRunRequest.SerializeToString,
+            squidmesh_dot_v1_dot_run__service__pb2.ExplainRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/squidmesh.v1.RunService/GetRunHistory',
+            squidmesh_dot_v1_dot_run__service__pb2.GetRunHistoryRequest.SerializeToString,
+            squidmesh_dot_v1_dot_run__service__pb2.GetRunHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,25 @@ class RunServiceStub:
     """
     ReplayRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.ReplayRunRequest, _run_service_pb2.ReplayRunResponse]
     """Starts a new run of the same workflow version and trigger with the source's payload."""
+    ResumeRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.ResumeRunRequest, _run_service_pb2.ResumeRunResponse]
+    """Resumes a run stopped at a pause step: it continues on the step's ok transition."""
+    ApproveStep: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.ApproveStepRequest, _run_service_pb2.ApproveStepResponse]
+    """Approves a waiting approval step (one vote; the step is approved once it has its
+    required approvals from distinct actors) and follows its ok transition.
+    """
+    RejectStep: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.RejectStepRequest, _run_service_pb2.RejectStepResponse]
+    """Rejects a waiting approval step and follows its error transition."""
+    PublishEvent: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.PublishEventRequest, _run_service_pb2.PublishEventResponse]
+    """Publishes an event: every wait_event step waiting for its name and correlation key
+    resolves in the same transaction; a run that reaches such a step later (within the step's
+    look-back: since its run started) finds it. The same event id is published once.
+    """
+    ExplainRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.ExplainRunRequest, _run_service_pb2.ExplainRunResponse]
+    """Explains why a run is where it is: blockers with evidence, and the next actions allowed."""
+    GetRunHistory: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.GetRunHistoryRequest, _run_service_pb2.GetRunHistoryResponse]
+    """The run's audit history: every command on it (refused ones included) interleaved with its
+    events, oldest first, paginated.
+    """
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -77,6 +96,25 @@ class RunServiceAsyncStub(RunServiceStub):
     """
     ReplayRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.ReplayRunRequest, _run_service_pb2.ReplayRunResponse]  # type: ignore[assignment]
     """Starts a new run of the same workflow version and trigger with the source's payload."""
+    ResumeRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.ResumeRunRequest, _run_service_pb2.ResumeRunResponse]  # type: ignore[assignment]
+    """Resumes a run stopped at a pause step: it continues on the step's ok transition."""
+    ApproveStep: _aio.UnaryUnaryMultiCallable[_run_service_pb2.ApproveStepRequest, _run_service_pb2.ApproveStepResponse]  # type: ignore[assignment]
+    """Approves a waiting approval step (one vote; the step is approved once it has its
+    required approvals from distinct actors) and follows its ok transition.
+    """
+    RejectStep: _aio.UnaryUnaryMultiCallable[_run_service_pb2.RejectStepRequest, _run_service_pb2.RejectStepResponse]  # type: ignore[assignment]
+    """Rejects a waiting approval step and follows its error transition."""
+    PublishEvent: _aio.UnaryUnaryMultiCallable[_run_service_pb2.PublishEventRequest, _run_service_pb2.PublishEventResponse]  # type: ignore[assignment]
+    """Publishes an event: every wait_event step waiting for its name and correlation key
+    resolves in the same transaction; a run that reaches such a step later (within the step's
+    look-back: since its run started) finds it. The same event id is published once.
+    """
+    ExplainRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.ExplainRunRequest, _run_service_pb2.ExplainRunResponse]  # type: ignore[assignment]
+    """Explains why a run is where it is: blockers with evidence, and the next actions allowed."""
+    GetRunHistory: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetRunHistoryRequest, _run_service_pb2.GetRunHistoryResponse]  # type: ignore[assignment]
+    """The run's audit history: every command on it (refused ones included) interleaved with its
+    events, oldest first, paginated.
+    """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     """Starts, reads, watches and controls runs."""
@@ -135,5 +173,60 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.ReplayRunResponse, _abc.Awaitable[_run_service_pb2.ReplayRunResponse]]:
         """Starts a new run of the same workflow version and trigger with the source's payload."""
+
+    @_abc_1.abstractmethod
+    def ResumeRun(
+        self,
+        request: _run_service_pb2.ResumeRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.ResumeRunResponse, _abc.Awaitable[_run_service_pb2.ResumeRunResponse]]:
+        """Resumes a run stopped at a pause step: it continues on the step's ok transition."""
+
+    @_abc_1.abstractmethod
+    def ApproveStep(
+        self,
+        request: _run_service_pb2.ApproveStepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.ApproveStepResponse, _abc.Awaitable[_run_service_pb2.ApproveStepResponse]]:
+        """Approves a waiting approval step (one vote; the step is approved once it has its
+        required approvals from distinct actors) and follows its ok transition.
+        """
+
+    @_abc_1.abstractmethod
+    def RejectStep(
+        self,
+        request: _run_service_pb2.RejectStepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.RejectStepResponse, _abc.Awaitable[_run_service_pb2.RejectStepResponse]]:
+        """Rejects a waiting approval step and follows its error transition."""
+
+    @_abc_1.abstractmethod
+    def PublishEvent(
+        self,
+        request: _run_service_pb2.PublishEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.PublishEventResponse, _abc.Awaitable[_run_service_pb2.PublishEventResponse]]:
+        """Publishes an event: every wait_event step waiting for its name and correlation key
+        resolves in the same transaction; a run that reaches such a step later (within the step's
+        look-back: since its run started) finds it. The same event id is published once.
+        """
+
+    @_abc_1.abstractmethod
+    def ExplainRun(
+        self,
+        request: _run_service_pb2.ExplainRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.ExplainRunResponse, _abc.Awaitable[_run_service_pb2.ExplainRunResponse]]:
+        """Explains why a run is where it is: blockers with evidence, and the next actions allowed."""
+
+    @_abc_1.abstractmethod
+    def GetRunHistory(
+        self,
+        request: _run_service_pb2.GetRunHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.GetRunHistoryResponse, _abc.Awaitable[_run_service_pb2.GetRunHistoryResponse]]:
+        """The run's audit history: every command on it (refused ones included) interleaved with its
+        events, oldest first, paginated.
+        """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,53 +24,64 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!squidmesh/v1/worker_service.proto\x12\x0csquidmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xd1\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06queues\x18\x02 \x03(\t\x12\x10\n\x08handlers\x18\x03 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x04 \x01(\x05\x12?\n\x06labels\x18\x05 \x03(\x0b\x32/.squidmesh.v1.RegisterWorkerRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x86\x02\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nbroker_url\x18\x02 \x01(\t\x12\x15\n\rstream_prefix\x18\x03 \x01(\t\x12\x16\n\x0e\x63onsumer_group\x18\x04 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\ttask_name\x18\x06 \x01(\t\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\x07 \x01(\x08\x12\x18\n\x10\x61\x63\x63\x65pts_declines\x18\x08 \x01(\x08\x12\x19\n\x11max_message_bytes\x18\t \x01(\x03\"\xe6\x02\n\x15StreamAttemptsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x03\x12/\n\x07started\x18\x02 \x01(\x0b\x32\x1c.squidmesh.v1.AttemptStartedH\x00\x12\x32\n\theartbeat\x18\x03 \x01(\x0b\x32\x1d.squidmesh.v1.WorkerHeartbeatH\x00\x12\x33\n\tcompleted\x18\x04 \x01(\x0b\x32\x1e.squidmesh.v1.AttemptCompletedH\x00\x12-\n\x06\x66\x61iled\x18\x05 \x01(\x0b\x32\x1b.squidmesh.v1.AttemptFailedH\x00\x12\x31\n\x08\x64\x65\x63lined\x18\x07 \x01(\x0b\x32\x1d.squidmesh.v1.AttemptDeclinedH\x00\x12\x32\n\x05\x62\x61tch\x18\x06 \x03(\x0b\x32#.squidmesh.v1.StreamAttemptsRequestB\t\n\x07message\"F\n\x0e\x41ttemptStarted\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\"W\n\x0f\x41ttemptDeclined\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"U\n\x0fWorkerHeartbeat\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12/\n\x08\x61ttempts\x18\x02 \x03(\x0b\x32\x1d.squidmesh.v1.AttemptProgress\"^\n\x0f\x41ttemptProgress\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12(\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"u\n\x10\x41ttemptCompleted\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12&\n\x06output\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x16\n\x0e\x61\x63\x63\x65pt_handoff\x18\x04 \x01(\x08\"\xf6\x01\n\rAttemptFailed\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\nerror_type\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rnon_retryable\x18\x06 \x01(\x08\x12.\n\x0bretry_after\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x61\x63\x63\x65pt_handoff\x18\x08 \x01(\x08\x12\x14\n\x0c\x61\x63\x63\x65pt_retry\x18\t \x01(\x08\"\xd9\x02\n\x16StreamAttemptsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x03\x12,\n\x05start\x18\x02 \x01(\x0b\x32\x1b.squidmesh.v1.StartDecisionH\x00\x12/\n\theartbeat\x18\x03 \x01(\x0b\x32\x1a.squidmesh.v1.HeartbeatAckH\x00\x12)\n\x06result\x18\x04 \x01(\x0b\x32\x17.squidmesh.v1.ResultAckH\x00\x12.\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x1c.squidmesh.v1.CancelAttemptsH\x00\x12\x31\n\x08rejected\x18\x07 \x01(\x0b\x32\x1d.squidmesh.v1.RequestRejectedH\x00\x12\x33\n\x05\x62\x61tch\x18\x06 \x03(\x0b\x32$.squidmesh.v1.StreamAttemptsResponseB\t\n\x07message\"\"\n\x0fRequestRejected\x12\x0f\n\x07message\x18\x01 \x01(\t\"5\n\x0e\x43\x61ncelAttempts\x12\x13\n\x0b\x61ttempt_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xbc\x02\n\rStartDecision\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x16\n\x0erefusal_reason\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x10\n\x08workflow\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\t\x12\x0f\n\x07handler\x18\x06 \x01(\t\x12\x16\n\x0e\x61ttempt_number\x18\x07 \x01(\x05\x12%\n\x05input\x18\x08 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x34\n\x11heartbeat_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0f\x61ttempt_timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\"D\n\x0cHeartbeatAck\x12\x1a\n\x12\x63\x61ncel_attempt_ids\x18\x01 \x03(\t\x12\x18\n\x10lost_attempt_ids\x18\x02 \x03(\t\"\x88\x01\n\tResultAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x16\n\x0erefusal_reason\x18\x02 \x01(\t\x12&\n\x07handoff\x18\x03 \x01(\x0b\x32\x15.squidmesh.v1.Handoff\x12)\n\x05retry\x18\x04 \x01(\x0b\x32\x1a.squidmesh.v1.RetryHandoff\"X\n\x07Handoff\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12*\n\x05start\x18\x03 \x01(\x0b\x32\x1b.squidmesh.v1.StartDecision\"[\n\x0cRetryHandoff\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12(\n\x05\x64\x65lay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration2\xcd\x01\n\rWorkerService\x12[\n\x0eRegisterWorker\x12#.squidmesh.v1.RegisterWorkerRequest\x1a$.squidmesh.v1.RegisterWorkerResponse\x12_\n\x0eStreamAttempts\x12#.squidmesh.v1.StreamAttemptsRequest\x1a$.squidmesh.v1.StreamAttemptsResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!squidmesh/v1/worker_service.proto\x12\x0csquidmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n\x12ListWorkersRequest\x12.\n\x0bgone_within\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05queue\x18\x02 \x01(\t\"@\n\x13ListWorkersResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.squidmesh.v1.WorkerInfo\"\x8b\x03\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\x10\n\x08handlers\x18\x04 \x03(\t\x12\x12\n\nslots_used\x18\x05 \x01(\x05\x12\x13\n\x0bslots_total\x18\x06 \x01(\x05\x12\x30\n\x0c\x63onnect_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04live\x18\t \x01(\x08\x12\x33\n\x0f\x64isconnect_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x06labels\x18\x0b \x03(\x0b\x32$.squidmesh.v1.WorkerInfo.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd1\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06queues\x18\x02 \x03(\t\x12\x10\n\x08handlers\x18\x03 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x04 \x01(\x05\x12?\n\x06labels\x18\x05 \x03(\x0b\x32/.squidmesh.v1.RegisterWorkerRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x86\x02\n\x16RegisterWorkerResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nbroker_url\x18\x02 \x01(\t\x12\x15\n\rstream_prefix\x18\x03 \x01(\t\x12\x16\n\x0e\x63onsumer_group\x18\x04 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\ttask_name\x18\x06 \x01(\t\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\x07 \x01(\x08\x12\x18\n\x10\x61\x63\x63\x65pts_declines\x18\x08 \x01(\x08\x12\x19\n\x11max_message_bytes\x18\t \x01(\x03\"\xe6\x02\n\x15StreamAttemptsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x03\x12/\n\x07started\x18\x02 \x01(\x0b\x32\x1c.squidmesh.v1.AttemptStartedH\x00\x12\x32\n\theartbeat\x18\x03 \x01(\x0b\x32\x1d.squidmesh.v1.WorkerHeartbeatH\x00\x12\x33\n\tcompleted\x18\x04 \x01(\x0b\x32\x1e.squidmesh.v1.AttemptCompletedH\x00\x12-\n\x06\x66\x61iled\x18\x05 \x01(\x0b\x32\x1b.squidmesh.v1.AttemptFailedH\x00\x12\x31\n\x08\x64\x65\x63lined\x18\x07 \x01(\x0b\x32\x1d.squidmesh.v1.AttemptDeclinedH\x00\x12\x32\n\x05\x62\x61tch\x18\x06 \x03(\x0b\x32#.squidmesh.v1.StreamAttemptsRequestB\t\n\x07message\"F\n\x0e\x41ttemptStarted\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\"W\n\x0f\x41ttemptDeclined\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"U\n\x0fWorkerHeartbeat\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12/\n\x08\x61ttempts\x18\x02 \x03(\x0b\x32\x1d.squidmesh.v1.AttemptProgress\"^\n\x0f\x41ttemptProgress\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12(\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"u\n\x10\x41ttemptCompleted\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12&\n\x06output\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x16\n\x0e\x61\x63\x63\x65pt_handoff\x18\x04 \x01(\x08\"\xf6\x01\n\rAttemptFailed\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\nerror_type\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rnon_retryable\x18\x06 \x01(\x08\x12.\n\x0bretry_after\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x61\x63\x63\x65pt_handoff\x18\x08 \x01(\x08\x12\x14\n\x0c\x61\x63\x63\x65pt_retry\x18\t \x01(\x08\"\xd9\x02\n\x16StreamAttemptsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x03\x12,\n\x05start\x18\x02 \x01(\x0b\x32\x1b.squidmesh.v1.StartDecisionH\x00\x12/\n\theartbeat\x18\x03 \x01(\x0b\x32\x1a.squidmesh.v1.HeartbeatAckH\x00\x12)\n\x06result\x18\x04 \x01(\x0b\x32\x17.squidmesh.v1.ResultAckH\x00\x12.\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x1c.squidmesh.v1.CancelAttemptsH\x00\x12\x31\n\x08rejected\x18\x07 \x01(\x0b\x32\x1d.squidmesh.v1.RequestRejectedH\x00\x12\x33\n\x05\x62\x61tch\x18\x06 \x03(\x0b\x32$.squidmesh.v1.StreamAttemptsResponseB\t\n\x07message\"\"\n\x0fRequestRejected\x12\x0f\n\x07message\x18\x01 \x01(\t\"5\n\x0e\x43\x61ncelAttempts\x12\x13\n\x0b\x61ttempt_ids\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xbc\x02\n\rStartDecision\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x16\n\x0erefusal_reason\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x10\n\x08workflow\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\t\x12\x0f\n\x07handler\x18\x06 \x01(\t\x12\x16\n\x0e\x61ttempt_number\x18\x07 \x01(\x05\x12%\n\x05input\x18\x08 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x34\n\x11heartbeat_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0f\x61ttempt_timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\"D\n\x0cHeartbeatAck\x12\x1a\n\x12\x63\x61ncel_attempt_ids\x18\x01 \x03(\t\x12\x18\n\x10lost_attempt_ids\x18\x02 \x03(\t\"\x88\x01\n\tResultAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x16\n\x0erefusal_reason\x18\x02 \x01(\t\x12&\n\x07handoff\x18\x03 \x01(\x0b\x32\x15.squidmesh.v1.Handoff\x12)\n\x05retry\x18\x04 \x01(\x0b\x32\x1a.squidmesh.v1.RetryHandoff\"X\n\x07Handoff\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12*\n\x05start\x18\x03 \x01(\x0b\x32\x1b.squidmesh.v1.StartDecision\"[\n\x0cRetryHandoff\x12\x12\n\nattempt_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12(\n\x05\x64\x65lay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration2\xa1\x02\n\rWorkerService\x12[\n\x0eRegisterWorker\x12#.squidmesh.v1.RegisterWorkerRequest\x1a$.squidmesh.v1.RegisterWorkerResponse\x12_\n\x0eStreamAttempts\x12#.squidmesh.v1.StreamAttemptsRequest\x1a$.squidmesh.v1.StreamAttemptsResponse(\x01\x30\x01\x12R\n\x0bListWorkers\x12 .squidmesh.v1.ListWorkersRequest\x1a!.squidmesh.v1.ListWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'squidmesh.v1.worker_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_WORKERINFO_LABELSENTRY']._loaded_options = None
+  _globals['_WORKERINFO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_REGISTERWORKERREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_REGISTERWORKERREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_REGISTERWORKERREQUEST']._serialized_start=114
-  _globals['_REGISTERWORKERREQUEST']._serialized_end=323
-  _globals['_REGISTERWORKERREQUEST_LABELSENTRY']._serialized_start=278
-  _globals['_REGISTERWORKERREQUEST_LABELSENTRY']._serialized_end=323
-  _globals['_REGISTERWORKERRESPONSE']._serialized_start=326
-  _globals['_REGISTERWORKERRESPONSE']._serialized_end=588
-  _globals['_STREAMATTEMPTSREQUEST']._serialized_start=591
-  _globals['_STREAMATTEMPTSREQUEST']._serialized_end=949
-  _globals['_ATTEMPTSTARTED']._serialized_start=951
-  _globals['_ATTEMPTSTARTED']._serialized_end=1021
-  _globals['_ATTEMPTDECLINED']._serialized_start=1023
-  _globals['_ATTEMPTDECLINED']._serialized_end=1110
-  _globals['_WORKERHEARTBEAT']._serialized_start=1112
-  _globals['_WORKERHEARTBEAT']._serialized_end=1197
-  _globals['_ATTEMPTPROGRESS']._serialized_start=1199
-  _globals['_ATTEMPTPROGRESS']._serialized_end=1293
-  _globals['_ATTEMPTCOMPLETED']._serialized_start=1295
-  _globals['_ATTEMPTCOMPLETED']._serialized_end=1412
-  _globals['_ATTEMPTFAILED']._serialized_start=1415
-  _globals['_ATTEMPTFAILED']._serialized_end=1661
-  _globals['_STREAMATTEMPTSRESPONSE']._serialized_start=1664
-  _globals['_STREAMATTEMPTSRESPONSE']._serialized_end=2009
-  _globals['_REQUESTREJECTED']._serialized_start=2011
-  _globals['_REQUESTREJECTED']._serialized_end=2045
-  _globals['_CANCELATTEMPTS']._serialized_start=2047
-  _globals['_CANCELATTEMPTS']._serialized_end=2100
-  _globals['_STARTDECISION']._serialized_start=2103
-  _globals['_STARTDECISION']._serialized_end=2419
-  _globals['_HEARTBEATACK']._serialized_start=2421
-  _globals['_HEARTBEATACK']._serialized_end=2489
-  _globals['_RESULTACK']._serialized_start=2492
-  _globals['_RESULTACK']._serialized_end=2628
-  _globals['_HANDOFF']._serialized_start=2630
-  _globals['_HANDOFF']._serialized_end=2718
-  _globals['_RETRYHANDOFF']._serialized_start=2720
-  _globals['_RETRYHANDOFF']._serialized_end=2811
-  _globals['_WORKERSERVICE']._serialized_start=2814
-  _globals['_WORKERSERVICE']._serialized_end=3019
+  _globals['_LISTWORKERSREQUEST']._serialized_start=146
+  _globals['_LISTWORKERSREQUEST']._serialized_end=229
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=231
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=295
+  _globals['_WORKERINFO']._serialized_start=298
+  _globals['_WORKERINFO']._serialized_end=693
+  _globals['_WORKERINFO_LABELSENTRY']._serialized_start=648
+  _globals['_WORKERINFO_LABELSENTRY']._serialized_end=693
+  _globals['_REGISTERWORKERREQUEST']._serialized_start=696
+  _globals['_REGISTERWORKERREQUEST']._serialized_end=905
+  _globals['_REGISTERWORKERREQUEST_LABELSENTRY']._serialized_start=648
+  _globals['_REGISTERWORKERREQUEST_LABELSENTRY']._serialized_end=693
+  _globals['_REGISTERWORKERRESPONSE']._serialized_start=908
+  _globals['_REGISTERWORKERRESPONSE']._serialized_end=1170
+  _globals['_STREAMATTEMPTSREQUEST']._serialized_start=1173
+  _globals['_STREAMATTEMPTSREQUEST']._serialized_end=1531
+  _globals['_ATTEMPTSTARTED']._serialized_start=1533
+  _globals['_ATTEMPTSTARTED']._serialized_end=1603
+  _globals['_ATTEMPTDECLINED']._serialized_start=1605
+  _globals['_ATTEMPTDECLINED']._serialized_end=1692
+  _globals['_WORKERHEARTBEAT']._serialized_start=1694
+  _globals['_WORKERHEARTBEAT']._serialized_end=1779
+  _globals['_ATTEMPTPROGRESS']._serialized_start=1781
+  _globals['_ATTEMPTPROGRESS']._serialized_end=1875
+  _globals['_ATTEMPTCOMPLETED']._serialized_start=1877
+  _globals['_ATTEMPTCOMPLETED']._serialized_end=1994
+  _globals['_ATTEMPTFAILED']._serialized_start=1997
+  _globals['_ATTEMPTFAILED']._serialized_end=2243
+  _globals['_STREAMATTEMPTSRESPONSE']._serialized_start=2246
+  _globals['_STREAMATTEMPTSRESPONSE']._serialized_end=2591
+  _globals['_REQUESTREJECTED']._serialized_start=2593
+  _globals['_REQUESTREJECTED']._serialized_end=2627
+  _globals['_CANCELATTEMPTS']._serialized_start=2629
+  _globals['_CANCELATTEMPTS']._serialized_end=2682
+  _globals['_STARTDECISION']._serialized_start=2685
+  _globals['_STARTDECISION']._serialized_end=3001
+  _globals['_HEARTBEATACK']._serialized_start=3003
+  _globals['_HEARTBEATACK']._serialized_end=3071
+  _globals['_RESULTACK']._serialized_start=3074
+  _globals['_RESULTACK']._serialized_end=3210
+  _globals['_HANDOFF']._serialized_start=3212
+  _globals['_HANDOFF']._serialized_end=3300
+  _globals['_RETRYHANDOFF']._serialized_start=3302
+  _globals['_RETRYHANDOFF']._serialized_end=3393
+  _globals['_WORKERSERVICE']._serialized_start=3396
+  _globals['_WORKERSERVICE']._serialized_end=3685
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,11 @@ class WorkerServiceStub:
                 request_serializer=squidmesh_dot_v1_dot_worker__service__pb2.StreamAttemptsRequest.SerializeToString,
                 response_deserializer=squidmesh_dot_v1_dot_worker__service__pb2.StreamAttemptsResponse.FromString,
                 _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/squidmesh.v1.WorkerService/ListWorkers',
+                request_serializer=squidmesh_dot_v1_dot_worker__service__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=squidmesh_dot_v1_dot_worker__service__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -73,6 +78,14 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWorkers(self, request, context):
+        """Lists the registered workers, live ones first: queues, handlers, slots, heartbeats. Any
+        replica answers (workers are rows in Postgres).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +98,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.StreamAttempts,
                     request_deserializer=squidmesh_dot_v1_dot_worker__service__pb2.StreamAttemptsRequest.FromString,
                     response_serializer=squidmesh_dot_v1_dot_worker__service__pb2.StreamAttemptsResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=squidmesh_dot_v1_dot_worker__service__pb2.ListWorkersRequest.FromString,
+                    response_serializer=squidmesh_dot_v1_dot_worker__service__pb2.ListWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -142,6 +160,33 @@ class WorkerService:
             '/squidmesh.v1.WorkerService/StreamAttempts',
             squidmesh_dot_v1_dot_worker__service__pb2.StreamAttemptsRequest.SerializeToString,
             squidmesh_dot_v1_dot_worker__service__pb2.StreamAttemptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/squidmesh.v1.WorkerService/ListWorkers',
+            squidmesh_dot_v1_dot_worker__service__pb2.ListWorkersRequest.SerializeToString,
+            squidmesh_dot_v1_dot_worker__service__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,10 @@ class WorkerServiceStub:
     messages as one `batch` (see StreamAttemptsRequest.batch): a stream message costs far more
     than the bytes in it.
     """
+    ListWorkers: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.ListWorkersRequest, _worker_service_pb2.ListWorkersResponse]
+    """Lists the registered workers, live ones first: queues, handlers, slots, heartbeats. Any
+    replica answers (workers are rows in Postgres).
+    """
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
@@ -64,6 +68,10 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     stop. Either side may send several
     messages as one `batch` (see StreamAttemptsRequest.batch): a stream message costs far more
     than the bytes in it.
+    """
+    ListWorkers: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.ListWorkersRequest, _worker_service_pb2.ListWorkersResponse]  # type: ignore[assignment]
+    """Lists the registered workers, live ones first: queues, handlers, slots, heartbeats. Any
+    replica answers (workers are rows in Postgres).
     """
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -92,6 +100,16 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         stop. Either side may send several
         messages as one `batch` (see StreamAttemptsRequest.batch): a stream message costs far more
         than the bytes in it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWorkers(
+        self,
+        request: _worker_service_pb2.ListWorkersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_service_pb2.ListWorkersResponse, _abc.Awaitable[_worker_service_pb2.ListWorkersResponse]]:
+        """Lists the registered workers, live ones first: queues, handlers, slots, heartbeats. Any
+        replica answers (workers are rows in Postgres).
         """
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

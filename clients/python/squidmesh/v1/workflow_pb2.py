@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsquidmesh/v1/workflow.proto\x12\x0csquidmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x01\n\x12WorkflowDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rversion_label\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\'\n\x08triggers\x18\x04 \x03(\x0b\x32\x15.squidmesh.v1.Trigger\x12!\n\x05steps\x18\x05 \x03(\x0b\x32\x12.squidmesh.v1.Step\x12-\n\x0btransitions\x18\x06 \x03(\x0b\x32\x18.squidmesh.v1.Transition\"\xa6\x01\n\x07Trigger\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x06manual\x18\x02 \x01(\x0b\x32\x1b.squidmesh.v1.ManualTriggerH\x00\x12)\n\x04\x63ron\x18\x03 \x01(\x0b\x32\x19.squidmesh.v1.CronTriggerH\x00\x12+\n\x07payload\x18\x04 \x03(\x0b\x32\x1a.squidmesh.v1.PayloadFieldB\x06\n\x04kind\"\x0f\n\rManualTrigger\"p\n\x0b\x43ronTrigger\x12\x12\n\nexpression\x18\x01 \x01(\t\x12\x11\n\ttime_zone\x18\x02 \x01(\t\x12:\n\x12missed_tick_policy\x18\x03 \x01(\x0e\x32\x1e.squidmesh.v1.MissedTickPolicy\"\x99\x01\n\x0cPayloadField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.squidmesh.v1.FieldType\x12\x10\n\x08required\x18\x03 \x01(\x08\x12-\n\rdefault_value\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\xfa\x03\n\x04Step\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x04task\x18\x02 \x01(\x0b\x32\x16.squidmesh.v1.TaskStepH\x00\x12&\n\x04wait\x18\x03 \x01(\x0b\x32\x16.squidmesh.v1.WaitStepH\x00\x12$\n\x03log\x18\x04 \x01(\x0b\x32\x15.squidmesh.v1.LogStepH\x00\x12(\n\x05pause\x18\x05 \x01(\x0b\x32\x17.squidmesh.v1.PauseStepH\x00\x12.\n\x08\x61pproval\x18\x06 \x01(\x0b\x32\x1a.squidmesh.v1.ApprovalStepH\x00\x12(\n\x05retry\x18\x07 \x01(\x0b\x32\x19.squidmesh.v1.RetryPolicy\x12\x32\n\x0f\x61ttempt_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x05input\x18\n \x01(\x0b\x32\x1c.squidmesh.v1.InputSelection\x12\x12\n\noutput_key\x18\x0b \x01(\t\x12\x14\n\x0cirreversible\x18\x0c \x01(\x08\x12\r\n\x05\x61\x66ter\x18\r \x03(\t\x12\x12\n\ncompensate\x18\x0e \x01(\tB\x06\n\x04kind\"*\n\x08TaskStep\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"7\n\x08WaitStep\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1a\n\x07LogStep\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x0b\n\tPauseStep\"\x0e\n\x0c\x41pprovalStep\"\x84\x01\n\x0eInputSelection\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x36\n\x05paths\x18\x02 \x03(\x0b\x32\'.squidmesh.v1.InputSelection.PathsEntry\x1a,\n\nPathsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf6\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12*\n\x07\x62\x61\x63koff\x18\x02 \x01(\x0e\x32\x19.squidmesh.v1.BackoffType\x12\x30\n\rinitial_delay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tmax_delay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x05 \x01(\x01\x12\x0e\n\x06jitter\x18\x06 \x01(\x01\x12!\n\x19non_retryable_error_types\x18\x07 \x03(\t\"z\n\nTransition\x12\x11\n\tfrom_step\x18\x01 \x01(\t\x12!\n\x02on\x18\x02 \x01(\x0e\x32\x15.squidmesh.v1.Outcome\x12\n\n\x02to\x18\x03 \x01(\t\x12*\n\tcondition\x18\x04 \x01(\x0b\x32\x17.squidmesh.v1.Condition\"s\n\tCondition\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x31\n\x08operator\x18\x02 \x01(\x0e\x32\x1f.squidmesh.v1.ConditionOperator\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"\xa6\x01\n\x08Workflow\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x34\n\ndefinition\x18\x03 \x01(\x0b\x32 .squidmesh.v1.WorkflowDefinition\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*t\n\x10MissedTickPolicy\x12\"\n\x1eMISSED_TICK_POLICY_UNSPECIFIED\x10\x00\x12\x1b\n\x17MISSED_TICK_POLICY_SKIP\x10\x01\x12\x1f\n\x1bMISSED_TICK_POLICY_RUN_ONCE\x10\x02*\xcb\x01\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46IELD_TYPE_STRING\x10\x01\x12\x16\n\x12\x46IELD_TYPE_INTEGER\x10\x02\x12\x15\n\x11\x46IELD_TYPE_NUMBER\x10\x03\x12\x16\n\x12\x46IELD_TYPE_BOOLEAN\x10\x04\x12\x15\n\x11\x46IELD_TYPE_OBJECT\x10\x05\x12\x13\n\x0f\x46IELD_TYPE_LIST\x10\x06\x12\x18\n\x14\x46IELD_TYPE_TIMESTAMP\x10\x07*z\n\x0b\x42\x61\x63koffType\x12\x1c\n\x18\x42\x41\x43KOFF_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42\x41\x43KOFF_TYPE_FIXED\x10\x01\x12\x17\n\x13\x42\x41\x43KOFF_TYPE_LINEAR\x10\x02\x12\x1c\n\x18\x42\x41\x43KOFF_TYPE_EXPONENTIAL\x10\x03*E\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x11\n\rOUTCOME_ERROR\x10\x02*\xc0\x01\n\x11\x43onditionOperator\x12\"\n\x1e\x43ONDITION_OPERATOR_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43ONDITION_OPERATOR_EQUALS\x10\x01\x12!\n\x1d\x43ONDITION_OPERATOR_NOT_EQUALS\x10\x02\x12#\n\x1f\x43ONDITION_OPERATOR_GREATER_THAN\x10\x03\x12 \n\x1c\x43ONDITION_OPERATOR_LESS_THAN\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsquidmesh/v1/workflow.proto\x12\x0csquidmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x01\n\x12WorkflowDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rversion_label\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\'\n\x08triggers\x18\x04 \x03(\x0b\x32\x15.squidmesh.v1.Trigger\x12!\n\x05steps\x18\x05 \x03(\x0b\x32\x12.squidmesh.v1.Step\x12-\n\x0btransitions\x18\x06 \x03(\x0b\x32\x18.squidmesh.v1.Transition\"\xa6\x01\n\x07Trigger\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x06manual\x18\x02 \x01(\x0b\x32\x1b.squidmesh.v1.ManualTriggerH\x00\x12)\n\x04\x63ron\x18\x03 \x01(\x0b\x32\x19.squidmesh.v1.CronTriggerH\x00\x12+\n\x07payload\x18\x04 \x03(\x0b\x32\x1a.squidmesh.v1.PayloadFieldB\x06\n\x04kind\"\x0f\n\rManualTrigger\"p\n\x0b\x43ronTrigger\x12\x12\n\nexpression\x18\x01 \x01(\t\x12\x11\n\ttime_zone\x18\x02 \x01(\t\x12:\n\x12missed_tick_policy\x18\x03 \x01(\x0e\x32\x1e.squidmesh.v1.MissedTickPolicy\"\x99\x01\n\x0cPayloadField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.squidmesh.v1.FieldType\x12\x10\n\x08required\x18\x03 \x01(\x08\x12-\n\rdefault_value\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\xe0\x04\n\x04Step\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x04task\x18\x02 \x01(\x0b\x32\x16.squidmesh.v1.TaskStepH\x00\x12&\n\x04wait\x18\x03 \x01(\x0b\x32\x16.squidmesh.v1.WaitStepH\x00\x12$\n\x03log\x18\x04 \x01(\x0b\x32\x15.squidmesh.v1.LogStepH\x00\x12(\n\x05pause\x18\x05 \x01(\x0b\x32\x17.squidmesh.v1.PauseStepH\x00\x12.\n\x08\x61pproval\x18\x06 \x01(\x0b\x32\x1a.squidmesh.v1.ApprovalStepH\x00\x12\x31\n\nwait_event\x18\x0f \x01(\x0b\x32\x1b.squidmesh.v1.WaitEventStepH\x00\x12\x31\n\nwait_child\x18\x10 \x01(\x0b\x32\x1b.squidmesh.v1.WaitChildStepH\x00\x12(\n\x05retry\x18\x07 \x01(\x0b\x32\x19.squidmesh.v1.RetryPolicy\x12\x32\n\x0f\x61ttempt_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x05input\x18\n \x01(\x0b\x32\x1c.squidmesh.v1.InputSelection\x12\x12\n\noutput_key\x18\x0b \x01(\t\x12\x14\n\x0cirreversible\x18\x0c \x01(\x08\x12\r\n\x05\x61\x66ter\x18\r \x03(\t\x12\x12\n\ncompensate\x18\x0e \x01(\tB\x06\n\x04kind\"*\n\x08TaskStep\x12\x0f\n\x07handler\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\"7\n\x08WaitStep\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1a\n\x07LogStep\x12\x0f\n\x07message\x18\x01 \x01(\t\"\x0b\n\tPauseStep\"\xd0\x01\n\x0c\x41pprovalStep\x12\x1a\n\x12required_approvals\x18\x01 \x01(\x05\x12*\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x1a.squidmesh.v1.PayloadField\x12+\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0bon_deadline\x18\x04 \x01(\x0e\x32\x1c.squidmesh.v1.DeadlineAction\x12\x18\n\x10on_deadline_step\x18\x05 \x01(\t\"d\n\rWaitEventStep\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12\x17\n\x0f\x63orrelation_key\x18\x02 \x01(\t\x12+\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\rWaitChildStep\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x84\x01\n\x0eInputSelection\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x36\n\x05paths\x18\x02 \x03(\x0b\x32\'.squidmesh.v1.InputSelection.PathsEntry\x1a,\n\nPathsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf6\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12*\n\x07\x62\x61\x63koff\x18\x02 \x01(\x0e\x32\x19.squidmesh.v1.BackoffType\x12\x30\n\rinitial_delay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tmax_delay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x05 \x01(\x01\x12\x0e\n\x06jitter\x18\x06 \x01(\x01\x12!\n\x19non_retryable_error_types\x18\x07 \x03(\t\"z\n\nTransition\x12\x11\n\tfrom_step\x18\x01 \x01(\t\x12!\n\x02on\x18\x02 \x01(\x0e\x32\x15.squidmesh.v1.Outcome\x12\n\n\x02to\x18\x03 \x01(\t\x12*\n\tcondition\x18\x04 \x01(\x0b\x32\x17.squidmesh.v1.Condition\"s\n\tCondition\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x31\n\x08operator\x18\x02 \x01(\x0e\x32\x1f.squidmesh.v1.ConditionOperator\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"\xa6\x01\n\x08Workflow\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x34\n\ndefinition\x18\x03 \x01(\x0b\x32 .squidmesh.v1.WorkflowDefinition\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*t\n\x10MissedTickPolicy\x12\"\n\x1eMISSED_TICK_POLICY_UNSPECIFIED\x10\x00\x12\x1b\n\x17MISSED_TICK_POLICY_SKIP\x10\x01\x12\x1f\n\x1bMISSED_TICK_POLICY_RUN_ONCE\x10\x02*\xcb\x01\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46IELD_TYPE_STRING\x10\x01\x12\x16\n\x12\x46IELD_TYPE_INTEGER\x10\x02\x12\x15\n\x11\x46IELD_TYPE_NUMBER\x10\x03\x12\x16\n\x12\x46IELD_TYPE_BOOLEAN\x10\x04\x12\x15\n\x11\x46IELD_TYPE_OBJECT\x10\x05\x12\x13\n\x0f\x46IELD_TYPE_LIST\x10\x06\x12\x18\n\x14\x46IELD_TYPE_TIMESTAMP\x10\x07*\x82\x01\n\x0e\x44\x65\x61\x64lineAction\x12\x1f\n\x1b\x44\x45\x41\x44LINE_ACTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45\x41\x44LINE_ACTION_REJECT\x10\x01\x12\x18\n\x14\x44\x45\x41\x44LINE_ACTION_FAIL\x10\x02\x12\x19\n\x15\x44\x45\x41\x44LINE_ACTION_ROUTE\x10\x03*z\n\x0b\x42\x61\x63koffType\x12\x1c\n\x18\x42\x41\x43KOFF_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42\x41\x43KOFF_TYPE_FIXED\x10\x01\x12\x17\n\x13\x42\x41\x43KOFF_TYPE_LINEAR\x10\x02\x12\x1c\n\x18\x42\x41\x43KOFF_TYPE_EXPONENTIAL\x10\x03*E\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x11\n\rOUTCOME_ERROR\x10\x02*\xc0\x01\n\x11\x43onditionOperator\x12\"\n\x1e\x43ONDITION_OPERATOR_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43ONDITION_OPERATOR_EQUALS\x10\x01\x12!\n\x1d\x43ONDITION_OPERATOR_NOT_EQUALS\x10\x02\x12#\n\x1f\x43ONDITION_OPERATOR_GREATER_THAN\x10\x03\x12 \n\x1c\x43ONDITION_OPERATOR_LESS_THAN\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INPUTSELECTION_PATHSENTRY']._loaded_options = None
   _globals['_INPUTSELECTION_PATHSENTRY']._serialized_options = b'8\001'
-  _globals['_MISSEDTICKPOLICY']._serialized_start=2261
-  _globals['_MISSEDTICKPOLICY']._serialized_end=2377
-  _globals['_FIELDTYPE']._serialized_start=2380
-  _globals['_FIELDTYPE']._serialized_end=2583
-  _globals['_BACKOFFTYPE']._serialized_start=2585
-  _globals['_BACKOFFTYPE']._serialized_end=2707
-  _globals['_OUTCOME']._serialized_start=2709
-  _globals['_OUTCOME']._serialized_end=2778
-  _globals['_CONDITIONOPERATOR']._serialized_start=2781
-  _globals['_CONDITIONOPERATOR']._serialized_end=2973
+  _globals['_MISSEDTICKPOLICY']._serialized_start=2735
+  _globals['_MISSEDTICKPOLICY']._serialized_end=2851
+  _globals['_FIELDTYPE']._serialized_start=2854
+  _globals['_FIELDTYPE']._serialized_end=3057
+  _globals['_DEADLINEACTION']._serialized_start=3060
+  _globals['_DEADLINEACTION']._serialized_end=3190
+  _globals['_BACKOFFTYPE']._serialized_start=3192
+  _globals['_BACKOFFTYPE']._serialized_end=3314
+  _globals['_OUTCOME']._serialized_start=3316
+  _globals['_OUTCOME']._serialized_end=3385
+  _globals['_CONDITIONOPERATOR']._serialized_start=3388
+  _globals['_CONDITIONOPERATOR']._serialized_end=3580
   _globals['_WORKFLOWDEFINITION']._serialized_start=141
   _globals['_WORKFLOWDEFINITION']._serialized_end=342
   _globals['_TRIGGER']._serialized_start=345
@@ -57,27 +59,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYLOADFIELD']._serialized_start=645
   _globals['_PAYLOADFIELD']._serialized_end=798
   _globals['_STEP']._serialized_start=801
-  _globals['_STEP']._serialized_end=1307
-  _globals['_TASKSTEP']._serialized_start=1309
-  _globals['_TASKSTEP']._serialized_end=1351
-  _globals['_WAITSTEP']._serialized_start=1353
-  _globals['_WAITSTEP']._serialized_end=1408
-  _globals['_LOGSTEP']._serialized_start=1410
-  _globals['_LOGSTEP']._serialized_end=1436
-  _globals['_PAUSESTEP']._serialized_start=1438
-  _globals['_PAUSESTEP']._serialized_end=1449
-  _globals['_APPROVALSTEP']._serialized_start=1451
-  _globals['_APPROVALSTEP']._serialized_end=1465
-  _globals['_INPUTSELECTION']._serialized_start=1468
-  _globals['_INPUTSELECTION']._serialized_end=1600
-  _globals['_INPUTSELECTION_PATHSENTRY']._serialized_start=1556
-  _globals['_INPUTSELECTION_PATHSENTRY']._serialized_end=1600
-  _globals['_RETRYPOLICY']._serialized_start=1603
-  _globals['_RETRYPOLICY']._serialized_end=1849
-  _globals['_TRANSITION']._serialized_start=1851
-  _globals['_TRANSITION']._serialized_end=1973
-  _globals['_CONDITION']._serialized_start=1975
-  _globals['_CONDITION']._serialized_end=2090
-  _globals['_WORKFLOW']._serialized_start=2093
-  _globals['_WORKFLOW']._serialized_end=2259
+  _globals['_STEP']._serialized_end=1409
+  _globals['_TASKSTEP']._serialized_start=1411
+  _globals['_TASKSTEP']._serialized_end=1453
+  _globals['_WAITSTEP']._serialized_start=1455
+  _globals['_WAITSTEP']._serialized_end=1510
+  _globals['_LOGSTEP']._serialized_start=1512
+  _globals['_LOGSTEP']._serialized_end=1538
+  _globals['_PAUSESTEP']._serialized_start=1540
+  _globals['_PAUSESTEP']._serialized_end=1551
+  _globals['_APPROVALSTEP']._serialized_start=1554
+  _globals['_APPROVALSTEP']._serialized_end=1762
+  _globals['_WAITEVENTSTEP']._serialized_start=1764
+  _globals['_WAITEVENTSTEP']._serialized_end=1864
+  _globals['_WAITCHILDSTEP']._serialized_start=1866
+  _globals['_WAITCHILDSTEP']._serialized_end=1939
+  _globals['_INPUTSELECTION']._serialized_start=1942
+  _globals['_INPUTSELECTION']._serialized_end=2074
+  _globals['_INPUTSELECTION_PATHSENTRY']._serialized_start=2030
+  _globals['_INPUTSELECTION_PATHSENTRY']._serialized_end=2074
+  _globals['_RETRYPOLICY']._serialized_start=2077
+  _globals['_RETRYPOLICY']._serialized_end=2323
+  _globals['_TRANSITION']._serialized_start=2325
+  _globals['_TRANSITION']._serialized_end=2447
+  _globals['_CONDITION']._serialized_start=2449
+  _globals['_CONDITION']._serialized_end=2564
+  _globals['_WORKFLOW']._serialized_start=2567
+  _globals['_WORKFLOW']._serialized_end=2733
 # @@protoc_insertion_point(module_scope)

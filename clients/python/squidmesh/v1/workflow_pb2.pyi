@@ -90,6 +90,34 @@ FIELD_TYPE_TIMESTAMP: FieldType.ValueType  # 7
 """An RFC 3339 timestamp string, or a date (YYYY-MM-DD)."""
 Global___FieldType: _TypeAlias = FieldType  # noqa: Y015
 
+class _DeadlineAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeadlineActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeadlineAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEADLINE_ACTION_UNSPECIFIED: _DeadlineAction.ValueType  # 0
+    """Defaults to DEADLINE_ACTION_REJECT."""
+    DEADLINE_ACTION_REJECT: _DeadlineAction.ValueType  # 1
+    """The approval is rejected (actor "squidmesh:deadline") and its error transition followed."""
+    DEADLINE_ACTION_FAIL: _DeadlineAction.ValueType  # 2
+    """The run fails (reason "deadline_exceeded"), whatever the step's transitions."""
+    DEADLINE_ACTION_ROUTE: _DeadlineAction.ValueType  # 3
+    """The run goes on at `on_deadline_step`."""
+
+class DeadlineAction(_DeadlineAction, metaclass=_DeadlineActionEnumTypeWrapper):
+    """What an approval step does when its deadline passes."""
+
+DEADLINE_ACTION_UNSPECIFIED: DeadlineAction.ValueType  # 0
+"""Defaults to DEADLINE_ACTION_REJECT."""
+DEADLINE_ACTION_REJECT: DeadlineAction.ValueType  # 1
+"""The approval is rejected (actor "squidmesh:deadline") and its error transition followed."""
+DEADLINE_ACTION_FAIL: DeadlineAction.ValueType  # 2
+"""The run fails (reason "deadline_exceeded"), whatever the step's transitions."""
+DEADLINE_ACTION_ROUTE: DeadlineAction.ValueType  # 3
+"""The run goes on at `on_deadline_step`."""
+Global___DeadlineAction: _TypeAlias = DeadlineAction  # noqa: Y015
+
 class _BackoffType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -370,6 +398,8 @@ class Step(_message.Message):
     LOG_FIELD_NUMBER: _builtins.int
     PAUSE_FIELD_NUMBER: _builtins.int
     APPROVAL_FIELD_NUMBER: _builtins.int
+    WAIT_EVENT_FIELD_NUMBER: _builtins.int
+    WAIT_CHILD_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
     ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: _builtins.int
@@ -409,6 +439,14 @@ class Step(_message.Message):
         """Stops the run until ApproveStep or RejectStep; routed by ok (approved) or error (rejected)."""
 
     @_builtins.property
+    def wait_event(self) -> Global___WaitEventStep:
+        """Waits for an event published with PublishEvent; the event's payload is the output."""
+
+    @_builtins.property
+    def wait_child(self) -> Global___WaitChildStep:
+        """Waits for the end of a child run this run started; the child's result is the output."""
+
+    @_builtins.property
     def retry(self) -> Global___RetryPolicy:
         """Retry policy for task steps. Unset means the server default (3 attempts, exponential backoff)."""
 
@@ -439,6 +477,8 @@ class Step(_message.Message):
         log: Global___LogStep | None = ...,
         pause: Global___PauseStep | None = ...,
         approval: Global___ApprovalStep | None = ...,
+        wait_event: Global___WaitEventStep | None = ...,
+        wait_child: Global___WaitChildStep | None = ...,
         retry: Global___RetryPolicy | None = ...,
         attempt_timeout: _duration_pb2.Duration | None = ...,
         heartbeat_timeout: _duration_pb2.Duration | None = ...,
@@ -448,11 +488,11 @@ class Step(_message.Message):
         after: _abc.Iterable[_builtins.str] | None = ...,
         compensate: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "attempt_timeout", b"attempt_timeout", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "kind", b"kind", "log", b"log", "pause", b"pause", "retry", b"retry", "task", b"task", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "attempt_timeout", b"attempt_timeout", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "kind", b"kind", "log", b"log", "pause", b"pause", "retry", b"retry", "task", b"task", "wait", b"wait", "wait_child", b"wait_child", "wait_event", b"wait_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "approval", b"approval", "attempt_timeout", b"attempt_timeout", "compensate", b"compensate", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "irreversible", b"irreversible", "kind", b"kind", "log", b"log", "name", b"name", "output_key", b"output_key", "pause", b"pause", "retry", b"retry", "task", b"task", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "approval", b"approval", "attempt_timeout", b"attempt_timeout", "compensate", b"compensate", "heartbeat_timeout", b"heartbeat_timeout", "input", b"input", "irreversible", b"irreversible", "kind", b"kind", "log", b"log", "name", b"name", "output_key", b"output_key", "pause", b"pause", "retry", b"retry", "task", b"task", "wait", b"wait", "wait_child", b"wait_child", "wait_event", b"wait_event"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["task", "wait", "log", "pause", "approval"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["task", "wait", "log", "pause", "approval", "wait_event", "wait_child"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -534,7 +574,10 @@ Global___LogStep: _TypeAlias = LogStep  # noqa: Y015
 
 @_typing.final
 class PauseStep(_message.Message):
-    """A step that stops the run until ResumeRun."""
+    """A step that stops the run until ResumeRun. It holds no worker slot; the run is paused and
+    continues on the step's ok transition when resumed. The step's output is
+    {"actors": [...], "comments": [...], "resumed_at": "..."}.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -551,20 +594,127 @@ Global___PauseStep: _TypeAlias = PauseStep  # noqa: Y015
 
 @_typing.final
 class ApprovalStep(_message.Message):
-    """A step that waits for a human decision."""
+    """A step that waits for a human decision: ApproveStep follows its ok transition, RejectStep its
+    error transition (with transitions, a workflow must declare both). The decision is the step's
+    output, and it lands in the context like any output:
+    {"decision": "approved"|"rejected", "actors": [...], "comments": [...],
+     "decided_at": "<RFC 3339>", "payload": {...}}.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    REQUIRED_APPROVALS_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    ON_DEADLINE_FIELD_NUMBER: _builtins.int
+    ON_DEADLINE_STEP_FIELD_NUMBER: _builtins.int
+    required_approvals: _builtins.int
+    """How many approvals, from distinct actors, approve the step (default 1). Each vote is a run
+    event; one rejection rejects at once.
+    """
+    on_deadline: Global___DeadlineAction.ValueType
+    """What happens when the deadline passes without a decision."""
+    on_deadline_step: _builtins.str
+    """With DEADLINE_ACTION_ROUTE: the step to go to (or "complete")."""
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___PayloadField]:
+        """The fields a decision's payload may carry, checked like a trigger's payload. Empty: a
+        decision carries no payload.
+        """
+
+    @_builtins.property
+    def deadline(self) -> _duration_pb2.Duration:
+        """How long after the step is reached the decision is due. Unset: no deadline."""
+
     def __init__(
         self,
+        *,
+        required_approvals: _builtins.int = ...,
+        fields: _abc.Iterable[Global___PayloadField] | None = ...,
+        deadline: _duration_pb2.Duration | None = ...,
+        on_deadline: Global___DeadlineAction.ValueType = ...,
+        on_deadline_step: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "fields", b"fields", "on_deadline", b"on_deadline", "on_deadline_step", b"on_deadline_step", "required_approvals", b"required_approvals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApprovalStep: _TypeAlias = ApprovalStep  # noqa: Y015
+
+@_typing.final
+class WaitEventStep(_message.Message):
+    """A step that waits for an event published with PublishEvent under its name and a correlation
+    key. Holds no worker slot. An event published since the run started (before the run reached
+    the step) satisfies it too, so no event is lost to a race.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    CORRELATION_KEY_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    event: _builtins.str
+    """The event name, e.g. "payment.settled"."""
+    correlation_key: _builtins.str
+    """The correlation key, a template rendered from the run context: "order:{order_id}" (dotted
+    paths inside braces). A path missing from the context fails the step (input_missing).
+    """
+    @_builtins.property
+    def deadline(self) -> _duration_pb2.Duration:
+        """How long to wait once the step is reached. Unset: forever. Past it the step fails with
+        reason "deadline_exceeded" and its error transition applies.
+        """
+
+    def __init__(
+        self,
+        *,
+        event: _builtins.str = ...,
+        correlation_key: _builtins.str = ...,
+        deadline: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_key", b"correlation_key", "deadline", b"deadline", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitEventStep: _TypeAlias = WaitEventStep  # noqa: Y015
+
+@_typing.final
+class WaitChildStep(_message.Message):
+    """A step that waits for the end of a child run that a handler of this run started with
+    `ctx.start_child_run(..., key=...)`. A child that completed completes the step with
+    {"run_id", "workflow", "status", "context"}; a child that failed or was cancelled fails it
+    (reason "child_run_failed") and its error transition applies.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The key the child was started with, a template rendered from the run context like
+    WaitEventStep.correlation_key.
+    """
+    @_builtins.property
+    def deadline(self) -> _duration_pb2.Duration:
+        """How long to wait once the step is reached. Unset: forever."""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        deadline: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitChildStep: _TypeAlias = WaitChildStep  # noqa: Y015
 
 @_typing.final
 class InputSelection(_message.Message):
