@@ -27,7 +27,6 @@ from server.engine.model import (
     AttemptStatus,
     Failure,
     RunStatus,
-    StepKind,
     StepStatus,
     WorkflowDef,
 )
@@ -53,20 +52,11 @@ _STOPPED_AT_ONCE = LIVE_STEP_STATUSES - {StepStatus.RUNNING}
 def unsupported_features(defn: WorkflowDef) -> list[FieldViolation]:
     """Parts of the contract this server accepts but does not run yet: refused at registration
     rather than stored and silently ignored."""
-    problems = [
+    return [
         FieldViolation(f"definition.triggers[{i}].cron", "cron triggers are not supported yet")
         for i, t in enumerate(defn.triggers)
         if t.cron is not None
     ]
-    for i, s in enumerate(defn.steps):
-        if s.kind in (StepKind.PAUSE, StepKind.APPROVAL):
-            problems.append(
-                FieldViolation(
-                    f"definition.steps[{i}].{s.kind.value}",
-                    f"{s.kind.value} steps are not supported yet",
-                )
-            )
-    return problems
 
 
 class RunCommands(EngineCore):
