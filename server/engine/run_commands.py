@@ -241,16 +241,16 @@ class RunCommands(CommandLog):
                 raise run_not_found(run_id)
             page_events = await events.read_after(conn, run_id, after_seq, limit + 1)
             page_commands = await commands.page(conn, run_id, after_command, limit + 1)
-        merged: list[EventView | CommandRecord] = sorted(
-            [*page_events, *page_commands], key=_history_order
-        )
+        merged = _with_start(sorted([*page_events, *page_commands], key=_history_order))
         more = len(merged) > limit
         taken = merged[:limit]
+        if more and isinstance(taken[-1], CommandRecord) and taken[-1].id == 0:
+            taken.pop()  # the start goes with its event, on the next page
         last_seq = max((e.seq for e in taken if isinstance(e, EventView)), default=after_seq)
         last_command = max(
             (c.id for c in taken if isinstance(c, CommandRecord)), default=after_command
         )
-        return _with_start(taken), (last_seq, last_command) if more else None
+        return taken, (last_seq, last_command) if more else None
 
     async def cancel_run(
         self, run_id: uuid.UUID, actor: str, reason: str, idempotency_key: str = ""
@@ -351,8 +351,8 @@ class RunCommands(CommandLog):
 
 
 def _with_start(entries: list[EventView | CommandRecord]) -> list[EventView | CommandRecord]:
-    """The StartRun command, told by the run's first event (no row of its own: StartRun's
-    statement stays one insert per table)."""
+    """The StartRun command (id 0), told by the run's first event, before it (no row of its
+    own: StartRun's statement stays one insert per table)."""
     out: list[EventView | CommandRecord] = []
     for entry in entries:
         if isinstance(entry, EventView) and entry.seq == 1 and entry.type == "run_created":

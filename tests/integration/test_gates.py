@@ -536,3 +536,35 @@ async def test_a_wait_event_deadline_follows_the_error_route(channel: aio.Channe
     assert final is not None
     assert step_of(final, "paid").error.reason == "deadline_exceeded"
     assert step_of(final, "chase").status == run_pb2.STEP_STATUS_COMPLETED
+
+
+async def test_history_pages_join_up_into_the_whole_history(channel: aio.Channel) -> None:
+    runs = await register(channel, reviewed("paged", required=3))
+    run = await start(runs, "paged")
+    for actor in ("ann", "bob", "ann", "cy"):  # ann's second vote is refused
+        try:
+            await runs.ApproveStep(run_service_pb2.ApproveStepRequest(run_id=run.id, actor=actor))
+        except aio.AioRpcError as error:
+            assert error.code() == StatusCode.FAILED_PRECONDITION
+    whole = await runs.GetRunHistory(
+        run_service_pb2.GetRunHistoryRequest(run_id=run.id, page_size=1000)
+    )
+    assert not whole.next_page_token
+    for size in (1, 2, 3):
+        entries: list[history_pb2.HistoryEntry] = []
+        token = ""
+        while True:
+            page = await runs.GetRunHistory(
+                run_service_pb2.GetRunHistoryRequest(
+                    run_id=run.id, page_size=size, page_token=token
+                )
+            )
+            assert len(page.entries) <= size
+            entries += page.entries
+            token = page.next_page_token
+            if not token:
+                break
+        assert entries == list(whole.entries)
+    kinds = [e.WhichOneof("entry") for e in whole.entries]
+    assert kinds[:2] == ["command", "event"]  # the start, then its run_created event
+    assert kinds.count("command") == 5  # start, three approvals, one refusal
