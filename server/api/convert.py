@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
-from squidmesh.v1 import run_pb2, workflow_pb2
+from squidmesh.v1 import run_pb2, worker_service_pb2, workflow_pb2
 from squidmesh.values import to_value
 
 from server.api.definitions import definition_to_proto
@@ -22,7 +22,14 @@ from server.engine.model import (
     StepStatus,
     compensated_step,
 )
-from server.engine.views import AttemptView, EventView, RunView, StepView, WorkflowVersion
+from server.engine.views import (
+    AttemptView,
+    EventView,
+    RunView,
+    StepView,
+    WorkerView,
+    WorkflowVersion,
+)
 
 
 def timestamp(dt: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -177,3 +184,19 @@ def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:
             "page_size must not be negative", [FieldViolation("page_size", "must be >= 0")]
         )
     return min(requested or default, maximum)
+
+
+def worker(view: WorkerView) -> worker_service_pb2.WorkerInfo:
+    return worker_service_pb2.WorkerInfo(
+        worker_id=view.id,
+        host=view.host,
+        queues=view.queues,
+        handlers=view.handlers,
+        slots_used=view.slots_used,
+        slots_total=view.slots_total,
+        connect_time=timestamp(view.connected_at),
+        last_heartbeat_time=timestamp(view.last_seen_at),
+        live=view.live,
+        disconnect_time=timestamp(view.gone_at),
+        labels=view.labels,
+    )
