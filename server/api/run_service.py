@@ -151,3 +151,10 @@ class RunService(pb_grpc.RunServiceServicer):
             )
         )
         return pb.ReplayRunResponse(run=convert.run(run))
+
+    @handle_errors
+    async def ExplainRun(
+        self, request: pb.ExplainRunRequest, context: Context
+    ) -> pb.ExplainRunResponse:
+        explanation = await self._engine.explain_run(convert.parse_uuid(request.run_id, "run_id"))
+        return convert.explanation(explanation)

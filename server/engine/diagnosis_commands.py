@@ -1,13 +1,16 @@
-"""Diagnosis: workers as rows (their attempt streams opening and closing, ListWorkers). Reads
-only Postgres, so any replica answers."""
+"""Diagnosis: workers as rows (their attempt streams opening and closing, ListWorkers) and
+ExplainRun. Reads only Postgres, so any replica answers."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 
 from server.engine.core import EngineCore
+from server.engine.errors import run_not_found
+from server.engine.explain import ExplainLimits, Explanation, explain
 from server.engine.views import WorkerView
-from server.store import workers
+from server.store import diagnosis, workers
 
 _FOREVER = timedelta(days=36_500)
 """Longer ago than any worker row."""
@@ -38,3 +41,14 @@ class DiagnosisCommands(EngineCore):
         gone_ms = int(min(gone_within, _FOREVER).total_seconds() * 1000)
         async with self._db.connect() as conn:
             return await workers.list_workers(conn, queue, gone_ms, self._live_ms)
+
+    async def explain_run(self, run_id: uuid.UUID) -> Explanation:
+        async with self._db.connect() as conn:
+            facts = await diagnosis.run_facts(conn, run_id, self._live_ms)
+            if facts is None:
+                raise run_not_found(run_id)
+            defn = await self._definition(conn, facts.workflow_id)
+        # Declined attempts are published again after a backoff that doubles up to the
+        # dispatch timeout: a decline within two of those still explains the wait.
+        window = timedelta(milliseconds=2 * self._config.dispatch_timeout_ms)
+        return explain(facts, defn, ExplainLimits(decline_window=window))
