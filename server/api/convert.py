@@ -9,7 +9,14 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
-from squidmesh.v1 import diagnosis_pb2, run_pb2, run_service_pb2, worker_service_pb2, workflow_pb2
+from squidmesh.v1 import (
+    diagnosis_pb2,
+    history_pb2,
+    run_pb2,
+    run_service_pb2,
+    worker_service_pb2,
+    workflow_pb2,
+)
 from squidmesh.values import to_value
 
 from server.api.definitions import definition_to_proto
@@ -31,6 +38,7 @@ from server.engine.views import (
     WorkerView,
     WorkflowVersion,
 )
+from server.store.commands import CommandRecord
 
 
 def timestamp(dt: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -233,4 +241,40 @@ def blocker(view: Blocker) -> diagnosis_pb2.Blocker:
 def next_action(view: NextAction) -> diagnosis_pb2.NextAction:
     return diagnosis_pb2.NextAction(
         action=_ACTION_TYPE[view.action], step=view.step, allowed=view.allowed, reason=view.reason
+    )
+
+
+_COMMAND_TYPES = {
+    "start": history_pb2.COMMAND_TYPE_START,
+    "cancel": history_pb2.COMMAND_TYPE_CANCEL,
+    "replay": history_pb2.COMMAND_TYPE_REPLAY,
+    "resume": history_pb2.COMMAND_TYPE_RESUME,
+    "approve": history_pb2.COMMAND_TYPE_APPROVE,
+    "reject": history_pb2.COMMAND_TYPE_REJECT,
+    "event": history_pb2.COMMAND_TYPE_EVENT,
+}
+_COMMAND_OUTCOMES = {
+    "applied": history_pb2.COMMAND_OUTCOME_APPLIED,
+    "refused": history_pb2.COMMAND_OUTCOME_REFUSED,
+    "duplicate": history_pb2.COMMAND_OUTCOME_DUPLICATE,
+}
+
+
+def history_entry(entry: EventView | CommandRecord) -> history_pb2.HistoryEntry:
+    """A run event, or a recorded command, as an entry of the run's history."""
+    if isinstance(entry, EventView):
+        return history_pb2.HistoryEntry(time=timestamp(entry.created_at), event=event(entry))
+    return history_pb2.HistoryEntry(
+        time=timestamp(entry.created_at),
+        command=history_pb2.Command(
+            type=_COMMAND_TYPES[entry.type],
+            actor=entry.actor,
+            comment=entry.comment,
+            idempotency_key=entry.idempotency_key,
+            step=entry.step,
+            outcome=_COMMAND_OUTCOMES[entry.outcome],
+            refusal_reason=entry.refusal_reason,
+            refusal_message=entry.refusal_message,
+            data=struct(entry.data),
+        ),
     )
