@@ -131,7 +131,9 @@ class ChildFacts:
     workflow: str
     status: RunStatus
     key: str
+    """The key the parent's handler started it with (what a wait_child step waits on)."""
     parent_step: str
+    """The step whose handler started it."""
 
 
 @dataclass(frozen=True)
@@ -399,10 +401,8 @@ def _gate(run: RunFacts, step: Step, facts: StepFacts, wait: WaitFacts | None) -
             {"event": name, "correlation_key": key, **timing},
         )
     key = wait.correlation_key if wait else ""
-    child = next(
-        (c for c in run.children if c.parent_step == step.name and (not key or c.key == key)),
-        None,
-    )
+    # The child was started by some step's handler with this key (unique within the run).
+    child = next((c for c in run.children if key and c.key == key), None)
     what = f"child run {child.run_id} ({child.status.value})" if child else "its child run"
     return Blocker(
         BlockerCode.WAITING_CHILD,

@@ -28,6 +28,7 @@ from server.engine.model import (
     StepStatus,
 )
 from server.store.db import Connection
+from server.store.runs import child_key
 from server.store.workers import live_sql, slots_used_sql
 
 # `status_since`: the first event after the last one recorded under another status (both
@@ -113,7 +114,7 @@ async def run_facts(conn: Connection, run_id: uuid.UUID, live_ms: int) -> RunFac
                 run_id=str(c["id"]),
                 workflow=c["workflow"],
                 status=RunStatus(c["status"]),
-                key=c["key"] or "",
+                key=(c["key"] or "").removeprefix(child_key(run_id, "")),
                 parent_step=c["parent_step"] or "",
             )
             for c in row.children

@@ -538,8 +538,8 @@ def test_a_child_wait_names_the_child_run() -> None:
                 "child": wait("child", "child", correlation_key="42-child", deadline_at=later(60))
             },
             children=(
-                ChildFacts("c0", "sub", RunStatus.COMPLETED, "41-child", "child"),
-                ChildFacts("c1", "sub", RunStatus.RUNNING, "42-child", "child"),
+                ChildFacts("c0", "sub", RunStatus.COMPLETED, "41-child", "spawn"),
+                ChildFacts("c1", "sub", RunStatus.RUNNING, "42-child", "spawn"),
             ),
         ),
         GATES,
