@@ -196,7 +196,7 @@ class GateCommands(CommandLog):
             await self._after_commit(change)
         log.info(
             "event_published",
-            event=name,
+            event_name=name,
             correlation_key=correlation_key,
             event_id=event_id,
             created=created,
