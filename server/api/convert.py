@@ -21,7 +21,7 @@ from squidmesh.values import to_value
 
 from server.api.definitions import definition_to_proto
 from server.engine.errors import FieldViolation, InvalidArgument
-from server.engine.explain import ActionType, Blocker, BlockerCode, Explanation, NextAction
+from server.engine.explanation import ActionType, Blocker, BlockerCode, Explanation, NextAction
 from server.engine.model import (
     JSON,
     AttemptStatus,

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 
 from server.engine.core import EngineCore
 from server.engine.errors import run_not_found
-from server.engine.explain import ExplainLimits, Explanation, explain
+from server.engine.explain import explain
+from server.engine.explanation import ExplainLimits, Explanation
 from server.engine.views import WorkerView
 from server.store import diagnosis, workers
 

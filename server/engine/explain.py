@@ -10,15 +10,26 @@ database's clock).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
+from server.engine.explain_attempts import running, scheduled
+from server.engine.explanation import (
+    ActionType,
+    Blocker,
+    BlockerCode,
+    ExplainLimits,
+    Explanation,
+    NextAction,
+    RunFacts,
+    StepFacts,
+    WaitFacts,
+    at,
+    iso,
+)
 from server.engine.model import (
     JSON,
     LIVE_STEP_STATUSES,
-    AttemptKind,
     AttemptStatus,
     Failure,
     RunStatus,
@@ -28,175 +39,6 @@ from server.engine.model import (
     WorkflowDef,
     compensated_step,
 )
-
-
-class BlockerCode(enum.StrEnum):
-    RETRY_BACKOFF = "retry_backoff"
-    WAITING_TIMER = "waiting_timer"
-    WAITING_DEPENDENCIES = "waiting_dependencies"
-    WAITING_APPROVAL = "waiting_approval"
-    WAITING_EVENT = "waiting_event"
-    PAUSED = "paused"
-    DISPATCHED_NOT_STARTED = "dispatched_not_started"
-    NO_WORKER_FOR_HANDLER = "no_worker_for_handler"
-    WORKERS_BUSY = "workers_busy"
-    HANDLER_DECLINED = "handler_declined"
-    ATTEMPT_RUNNING = "attempt_running"
-    CANCELLING = "cancelling"
-    WAITING_CHILD = "waiting_child"
-    COMPENSATING = "compensating"
-    RUN_FAILED = "run_failed"
-    RUN_CANCELLED = "run_cancelled"
-    RUN_COMPLETED = "run_completed"
-
-
-class ActionType(enum.StrEnum):
-    CANCEL = "cancel"
-    REPLAY = "replay"
-    RESUME = "resume"
-    APPROVE = "approve"
-    REJECT = "reject"
-    PUBLISH_EVENT = "publish_event"
-    START_WORKER = "start_worker"
-
-
-# --- the facts -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StepFacts:
-    name: str
-    status: StepStatus
-    attempt_count: int
-    created_at: datetime
-    ended_at: datetime | None
-    error: Failure | None
-
-
-@dataclass(frozen=True)
-class AttemptFacts:
-    """The latest attempt of a live step."""
-
-    step: str
-    number: int
-    status: AttemptStatus
-    kind: AttemptKind
-    queue: str
-    handler: str
-    worker_id: str | None
-    created_at: datetime
-    due_at: datetime
-    kicked_at: datetime | None
-    """When it was last published (None: a timer not due yet, or given back by a worker)."""
-    kick_count: int
-    started_at: datetime | None
-    lease_expires_at: datetime | None
-    deadline_at: datetime | None
-    progress: dict[str, JSON] | None
-    previous_error: Failure | None
-    """The error of the attempt before it: why this one is a retry."""
-    declined_at: datetime | None
-    """When a worker that lacks its handler last gave it back (recorded at most once a second)."""
-    declined_by: str
-    """That worker."""
-
-
-@dataclass(frozen=True)
-class WaitFacts:
-    """An open row of `waits`: a gate step waiting for a person, an event or a child run."""
-
-    step: str
-    kind: str
-    event_name: str
-    correlation_key: str
-    deadline_at: datetime | None
-    votes: tuple[dict[str, JSON], ...]
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class WorkerFacts:
-    id: str
-    queues: frozenset[str]
-    handlers: frozenset[str]
-    slots_used: int
-    slots_total: int
-    live: bool
-    last_seen_at: datetime
-
-
-@dataclass(frozen=True)
-class ChildFacts:
-    run_id: str
-    workflow: str
-    status: RunStatus
-    key: str
-    """The key the parent's handler started it with (what a wait_child step waits on)."""
-    parent_step: str
-    """The step whose handler started it."""
-
-
-@dataclass(frozen=True)
-class RunFacts:
-    id: str
-    workflow_id: int
-    status: RunStatus
-    error: Failure | None
-    created_at: datetime
-    ended_at: datetime | None
-    status_since: datetime
-    """When the run entered its status (its first event since the last change of status)."""
-    now: datetime
-    """The database's clock when the facts were read."""
-    steps: tuple[StepFacts, ...] = ()
-    """Every step the run reached, in declaration order."""
-    attempts: dict[str, AttemptFacts] = field(default_factory=dict)
-    """The latest attempt of each live step, by step."""
-    waits: dict[str, WaitFacts] = field(default_factory=dict)
-    """Open waits, by step."""
-    workers: tuple[WorkerFacts, ...] = ()
-    """The workers serving the queues of the run's scheduled attempts, and those running its
-    attempts (live or not)."""
-    children: tuple[ChildFacts, ...] = ()
-    cancel: dict[str, JSON] | None = None
-    """What the latest cancel request said (actor, reason), for a cancelling or cancelled run."""
-
-
-@dataclass(frozen=True)
-class ExplainLimits:
-    decline_window: timedelta
-    """A decline this recent still explains an attempt that waits (declined attempts are
-    published again after a backoff that doubles up to the dispatch timeout)."""
-
-
-# --- the answer ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Blocker:
-    code: BlockerCode
-    step: str
-    since: datetime | None
-    until: datetime | None
-    message: str
-    evidence: dict[str, JSON] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class NextAction:
-    action: ActionType
-    allowed: bool
-    step: str = ""
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Explanation:
-    status: RunStatus
-    summary: str
-    blockers: tuple[Blocker, ...]
-    next_actions: tuple[NextAction, ...]
-    status_age: timedelta
 
 
 def explain(run: RunFacts, defn: WorkflowDef, limits: ExplainLimits) -> Explanation:
@@ -293,11 +135,11 @@ def _cancelling(run: RunFacts) -> list[Blocker]:
             a.lease_expires_at,
             f"the run is cancelling: step '{a.step}' attempt {a.number} still runs on worker "
             f"'{a.worker_id}', told to stop; it ends when it stops or its lease ends"
-            + (f" at {_at(a.lease_expires_at)}" if a.lease_expires_at else ""),
+            + (f" at {at(a.lease_expires_at)}" if a.lease_expires_at else ""),
             {
                 "worker_id": a.worker_id or "",
                 "attempt_number": a.number,
-                "lease_expires_at": _iso(a.lease_expires_at),
+                "lease_expires_at": iso(a.lease_expires_at),
                 **({"cancel_actor": run.cancel["actor"]} if run.cancel else {}),
             },
         )
@@ -342,7 +184,7 @@ def _step_blockers(
                 step.name,
                 attempt.created_at if attempt else facts.created_at,
                 due,
-                f"step '{step.name}' waits" + (f" until {_at(due)}" if due else ""),
+                f"step '{step.name}' waits" + (f" until {at(due)}" if due else ""),
                 {"wait_ms": step.wait_ms},
             )
         ]
@@ -351,17 +193,17 @@ def _step_blockers(
     if attempt is None:
         return []
     if attempt.status is AttemptStatus.RUNNING:
-        return [_running(run, attempt)]
+        return [running(run, attempt)]
     if attempt.status is AttemptStatus.SCHEDULED:
-        return _scheduled(run, attempt, limits)
+        return scheduled(run, attempt, limits)
     return []
 
 
 def _gate(run: RunFacts, step: Step, facts: StepFacts, wait: WaitFacts | None) -> Blocker:
     since = wait.created_at if wait else facts.created_at
     deadline = wait.deadline_at if wait else None
-    by = f" (deadline {_at(deadline)}, then {step.on_deadline.value})" if deadline else ""
-    timing: dict[str, JSON] = {"deadline": _iso(deadline), "on_deadline": step.on_deadline.value}
+    by = f" (deadline {at(deadline)}, then {step.on_deadline.value})" if deadline else ""
+    timing: dict[str, JSON] = {"deadline": iso(deadline), "on_deadline": step.on_deadline.value}
     if step.kind is StepKind.PAUSE:
         return Blocker(
             BlockerCode.PAUSED,
@@ -418,157 +260,6 @@ def _gate(run: RunFacts, step: Step, facts: StepFacts, wait: WaitFacts | None) -
             **timing,
         },
     )
-
-
-def _running(run: RunFacts, attempt: AttemptFacts) -> Blocker:
-    worker = next((w for w in run.workers if w.id == attempt.worker_id), None)
-    live = worker is not None and worker.live
-    beat = worker.last_seen_at if worker else None
-    if live:
-        ago = f"last heard from {_ago(run.now, beat)}" if beat else "live"
-        state = f"on worker '{attempt.worker_id}' ({ago})"
-    else:
-        state = (
-            f"on worker '{attempt.worker_id}', which is gone: it fails as worker_lost when its "
-            "lease ends"
-            + (f" at {_at(attempt.lease_expires_at)}" if attempt.lease_expires_at else "")
-        )
-    return Blocker(
-        BlockerCode.ATTEMPT_RUNNING,
-        attempt.step,
-        attempt.started_at,
-        attempt.lease_expires_at,
-        f"step '{attempt.step}' attempt {attempt.number} runs {state}",
-        {
-            "worker_id": attempt.worker_id or "",
-            "worker_live": live,
-            "attempt_number": attempt.number,
-            "handler": attempt.handler,
-            "queue": attempt.queue,
-            "started": _iso(attempt.started_at),
-            "last_heartbeat": _iso(beat),
-            "lease_expires_at": _iso(attempt.lease_expires_at),
-            "deadline": _iso(attempt.deadline_at),
-            "progress": attempt.progress,
-        },
-    )
-
-
-def _scheduled(run: RunFacts, attempt: AttemptFacts, limits: ExplainLimits) -> list[Blocker]:
-    """A task attempt not claimed yet: in a backoff (a retry's, or after a decline), or due
-    and published, waiting for a worker that can take it."""
-    capable = [
-        w
-        for w in run.workers
-        if w.live and attempt.queue in w.queues and attempt.handler in w.handlers
-    ]
-    declined = (
-        attempt.declined_at is not None and run.now - attempt.declined_at <= limits.decline_window
-    )
-    no_worker = _no_worker(run, attempt) if not capable else None
-    busy = _busy(attempt, capable) if capable else None
-    if attempt.due_at > run.now:  # in a backoff: that is what the run waits for first
-        first = _declined(attempt) if declined else _retry_backoff(attempt)
-        return [first, *(b for b in (no_worker, busy) if b is not None)]
-    if no_worker is not None:
-        return [no_worker]
-    if busy is not None:
-        return [busy, *([_declined(attempt)] if declined else [])]
-    if declined:
-        return [_declined(attempt)]
-    since = attempt.kicked_at or attempt.due_at
-    free = [w.id for w in capable if w.slots_used < w.slots_total]
-    return [
-        Blocker(
-            BlockerCode.DISPATCHED_NOT_STARTED,
-            attempt.step,
-            since,
-            None,
-            f"step '{attempt.step}' attempt {attempt.number} was published to queue "
-            f"'{attempt.queue}' {_ago(run.now, since)} and no worker claimed it yet "
-            f"({len(free)} live worker(s) with handler '{attempt.handler}' have free slots)",
-            {
-                **_where(attempt),
-                "published": _iso(attempt.kicked_at),
-                "publications": attempt.kick_count,
-                "workers_with_free_slots": free,
-            },
-        )
-    ]
-
-
-def _retry_backoff(attempt: AttemptFacts) -> Blocker:
-    error = attempt.previous_error
-    cause = f" after {error.type or error.reason}: {error.message}" if error else ""
-    return Blocker(
-        BlockerCode.RETRY_BACKOFF,
-        attempt.step,
-        attempt.created_at,
-        attempt.due_at,
-        f"step '{attempt.step}' attempt {attempt.number} is retried at {_at(attempt.due_at)}"
-        + cause,
-        {**_where(attempt), "last_error": error.to_json() if error else None},
-    )
-
-
-def _declined(attempt: AttemptFacts) -> Blocker:
-    by = f"worker '{attempt.declined_by}'" if attempt.declined_by else "a worker"
-    return Blocker(
-        BlockerCode.HANDLER_DECLINED,
-        attempt.step,
-        attempt.declined_at,
-        attempt.due_at if attempt.kicked_at is None else None,
-        f"step '{attempt.step}' attempt {attempt.number} was given back by {by}, which "
-        f"consumes queue '{attempt.queue}' without handler '{attempt.handler}'",
-        {
-            **_where(attempt),
-            "declined_by": attempt.declined_by,
-            "declined": _iso(attempt.declined_at),
-        },
-    )
-
-
-def _no_worker(run: RunFacts, attempt: AttemptFacts) -> Blocker:
-    without = sorted(w.id for w in run.workers if w.live and attempt.queue in w.queues)
-    others = f" (live workers on the queue without it: {', '.join(without)})" if without else ""
-    return Blocker(
-        BlockerCode.NO_WORKER_FOR_HANDLER,
-        attempt.step,
-        attempt.due_at,
-        None,
-        f"step '{attempt.step}' waits for a worker: no live worker serves handler "
-        f"'{attempt.handler}' on queue '{attempt.queue}'{others}",
-        {
-            **_where(attempt),
-            "workers_without_handler": without,
-            **({"declined_by": attempt.declined_by} if attempt.declined_by else {}),
-        },
-    )
-
-
-def _busy(attempt: AttemptFacts, capable: Sequence[WorkerFacts]) -> Blocker | None:
-    used = sum(w.slots_used for w in capable)
-    total = sum(w.slots_total for w in capable)
-    if used < total:
-        return None
-    return Blocker(
-        BlockerCode.WORKERS_BUSY,
-        attempt.step,
-        attempt.due_at,
-        None,
-        f"step '{attempt.step}' waits for a free slot: the {len(capable)} live worker(s) with "
-        f"handler '{attempt.handler}' on queue '{attempt.queue}' run {used} of {total} attempts",
-        {
-            **_where(attempt),
-            "workers": sorted(w.id for w in capable),
-            "slots_used": used,
-            "slots_total": total,
-        },
-    )
-
-
-def _where(attempt: AttemptFacts) -> dict[str, JSON]:
-    return {"attempt_number": attempt.number, "handler": attempt.handler, "queue": attempt.queue}
 
 
 def _waiting_dependencies(run: RunFacts, defn: WorkflowDef) -> list[Blocker]:
@@ -661,19 +352,3 @@ def _gate_action(action: ActionType, run: RunFacts, step: str) -> NextAction:
     if step in run.waits:
         return NextAction(action, True, step)
     return NextAction(action, False, step, f"step '{step}' has no open wait (it is resolving)")
-
-
-# --- time ------------------------------------------------------------------------------------
-
-
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at is not None else None
-
-
-def _at(at: datetime) -> str:
-    return at.isoformat(timespec="milliseconds")
-
-
-def _ago(now: datetime, then: datetime) -> str:
-    seconds = max((now - then).total_seconds(), 0.0)
-    return f"{seconds:.1f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"

@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from server.engine.explain import (
+from server.engine.explanation import (
     AttemptFacts,
     ChildFacts,
     RunFacts,

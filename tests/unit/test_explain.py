@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from server.engine.explain import (
+from server.engine.explain import explain
+from server.engine.explanation import (
     ActionType,
     AttemptFacts,
     BlockerCode,
@@ -21,7 +22,6 @@ from server.engine.explain import (
     StepFacts,
     WaitFacts,
     WorkerFacts,
-    explain,
 )
 from server.engine.model import (
     AttemptKind,
