@@ -16,7 +16,7 @@ TEST_DIRS := $(wildcard tests/unit tests/integration tests/e2e)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PIP_NO_INPUT := 1
 
-.PHONY: install dev tools gen gen-check lint test demo bench bench-cli chaos clean
+.PHONY: install dev tools gen gen-check lint test demo bench bench-cli bench-explain chaos clean
 
 ## install: the virtualenv with squidmesh installed in editable mode (.venv/bin/squidmesh)
 install: $(VENV)/.stamp-install
@@ -92,6 +92,10 @@ bench: dev
 ## bench-cli: wall-clock time of squidmesh runs get, runs list, workflows list (median of 10)
 bench-cli: install
 	$(BIN)/python -m bench.cli_latency
+
+## bench-explain: ExplainRun p50/p99 over gRPC with 100,000 runs in mixed states (bench/explain.py)
+bench-explain: dev
+	$(BIN)/python -m bench.explain
 
 ## chaos: runs under faults (workers, server, Redis, Postgres); see bench/chaos.py; not in `test`
 chaos: dev

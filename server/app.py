@@ -88,6 +88,7 @@ class App:
                 max_payload_bytes=settings.max_payload_bytes,
                 handoff=settings.handoff,
                 dispatch_timeout_ms=settings.dispatch_timeout_ms,
+                heartbeat_interval_ms=settings.heartbeat_interval_ms,
             ),
         )
         self._hub = EventHub(libpq_url(settings.database_url))

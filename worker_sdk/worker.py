@@ -341,16 +341,16 @@ class Worker:
     async def _heartbeat(
         self, runner: AttemptRunner, stream: AttemptStream, interval: float
     ) -> None:
-        """While attempts run, renews their leases every `interval` (or a third of the
-        shortest lease, if smaller) and applies the cancellations in the answers (those the
-        server pushes on the stream arrive sooner; these cover a push lost on a reconnect)."""
+        """Heartbeats every `interval` (or a third of the shortest lease of the attempts
+        running, if smaller): renews those leases and applies the cancellations in the answers
+        (those the server pushes on the stream arrive sooner; these cover a push lost on a
+        reconnect). An idle worker heartbeats too, with no attempts: the servers see it live
+        (ListWorkers, ExplainRun) by its heartbeats."""
         while True:
             lease = runner.shortest_lease()
             period = min(interval, lease / 3) if lease else interval
             await asyncio.sleep(max(period, 0.05))
             attempts = runner.progress()
-            if not attempts:
-                continue
             try:
                 ack = await stream.heartbeat(
                     worker_service_pb2.WorkerHeartbeat(worker_id=self.worker_id, attempts=attempts)

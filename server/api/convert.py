@@ -8,12 +8,20 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
-from squidmesh.v1 import history_pb2, run_pb2, workflow_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from squidmesh.v1 import (
+    diagnosis_pb2,
+    history_pb2,
+    run_pb2,
+    run_service_pb2,
+    worker_service_pb2,
+    workflow_pb2,
+)
 from squidmesh.values import to_value
 
 from server.api.definitions import definition_to_proto
 from server.engine.errors import FieldViolation, InvalidArgument
+from server.engine.explanation import ActionType, Blocker, BlockerCode, Explanation, NextAction
 from server.engine.model import (
     JSON,
     AttemptStatus,
@@ -22,7 +30,14 @@ from server.engine.model import (
     StepStatus,
     compensated_step,
 )
-from server.engine.views import AttemptView, EventView, RunView, StepView, WorkflowVersion
+from server.engine.views import (
+    AttemptView,
+    EventView,
+    RunView,
+    StepView,
+    WorkerView,
+    WorkflowVersion,
+)
 from server.store.commands import CommandRecord
 
 
@@ -178,6 +193,55 @@ def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:
             "page_size must not be negative", [FieldViolation("page_size", "must be >= 0")]
         )
     return min(requested or default, maximum)
+
+
+def worker(view: WorkerView) -> worker_service_pb2.WorkerInfo:
+    return worker_service_pb2.WorkerInfo(
+        worker_id=view.id,
+        host=view.host,
+        queues=view.queues,
+        handlers=view.handlers,
+        slots_used=view.slots_used,
+        slots_total=view.slots_total,
+        connect_time=timestamp(view.connected_at),
+        last_heartbeat_time=timestamp(view.last_seen_at),
+        live=view.live,
+        disconnect_time=timestamp(view.gone_at),
+        labels=view.labels,
+    )
+
+
+_BLOCKER_CODE = {c: getattr(diagnosis_pb2, f"BLOCKER_CODE_{c.name}") for c in BlockerCode}
+_ACTION_TYPE = {a: getattr(diagnosis_pb2, f"ACTION_TYPE_{a.name}") for a in ActionType}
+
+
+def explanation(view: Explanation) -> run_service_pb2.ExplainRunResponse:
+    age = duration_pb2.Duration()
+    age.FromTimedelta(view.status_age)
+    return run_service_pb2.ExplainRunResponse(
+        status=_RUN_STATUS[view.status],
+        summary=view.summary,
+        blockers=[blocker(b) for b in view.blockers],
+        next_actions=[next_action(a) for a in view.next_actions],
+        status_age=age,
+    )
+
+
+def blocker(view: Blocker) -> diagnosis_pb2.Blocker:
+    return diagnosis_pb2.Blocker(
+        code=_BLOCKER_CODE[view.code],
+        step=view.step,
+        since=timestamp(view.since),
+        until=timestamp(view.until),
+        message=view.message,
+        evidence=struct(view.evidence),
+    )
+
+
+def next_action(view: NextAction) -> diagnosis_pb2.NextAction:
+    return diagnosis_pb2.NextAction(
+        action=_ACTION_TYPE[view.action], step=view.step, allowed=view.allowed, reason=view.reason
+    )
 
 
 _COMMAND_TYPES = {

@@ -251,3 +251,10 @@ class RunService(pb_grpc.RunServiceServicer):
         return pb.GetRunHistoryResponse(
             entries=[convert.history_entry(e) for e in entries], next_page_token=next_token
         )
+
+    @handle_errors
+    async def ExplainRun(
+        self, request: pb.ExplainRunRequest, context: Context
+    ) -> pb.ExplainRunResponse:
+        explanation = await self._engine.explain_run(convert.parse_uuid(request.run_id, "run_id"))
+        return convert.explanation(explanation)

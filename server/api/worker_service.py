@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any, TypeAlias
 
 import grpc
@@ -47,6 +48,41 @@ from worker_sdk.attempt_stream import (
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 Answers: TypeAlias = "asyncio.Queue[pb.StreamAttemptsResponse | None]"
 
+DEFAULT_GONE_WITHIN = timedelta(hours=1)
+"""ListWorkers also lists the workers gone within this long, unless told otherwise."""
+
+
+class _Presence:
+    """Records on the worker's row that one of its attempt streams opened, then closed
+    (ListWorkers, ExplainRun). Best effort: a write that failed (Postgres down) when the stream
+    opened is tried again at the stream's next heartbeat, so that the worker is still seen."""
+
+    def __init__(self, engine: Engine, worker_id: str) -> None:
+        self._engine = engine
+        self._worker_id = worker_id
+        self.connected_at: datetime | None = None
+        """When the opening was recorded (None: not yet)."""
+
+    async def opened(self) -> None:
+        if self.connected_at is not None:
+            return
+        try:
+            self.connected_at = await self._engine.worker_connected(self._worker_id)
+        except Exception as exc:
+            log.warning(
+                "worker_connection_not_recorded", worker_id=self._worker_id, error=repr(exc)
+            )
+
+    async def closed(self) -> None:
+        if self.connected_at is None:
+            return
+        try:
+            await self._engine.worker_disconnected(self._worker_id, self.connected_at)
+        except Exception as exc:
+            log.warning(
+                "worker_disconnection_not_recorded", worker_id=self._worker_id, error=repr(exc)
+            )
+
 
 class WorkerService(pb_grpc.WorkerServiceServicer):
     def __init__(
@@ -72,6 +108,8 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
         self._offers: dict[str, HandoffOffer] = {}
         """What each worker with a stream here can be handed (its queues and handlers, read
         from its registration at its first result that accepts a handoff)."""
+        self._closings: set[asyncio.Task[None]] = set()
+        """Streams' closings being recorded (held here: they outlive their stream)."""
 
     def close_streams(self) -> None:
         """Ends every attempt stream (server shutdown): their workers reconnect to another
@@ -134,12 +172,16 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
                 f"worker's id (at most {sanity.MAX_IDENTIFIER} characters)",
             )
         batches = metadata.get(BATCHES_METADATA) == "1"
+        presence = _Presence(self._engine, worker_id)
+        await presence.opened()
         answers: Answers = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
         self._open.add(answers)
         self._streams.setdefault(worker_id, set()).add(answers)
 
         async def answer(request: pb.StreamAttemptsRequest) -> None:
+            if request.WhichOneof("message") == "heartbeat":
+                await presence.opened()  # if it failed when the stream opened
             try:
                 response = await self._handle(request, worker_id)
             except Unavailable:  # no answer: the worker sends it again
@@ -197,11 +239,30 @@ class WorkerService(pb_grpc.WorkerServiceServicer):
             if not streams:
                 self._streams.pop(worker_id, None)
                 self._offers.pop(worker_id, None)
+            # Recorded in a task of its own: a stream cancelled again must not lose it.
+            closing = asyncio.create_task(presence.closed())
+            self._closings.add(closing)
+            closing.add_done_callback(self._closings.discard)
             reader.cancel()
             # Requests under way finish (their answers go nowhere): a result already written
             # must still publish the next step, or it would wait for the dispatch timeout.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+
+    @handle_errors
+    async def ListWorkers(
+        self, request: pb.ListWorkersRequest, context: Context
+    ) -> pb.ListWorkersResponse:
+        gone_within = DEFAULT_GONE_WITHIN
+        if request.HasField("gone_within"):
+            gone_within = request.gone_within.ToTimedelta()
+            if gone_within < timedelta(0):
+                raise InvalidArgument(
+                    "gone_within must not be negative",
+                    [FieldViolation("gone_within", "must be >= 0")],
+                )
+        found = await self._engine.list_workers(request.queue, gone_within)
+        return pb.ListWorkersResponse(workers=[convert.worker(w) for w in found])
 
     async def _offer(
         self, worker_id: str, accept: bool, retries: bool = False

@@ -64,6 +64,8 @@ class EngineConfig:
     """Whether results may hand their worker the run's next attempt (`engine.handoff`)."""
     dispatch_timeout_ms: int = 30_000
     """The longest an attempt a worker declined waits to be published again."""
+    heartbeat_interval_ms: int = 1_000
+    """How often workers heartbeat, idle or not: how soon a silent one is no longer live."""
 
 
 class EngineCore:

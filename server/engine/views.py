@@ -163,3 +163,23 @@ class ResultDecision:
 class HeartbeatResult:
     cancel: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """A registered worker as ListWorkers shows it."""
+
+    id: str
+    host: str
+    queues: tuple[str, ...]
+    handlers: tuple[str, ...]
+    slots_used: int
+    """Attempts it runs now."""
+    slots_total: int
+    connected_at: datetime | None
+    """When its attempt stream last opened."""
+    last_seen_at: datetime
+    live: bool
+    gone_at: datetime | None
+    """For a worker that is not live: when its stream closed, or it was last heard from."""
+    labels: dict[str, str]

@@ -158,6 +158,12 @@ attempts = Table(
         "lease_expires_at",
         postgresql_where=text("status = 'running'"),
     ),
+    # A worker's used slots (ListWorkers, ExplainRun).
+    Index(
+        "attempts_running_worker",
+        "worker_id",
+        postgresql_where=text("status = 'running'"),
+    ),
     Index(
         "attempts_running_deadline",
         "deadline_at",

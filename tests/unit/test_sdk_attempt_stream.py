@@ -378,6 +378,11 @@ class PushingServicer(pb_grpc.WorkerServiceServicer):
     ) -> pb.RegisterWorkerResponse:
         raise NotImplementedError
 
+    async def ListWorkers(  # noqa: N802 (the generated name)
+        self, request: pb.ListWorkersRequest, context: Context
+    ) -> pb.ListWorkersResponse:
+        raise NotImplementedError
+
     async def StreamAttempts(  # noqa: N802 (the generated name)
         self,
         request_iterator: AsyncIterator[pb.StreamAttemptsRequest],
