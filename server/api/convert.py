@@ -111,6 +111,18 @@ def run(view: RunView, *, full: bool = True) -> run_pb2.Run:
         error=failure(view.error),
         idempotency_key=view.idempotency_key or "",
         source_run_id=str(view.source_run_id) if view.source_run_id else "",
+        parent_run_id=str(view.parent_run_id) if view.parent_run_id else "",
+        parent_step=view.parent_step or "",
+        children=[
+            run_pb2.ChildRun(
+                run_id=str(c.run_id),
+                workflow=c.workflow_name,
+                key=c.key,
+                parent_step=c.parent_step,
+                status=_RUN_STATUS[c.status],
+            )
+            for c in view.children
+        ],
         create_time=timestamp(view.created_at),
         start_time=timestamp(view.started_at),
         end_time=timestamp(view.ended_at),

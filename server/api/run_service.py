@@ -45,16 +45,28 @@ class RunService(pb_grpc.RunServiceServicer):
             raise InvalidArgument(
                 "workflow is required", [FieldViolation("workflow", "must not be empty")]
             )
-        # Shielded: a caller that gives up (its deadline) after the run was written must not
-        # stop its first attempts being published (they would wait for the dispatch timeout).
-        run, created = await asyncio.shield(
-            self._engine.start_run(
+        payload = struct_to_dict(request.payload)
+        if request.parent_run_id or request.parent_step:
+            if not request.parent_run_id:
+                raise InvalidArgument(
+                    "parent_step names a step of a parent run: parent_run_id is required",
+                    [FieldViolation("parent_run_id", "is required with parent_step")],
+                )
+            start = self._engine.start_child_run(
+                convert.parse_uuid(request.parent_run_id, "parent_run_id"),
+                request.parent_step,
                 request.workflow,
                 request.trigger,
-                struct_to_dict(request.payload),
+                payload,
                 request.idempotency_key,
             )
-        )
+        else:
+            start = self._engine.start_run(
+                request.workflow, request.trigger, payload, request.idempotency_key
+            )
+        # Shielded: a caller that gives up (its deadline) after the run was written must not
+        # stop its first attempts being published (they would wait for the dispatch timeout).
+        run, created = await asyncio.shield(start)
         return pb.StartRunResponse(run=convert.run(run), created=created)
 
     @handle_errors
@@ -83,6 +95,11 @@ class RunService(pb_grpc.RunServiceServicer):
             created_after=_time(request.create_time_after, request.HasField("create_time_after")),
             created_before=_time(
                 request.create_time_before, request.HasField("create_time_before")
+            ),
+            parent_run_id=(
+                convert.parse_uuid(request.parent_run_id, "parent_run_id")
+                if request.parent_run_id
+                else None
             ),
         )
         full = request.view == pb.RUN_VIEW_FULL

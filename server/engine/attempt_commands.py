@@ -198,6 +198,7 @@ class AttemptCommands(EngineCore):
             attempt_timeout_ms=handed.attempt_timeout_ms,
             context=run.context if change.context is None else change.context,
             last_seq=last_seq,
+            parent_run_id=run.parent_run_id,
         )
         return await self._hand_over(handed.id, handed.token, claimed)
 
@@ -249,6 +250,7 @@ class AttemptCommands(EngineCore):
                     conn, attempt_id, token, AttemptStatus.SUCCEEDED, offer, reporter
                 )
             change = await self._step_succeeded(conn, finished, output)
+            change.parent_run_id = finished.run.parent_run_id
             handed = self._hand_off(change, offer, attempt_id)
             last_seq = await changes.apply(conn, change)
         await self._after_commit(change)
@@ -321,6 +323,7 @@ class AttemptCommands(EngineCore):
         statement shared with the results that arrive together."""
         if not await self._result_batcher.submit(ended):
             return None
+        ended.change.parent_run_id = claimed.parent_run_id
         await self._after_commit(ended.change)
         last_seq = claimed.last_seq + len(ended.change.events)
         return await self._answer(ended.change, handed, claimed, last_seq)
@@ -485,6 +488,7 @@ class AttemptCommands(EngineCore):
             change = RunChange(
                 run.id,
                 events=[NewEvent("attempt_failed", name, number, {"error": failure.to_json()})],
+                parent_run_id=run.parent_run_id,
             )
             compensation = compensated_step(name) is not None
             if run.status == RunStatus.CANCELLING:
@@ -709,6 +713,7 @@ class AttemptCommands(EngineCore):
             if finished is None:
                 return  # ended by another replica, or cancelled with its run
             change = await self._step_succeeded(conn, finished, None)
+            change.parent_run_id = finished.run.parent_run_id
             await changes.apply(conn, change)
         await self._after_commit(change)
 

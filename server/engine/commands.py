@@ -7,14 +7,14 @@ after commit (outbox: the attempt rows are the intents; the reconciler re-publis
 from __future__ import annotations
 
 from server.engine.attempt_commands import AttemptCommands
+from server.engine.child_runs import ChildRunCommands
 from server.engine.core import EngineConfig, Publish, Wakeups
 from server.engine.diagnosis_commands import DiagnosisCommands
 from server.engine.gate_commands import GateCommands
-from server.engine.run_commands import RunCommands
 
 __all__ = ["Engine", "EngineConfig", "Publish", "Wakeups"]
 
 
-class Engine(RunCommands, AttemptCommands, GateCommands, DiagnosisCommands):
-    """Workflow and run commands, the worker protocol's, the gates', and diagnosis (workers,
-    ExplainRun)."""
+class Engine(ChildRunCommands, AttemptCommands, GateCommands, DiagnosisCommands):
+    """Workflow and run commands (child runs included), the worker protocol's, the gates',
+    and diagnosis (workers, ExplainRun)."""

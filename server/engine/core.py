@@ -14,7 +14,7 @@ import structlog
 
 from server.engine import planner
 from server.engine.context import missing_input, missing_paths, render
-from server.engine.errors import ResourceExhausted
+from server.engine.errors import DomainError, ResourceExhausted
 from server.engine.model import (
     JSON,
     LIVE_STEP_STATUSES,
@@ -317,6 +317,21 @@ class EngineCore:
                 self._wakeups.timers_changed(min(timers))
         if any(w.kind in ("event", "child") for w in change.new_waits):
             await self._look_back(change.run_id)
+        if change.ended and change.parent_run_id is not None:
+            await self._wake_parent(change.run_id, change.parent_run_id)
+
+    async def _wake_parent(self, run_id: uuid.UUID, parent_run_id: uuid.UUID) -> None:
+        """A child run ended: its parent's wait_child step for it resolves now, here. If this
+        fails (the database went away), the timer loop's sweep resolves it later."""
+        try:
+            await self._look_back(parent_run_id)
+        except DomainError as exc:
+            log.warning(
+                "parent_not_woken",
+                run_id=str(run_id),
+                parent_run_id=str(parent_run_id),
+                error=exc.message,
+            )
 
     async def _look_back(self, run_id: uuid.UUID) -> None:
         """A run just started waiting for an event or a child run: what it waits for may have

@@ -408,7 +408,7 @@ class GateCommands(CommandLog):
         context = run.context if output is None else merge_output(run.context, step, output)
         statuses = await runs.step_statuses(conn, run.id)
         completed = await runs.completed_steps(conn, run.id) if defn.compensates else []
-        change = RunChange(run.id, context=context)
+        change = RunChange(run.id, context=context, parent_run_id=run.parent_run_id)
         if failure is None:
             change.step_updates.append(
                 StepUpdate(name, StepStatus.COMPLETED, output=output, ended=True)

@@ -43,7 +43,7 @@ from server.store import attempts, changes, commands, events, runs, workflows
 from server.store.changes import NewEvent, RunChange, StepUpdate
 from server.store.commands import CommandRecord
 from server.store.db import Connection
-from server.store.runs import LockedRun, NewRun, RunFilter
+from server.store.runs import KeyedRun, LockedRun, NewRun, RunFilter
 
 log = structlog.get_logger("squidmesh.engine")
 
@@ -107,52 +107,25 @@ class RunCommands(CommandLog):
         source_workflow_id: int | None = None,
     ) -> tuple[RunView, bool]:
         self._check_size("payload", payload)
-        while True:  # again only if a newer version was registered meanwhile
-            if source_workflow_id is not None:
-                workflow_id = source_workflow_id
-            else:
-                workflow_id = await self._latest_id(workflow)
-            defn = await self._cached_definition(workflow_id)
-            version = self._definitions[workflow_id]
-            chosen = defn.trigger(trigger)
-            if chosen is None:
-                raise NotFound(
-                    f"workflow '{workflow}' has no trigger '{trigger}'",
-                    reason="TRIGGER_NOT_FOUND",
-                    metadata={"workflow": workflow, "trigger": trigger},
-                )
-            valid = validate_payload(chosen, payload, datetime.now(UTC))
-            new = NewRun(
-                id=uuid.uuid4(),
-                workflow_id=workflow_id,
-                workflow_name=defn.name,
-                workflow_version=version.version,
-                trigger=chosen.name,
-                payload=valid,
-                payload_hash=payload_hash(valid, clock_defaulted(chosen, payload)),
-                idempotency_key=idempotency_key or None,
-                source_run_id=source.id if source else None,
-                latest=source_workflow_id is None,
-            )
-            change = RunChange(
-                new.id,
-                events=[
-                    NewEvent(
-                        "run_created",
-                        data={
-                            "workflow": defn.name,
-                            "workflow_version": version.version,
-                            "trigger": chosen.name,
-                            "idempotency_key": idempotency_key,
-                            "source_run_id": str(source.id) if source else "",
-                        },
+        if idempotency_key.startswith(runs.CHILD_KEY_PREFIX):
+            raise InvalidArgument(
+                f"idempotency keys starting with '{runs.CHILD_KEY_PREFIX}' are reserved",
+                [
+                    FieldViolation(
+                        "idempotency_key",
+                        f"must not start with '{runs.CHILD_KEY_PREFIX}' (child runs' keys)",
                     )
                 ],
             )
-            entry = planner.Plan(schedule=planner.entry_steps(defn))
-            self._apply_plan(change, defn, entry, valid, {})
-            if change.status is RunStatus.RUNNING:
-                change.status = None  # pending until a worker claims an attempt
+        while True:  # again only if a newer version was registered meanwhile
+            new, change = await self._new_run(
+                workflow,
+                trigger,
+                payload,
+                idempotency_key,
+                source=source,
+                source_workflow_id=source_workflow_id,
+            )
             created_at = await self._start_batcher.submit((new, change))
             if created_at is not changes.NotStarted.NOT_LATEST:
                 break
@@ -161,8 +134,73 @@ class RunCommands(CommandLog):
             async with self._db.connect() as conn:
                 return await self._existing_run(conn, new), False
         await self._after_commit(change)
-        log.debug("run_started", run_id=str(new.id), workflow=defn.name)
-        return _started_view(new, change, created_at), True
+        log.debug("run_started", run_id=str(new.id), workflow=new.workflow_name)
+        return started_view(new, change, created_at), True
+
+    async def _new_run(
+        self,
+        workflow: str,
+        trigger: str,
+        payload: dict[str, JSON],
+        idempotency_key: str,
+        *,
+        source: RunView | None = None,
+        source_workflow_id: int | None = None,
+        parent: tuple[uuid.UUID, str] | None = None,
+    ) -> tuple[NewRun, RunChange]:
+        """A run to start on the workflow's latest version (a replay: its source's), its
+        payload validated, and its first change (its entry steps). A child run (`parent`: the
+        run and step whose handler starts it) stores its key as `runs.child_key`."""
+        if source_workflow_id is not None:
+            workflow_id = source_workflow_id
+        else:
+            workflow_id = await self._latest_id(workflow)
+        defn = await self._cached_definition(workflow_id)
+        version = self._definitions[workflow_id]
+        chosen = defn.trigger(trigger)
+        if chosen is None:
+            raise NotFound(
+                f"workflow '{workflow}' has no trigger '{trigger}'",
+                reason="TRIGGER_NOT_FOUND",
+                metadata={"workflow": workflow, "trigger": trigger},
+            )
+        valid = validate_payload(chosen, payload, datetime.now(UTC))
+        stored_key = idempotency_key or None
+        if parent is not None:
+            stored_key = runs.child_key(parent[0], idempotency_key)
+        new = NewRun(
+            id=uuid.uuid4(),
+            workflow_id=workflow_id,
+            workflow_name=defn.name,
+            workflow_version=version.version,
+            trigger=chosen.name,
+            payload=valid,
+            payload_hash=payload_hash(valid, clock_defaulted(chosen, payload)),
+            idempotency_key=stored_key,
+            source_run_id=source.id if source else None,
+            latest=source_workflow_id is None,
+            parent_run_id=parent[0] if parent else None,
+            parent_step=parent[1] if parent else None,
+        )
+        created: dict[str, JSON] = {
+            "workflow": defn.name,
+            "workflow_version": version.version,
+            "trigger": chosen.name,
+            "idempotency_key": idempotency_key,
+            "source_run_id": str(source.id) if source else "",
+        }
+        if parent is not None:
+            created.update(parent_run_id=str(parent[0]), parent_step=parent[1])
+        change = RunChange(
+            new.id,
+            events=[NewEvent("run_created", data=created)],
+            parent_run_id=new.parent_run_id,
+        )
+        entry = planner.Plan(schedule=planner.entry_steps(defn))
+        self._apply_plan(change, defn, entry, valid, {})
+        if change.status is RunStatus.RUNNING:
+            change.status = None  # pending until a worker claims an attempt
+        return new, change
 
     async def _latest_id(self, workflow: str) -> int:
         """The id of the workflow's latest version, as last read (see `_latest_ids`)."""
@@ -196,12 +234,24 @@ class RunCommands(CommandLog):
         key = new.idempotency_key or ""
         existing = await runs.find_by_idempotency_key(conn, new.workflow_name, key)
         assert existing is not None
-        if existing.trigger != new.trigger or existing.payload_hash != new.payload_hash:
-            other = (
-                f"trigger '{existing.trigger}'"
-                if existing.trigger != new.trigger
-                else "another payload"
-            )
+        return await self._same_request(conn, existing, new, key)
+
+    async def _same_request(
+        self, conn: Connection, existing: KeyedRun, new: NewRun, key: str
+    ) -> RunView:
+        """The run `existing`, which the key `key` started, if `new` asks for the same run
+        (workflow, trigger and payload); otherwise the key was reused for another request."""
+        if (existing.workflow_name, existing.trigger, existing.payload_hash) != (
+            new.workflow_name,
+            new.trigger,
+            new.payload_hash,
+        ):
+            if existing.workflow_name != new.workflow_name:
+                other = f"workflow '{existing.workflow_name}'"
+            elif existing.trigger != new.trigger:
+                other = f"trigger '{existing.trigger}'"
+            else:
+                other = "another payload"
             raise AlreadyExists(
                 f"idempotency key '{key}' was used with {other} (run {existing.id})",
                 reason="IDEMPOTENCY_KEY_REUSED",
@@ -271,6 +321,7 @@ class RunCommands(CommandLog):
             statuses = await runs.step_statuses(conn, run_id)
             change = RunChange(
                 run_id,
+                parent_run_id=run.parent_run_id,
                 cancel_scheduled_attempts=True,  # and closes the run's open waits
                 step_updates=[
                     StepUpdate(name, StepStatus.CANCELLED, ended=True)
@@ -379,7 +430,7 @@ def _history_order(entry: EventView | CommandRecord) -> tuple[datetime, int, int
     return (entry.created_at, 0, entry.id)
 
 
-def _started_view(new: NewRun, change: RunChange, created_at: datetime) -> RunView:
+def started_view(new: NewRun, change: RunChange, created_at: datetime) -> RunView:
     """The run StartRun just wrote, built from what it wrote rather than read back."""
     ended = created_at if change.ended else None
     return RunView(
@@ -391,8 +442,10 @@ def _started_view(new: NewRun, change: RunChange, created_at: datetime) -> RunVi
         payload=new.payload,
         context=new.payload,
         error=Failure.from_json(change.error),
-        idempotency_key=new.idempotency_key,
+        idempotency_key=runs.handler_key(new.idempotency_key, new.parent_run_id),
         source_run_id=new.source_run_id,
+        parent_run_id=new.parent_run_id,
+        parent_step=new.parent_step,
         last_seq=len(change.events),
         created_at=created_at,
         started_at=None,

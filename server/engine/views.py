@@ -54,6 +54,18 @@ class StepView:
 
 
 @dataclass(frozen=True)
+class ChildView:
+    """A run a handler of another run started (its parent lists it)."""
+
+    run_id: uuid.UUID
+    workflow_name: str
+    key: str
+    """The key the handler gave (without the stored prefix)."""
+    parent_step: str
+    status: RunStatus
+
+
+@dataclass(frozen=True)
 class RunView:
     id: uuid.UUID
     workflow_name: str
@@ -70,7 +82,11 @@ class RunView:
     started_at: datetime | None
     ended_at: datetime | None
     updated_at: datetime
+    parent_run_id: uuid.UUID | None = None
+    parent_step: str | None = None
     steps: tuple[StepView, ...] = ()
+    children: tuple[ChildView, ...] = ()
+    """The runs its handlers started, oldest first (read with its steps only)."""
     live_steps: tuple[str, ...] | None = None
     """The current steps, when read without the steps (lists)."""
 

@@ -30,6 +30,8 @@ class Claimed:
     context: dict[str, JSON]
     last_seq: int
     """The run's event sequence right after the claim."""
+    parent_run_id: uuid.UUID | None = None
+    """A child run's parent (woken when the run ends)."""
 
 
 # One round trip for a batch of claims: claim each attempt (only while scheduled and its run
@@ -64,7 +66,7 @@ WITH req AS (
     last_seq = last_seq + per_run.k, updated_at = now()
   FROM per_run WHERE runs.id = per_run.run_id
   RETURNING runs.id, runs.workflow_id, runs.workflow_name, runs.context, runs.last_seq,
-    runs.status, per_run.k
+    runs.status, runs.parent_run_id, per_run.k
 ), o AS (
   SELECT a.*, row_number() OVER (PARTITION BY a.run_id ORDER BY a.id) AS i FROM a
 ), e AS (
@@ -76,7 +78,7 @@ WITH req AS (
 )
 SELECT o.id, o.worker_id, o.run_id, r.workflow_id, r.workflow_name, o.step_name, o.number,
   o.handler, o.heartbeat_timeout_ms, o.attempt_timeout_ms, r.context, r.last_seq,
-  (SELECT count(*) FROM s) + (SELECT count(*) FROM e) AS n
+  r.parent_run_id, (SELECT count(*) FROM s) + (SELECT count(*) FROM e) AS n
 FROM o JOIN r ON r.id = o.run_id
 """
 
@@ -99,7 +101,8 @@ async def claim(
 
 _CLAIMED_COLUMNS = (
     "a.run_id, a.step_name, a.number, a.handler, a.heartbeat_timeout_ms, "
-    "a.attempt_timeout_ms, r.workflow_id, r.workflow_name, r.context, r.last_seq"
+    "a.attempt_timeout_ms, r.workflow_id, r.workflow_name, r.context, r.last_seq, "
+    "r.parent_run_id"
 )
 """The columns `_claimed` reads, from attempts aliased as a joined to its run as r."""
 
@@ -116,6 +119,7 @@ def _claimed(row: Any) -> Claimed:
         attempt_timeout_ms=row.attempt_timeout_ms,
         context=row.context,
         last_seq=row.last_seq,
+        parent_run_id=row.parent_run_id,
     )
 
 

@@ -107,6 +107,9 @@ class RunChange:
     new_attempts: list[NewAttempt] = field(default_factory=list)
     new_waits: list[NewWait] = field(default_factory=list)
     events: list[NewEvent] = field(default_factory=list)
+    parent_run_id: uuid.UUID | None = None
+    """Not written: the parent of a child run, whose waits are looked at after a change that
+    ends the run is committed (`EngineCore._after_commit`)."""
 
 
 # Changes travel as JSON documents, one per run: a relation of documents ({rel}) drives every
@@ -117,7 +120,8 @@ _DOCUMENT = """jsonb_to_recordset(CAST(:changes AS jsonb)) AS d(
     context jsonb, error jsonb, started bool, ended bool, cancel_scheduled bool, n_events int,
     step_updates jsonb, new_steps jsonb, new_attempts jsonb, new_waits jsonb, events jsonb,
     workflow_id bigint, workflow_name text, workflow_version int, trigger text, payload jsonb,
-    payload_hash text, idempotency_key text, source_run_id uuid, latest bool, reporter text)"""
+    payload_hash text, idempotency_key text, source_run_id uuid, latest bool, reporter text,
+    parent_run_id uuid, parent_step text)"""
 
 _NEW_ROWS = """
 ns AS (
@@ -255,12 +259,12 @@ _START = (
     ORDER BY w.version DESC LIMIT 1)
 ), ins AS (
   INSERT INTO runs (id, workflow_id, workflow_name, workflow_version, trigger, status, payload,
-                    context, error, payload_hash, idempotency_key, source_run_id, last_seq,
-                    ended_at)
+                    context, error, payload_hash, idempotency_key, source_run_id, parent_run_id,
+                    parent_step, last_seq, ended_at)
   SELECT doc.run_id, doc.workflow_id, doc.workflow_name, doc.workflow_version, doc.trigger,
          coalesce(doc.status, 'pending'), doc.payload, coalesce(doc.context, doc.payload),
-         doc.error, doc.payload_hash, doc.idempotency_key, doc.source_run_id, doc.n_events,
-         CASE WHEN doc.ended THEN now() END
+         doc.error, doc.payload_hash, doc.idempotency_key, doc.source_run_id, doc.parent_run_id,
+         doc.parent_step, doc.n_events, CASE WHEN doc.ended THEN now() END
   FROM doc WHERE doc.run_id NOT IN (SELECT run_id FROM stale)
   ON CONFLICT (workflow_name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING id, created_at
@@ -355,6 +359,12 @@ async def start(
             idempotency_key=run.idempotency_key,
             source_run_id=str(run.source_run_id) if run.source_run_id else None,
             latest=run.latest,
+            # Only a child's document names its parent (absent keys read as NULL).
+            **(
+                {"parent_run_id": str(run.parent_run_id), "parent_step": run.parent_step}
+                if run.parent_run_id is not None
+                else {}
+            ),
         )
         for run, change in runs
     ]

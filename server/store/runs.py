@@ -16,12 +16,13 @@ from server.engine.model import (
     RunStatus,
     StepStatus,
 )
-from server.engine.views import AttemptView, RunView, StepView
+from server.engine.views import AttemptView, ChildView, RunView, StepView
 from server.store.db import Connection
 
 _RUN_COLUMNS = (
     "id, workflow_name, workflow_version, trigger, status, payload, context, error, "
-    "idempotency_key, source_run_id, last_seq, created_at, started_at, ended_at, updated_at"
+    "idempotency_key, source_run_id, parent_run_id, parent_step, last_seq, created_at, "
+    "started_at, ended_at, updated_at"
 )
 
 
@@ -39,6 +40,9 @@ class NewRun:
     latest: bool = False
     """Started on the version believed to be the workflow's latest: written only if it still
     is when the statement runs (a replay keeps its source's version)."""
+    parent_run_id: uuid.UUID | None = None
+    parent_step: str | None = None
+    """A child run: the run and step whose handler started it (its key is `child_key`)."""
 
 
 @dataclass(frozen=True)
@@ -51,9 +55,13 @@ class LockedRun:
     status: RunStatus
     context: dict[str, JSON]
     error: dict[str, JSON] | None
+    parent_run_id: uuid.UUID | None
+    """A child run's parent: woken when the run ends (its wait_child steps)."""
 
 
-RUN_LOCK_COLUMNS = "r.id, r.workflow_id, r.workflow_name, r.status, r.context, r.error"
+RUN_LOCK_COLUMNS = (
+    "r.id, r.workflow_id, r.workflow_name, r.status, r.context, r.error, r.parent_run_id"
+)
 """The columns of a `LockedRun`, from the runs table aliased as r."""
 
 
@@ -62,6 +70,7 @@ class KeyedRun:
     """What a StartRun with a taken idempotency key is compared with."""
 
     id: uuid.UUID
+    workflow_name: str
     trigger: str
     payload_hash: str
 
@@ -73,13 +82,33 @@ async def find_by_idempotency_key(
     row = (
         await conn.execute(
             (
-                "SELECT id, trigger, payload_hash FROM runs "
+                "SELECT id, workflow_name, trigger, payload_hash FROM runs "
                 "WHERE workflow_name = :name AND idempotency_key = :key"
             ),
             {"name": workflow_name, "key": key},
         )
     ).first()
-    return KeyedRun(row.id, row.trigger, row.payload_hash) if row is not None else None
+    return _keyed(row)
+
+
+async def find_child_by_key(
+    conn: Connection, parent_run_id: uuid.UUID, key: str
+) -> KeyedRun | None:
+    """The child run the parent's handlers started with this key, whatever its workflow."""
+    row = (
+        await conn.execute(
+            "SELECT id, workflow_name, trigger, payload_hash FROM runs "
+            "WHERE parent_run_id = :parent AND idempotency_key = :key",
+            {"parent": parent_run_id, "key": child_key(parent_run_id, key)},
+        )
+    ).first()
+    return _keyed(row)
+
+
+def _keyed(row: Any) -> KeyedRun | None:
+    if row is None:
+        return None
+    return KeyedRun(row.id, row.workflow_name, row.trigger, row.payload_hash)
 
 
 async def lock(conn: Connection, run_id: uuid.UUID) -> LockedRun | None:
@@ -100,6 +129,7 @@ def locked_run(row: Any) -> LockedRun:
         status=RunStatus(row.status),
         context=row.context,
         error=row.error,
+        parent_run_id=row.parent_run_id,
     )
 
 
@@ -110,6 +140,13 @@ CHILD_KEY_PREFIX = "child:"
 
 def child_key(parent_run_id: uuid.UUID, key: str) -> str:
     return f"{CHILD_KEY_PREFIX}{parent_run_id}/{key}"
+
+
+def handler_key(stored: str | None, parent_run_id: uuid.UUID | None) -> str | None:
+    """The idempotency key as its caller gave it: a child's without the stored prefix."""
+    if stored is None or parent_run_id is None:
+        return stored
+    return stored.removeprefix(child_key(parent_run_id, ""))
 
 
 async def created_at(conn: Connection, run_id: uuid.UUID) -> datetime:
@@ -137,7 +174,12 @@ async def step_statuses(conn: Connection, run_id: uuid.UUID) -> dict[str, StepSt
 async def get(conn: Connection, run_id: uuid.UUID, *, with_steps: bool = True) -> RunView | None:
     row = (
         await conn.execute(
-            (f"SELECT {_RUN_COLUMNS}, workflow_id FROM runs WHERE id = :id"), {"id": run_id}
+            (
+                f"SELECT {_RUN_COLUMNS}, workflow_id"
+                + (f", {_CHILDREN}" if with_steps else "")
+                + " FROM runs WHERE id = :id"
+            ),
+            {"id": run_id},
         )
     ).first()
     if row is None:
@@ -187,7 +229,26 @@ async def get(conn: Connection, run_id: uuid.UUID, *, with_steps: bool = True) -
         )
         for s in step_rows
     )
-    return _run(row, steps)
+    children = tuple(
+        ChildView(
+            run_id=uuid.UUID(c["id"]),
+            workflow_name=c["workflow"],
+            key=handler_key(c["key"], row.id) or "",
+            parent_step=c["step"] or "",
+            status=RunStatus(c["status"]),
+        )
+        for c in row.children
+    )
+    return replace(_run(row, steps), children=children)
+
+
+_CHILDREN = (
+    "(SELECT coalesce(jsonb_agg(jsonb_build_object('id', c.id, 'workflow', c.workflow_name, "
+    "'key', c.idempotency_key, 'step', c.parent_step, 'status', c.status) "
+    "ORDER BY c.created_at, c.id), '[]'::jsonb) FROM runs c "
+    "WHERE c.parent_run_id = runs.id) AS children"
+)
+"""The run's children, oldest first, in the run's own row (index runs_parent_created)."""
 
 
 def _run(row: Any, steps: tuple[StepView, ...]) -> RunView:
@@ -200,8 +261,10 @@ def _run(row: Any, steps: tuple[StepView, ...]) -> RunView:
         payload=row.payload,
         context=row.context,
         error=Failure.from_json(row.error),
-        idempotency_key=row.idempotency_key,
+        idempotency_key=handler_key(row.idempotency_key, row.parent_run_id),
         source_run_id=row.source_run_id,
+        parent_run_id=row.parent_run_id,
+        parent_step=row.parent_step,
         last_seq=row.last_seq,
         created_at=row.created_at,
         started_at=row.started_at,
@@ -225,12 +288,14 @@ class RunFilter:
     trigger: str = ""
     created_after: datetime | None = None
     created_before: datetime | None = None
+    parent_run_id: uuid.UUID | None = None
+    """Only the children of this run."""
 
 
 _BASIC_RUN_COLUMNS = (
     "id, workflow_name, workflow_version, trigger, status, '{}'::jsonb AS payload, "
     "'{}'::jsonb AS context, error - 'details' AS error, idempotency_key, source_run_id, "
-    "last_seq, created_at, started_at, ended_at, updated_at"
+    "parent_run_id, parent_step, last_seq, created_at, started_at, ended_at, updated_at"
 )
 """A run without its data: no payload, no context, no error details (ListRuns' basic view)."""
 
@@ -268,6 +333,9 @@ async def list_page(
     if where.created_before is not None:
         clauses.append("created_at < :before")
         params["before"] = where.created_before
+    if where.parent_run_id is not None:
+        clauses.append("parent_run_id = :parent")
+        params["parent"] = where.parent_run_id
     if cursor is not None:
         clauses.append("(created_at, id) < (:cursor_time, :cursor_id)")
         params["cursor_time"], params["cursor_id"] = cursor

@@ -92,6 +92,8 @@ async def test_run_service_answers_hostile_requests_clearly(
         "workflow": st.sampled_from(["orders", "bags"]),
         "trigger": st.sampled_from(["", "manual", "import"]),
         "idempotency_key": st.sampled_from(["", "seven"]),
+        "parent_step": st.sampled_from(["", "reserve", "ship"]),
+        "parent_run_id": st.one_of(st.sampled_from([r.id for r in runs]), st.uuids().map(str)),
         "run_id": st.one_of(
             st.sampled_from([r.id for r in runs]),
             st.sampled_from([run_id.upper(), "{" + run_id + "}", run_id.replace("-", "")]),
@@ -115,10 +117,17 @@ async def test_run_service_answers_hostile_requests_clearly(
         run_service_pb2.ExplainRunRequest(run_id=run_id),
         run_service_pb2.GetRunHistoryRequest(run_id=run_id, page_size=2),
     ]
+    child = run_service_pb2.StartRunRequest(
+        workflow="orders",
+        payload=payload(amount=1),
+        idempotency_key="child-1",
+        parent_run_id=runs[2].id,
+        parent_step="reserve",
+    )
     examples = st.one_of(
         *(
             st.tuples(st.just(name), hostile.requests(t, known))
-            for name, t in zip(RUN_METHODS, templates, strict=True)
+            for name, t in [*zip(RUN_METHODS, templates, strict=True), ("StartRun", child)]
         )
     )
 
