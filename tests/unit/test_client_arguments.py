@@ -237,3 +237,14 @@ def test_keyed_commands_and_events_are_retried_while_unavailable() -> None:
                 call()
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
             assert time.monotonic() - began >= 1.5 > once
+
+
+async def test_the_async_client_retries_keyed_calls_too() -> None:
+    """asyncio's call errors are no grpc.Call: the AsyncClient still reads their status, and
+    repeats a keyed StartRun while UNAVAILABLE (at least half of each backoff in between)."""
+    async with AsyncClient(f"127.0.0.1:{free_port()}", timeout=30) as unreachable:
+        began = time.monotonic()
+        with pytest.raises(grpc.RpcError) as raised:
+            await unreachable.start_run("w", {}, idempotency_key="k")
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - began >= 1.5

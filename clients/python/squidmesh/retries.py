@@ -66,7 +66,10 @@ T = TypeVar("T")
 
 
 def status_code(exc: grpc.RpcError) -> grpc.StatusCode | None:
-    return exc.code() if isinstance(exc, grpc.Call) else None
+    """The status of a failed call; asyncio's errors are no `grpc.Call` but have one too."""
+    if isinstance(exc, grpc.Call | grpc.aio.AioRpcError):
+        return exc.code()
+    return None
 
 
 def _retryable(exc: grpc.RpcError, has_key: bool) -> bool:
