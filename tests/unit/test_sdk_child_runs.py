@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from squidmesh.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
+from squidmesh.v1 import run_pb2, run_service_pb2
 from squidmesh.v1 import worker_service_pb2 as pb
 
 from tests.unit.test_sdk_attempts import FakeStream, run_attempt, runner_for
@@ -20,16 +20,16 @@ from worker_sdk import StepContext, struct_to_dict
 from worker_sdk.children import ChildRuns
 
 
-class RecordingRunService(run_service_pb2_grpc.RunServiceServicer):
-    """Answers StartRun with a run id per key, as the server does for a child's key; the first
-    `unavailable` calls are answered UNAVAILABLE."""
+class RecordingRunService:
+    """Answers StartRun (the only RPC it serves) with a run id per key, as the server does for
+    a child's key; the first `unavailable` calls are answered UNAVAILABLE."""
 
     def __init__(self, unavailable: int = 0) -> None:
         self.requests: list[run_service_pb2.StartRunRequest] = []
         self.unavailable = unavailable
 
-    async def StartRun(  # noqa: N802 - the RPC's name
-        self, request: run_service_pb2.StartRunRequest, context: grpc.aio.ServicerContext
+    async def start_run(
+        self, request: run_service_pb2.StartRunRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> run_service_pb2.StartRunResponse:
         self.requests.append(request)
         if self.unavailable:
@@ -41,7 +41,14 @@ class RecordingRunService(run_service_pb2_grpc.RunServiceServicer):
 
 async def serve(service: RecordingRunService) -> tuple[grpc.aio.Server, str]:
     server = grpc.aio.server()
-    run_service_pb2_grpc.add_RunServiceServicer_to_server(service, server)
+    start_run = grpc.unary_unary_rpc_method_handler(
+        service.start_run,
+        request_deserializer=run_service_pb2.StartRunRequest.FromString,
+        response_serializer=run_service_pb2.StartRunResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("squidmesh.v1.RunService", {"StartRun": start_run}),)
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, f"127.0.0.1:{port}"
