@@ -109,7 +109,9 @@ def upgrade() -> None:
         "run_commands",
         ["run_id", "idempotency_key"],
         unique=True,
-        postgresql_where=sa.text("idempotency_key IS NOT NULL AND outcome = 'applied'"),
+        postgresql_where=sa.text(
+            "idempotency_key IS NOT NULL AND outcome = 'applied' AND type <> 'event'"
+        ),
     )
 
 

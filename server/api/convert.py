@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
-from squidmesh.v1 import run_pb2, workflow_pb2
+from squidmesh.v1 import history_pb2, run_pb2, workflow_pb2
 from squidmesh.values import to_value
 
 from server.api.definitions import definition_to_proto
@@ -23,6 +23,7 @@ from server.engine.model import (
     compensated_step,
 )
 from server.engine.views import AttemptView, EventView, RunView, StepView, WorkflowVersion
+from server.store.commands import CommandRecord
 
 
 def timestamp(dt: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -177,3 +178,39 @@ def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:
             "page_size must not be negative", [FieldViolation("page_size", "must be >= 0")]
         )
     return min(requested or default, maximum)
+
+
+_COMMAND_TYPES = {
+    "start": history_pb2.COMMAND_TYPE_START,
+    "cancel": history_pb2.COMMAND_TYPE_CANCEL,
+    "replay": history_pb2.COMMAND_TYPE_REPLAY,
+    "resume": history_pb2.COMMAND_TYPE_RESUME,
+    "approve": history_pb2.COMMAND_TYPE_APPROVE,
+    "reject": history_pb2.COMMAND_TYPE_REJECT,
+    "event": history_pb2.COMMAND_TYPE_EVENT,
+}
+_COMMAND_OUTCOMES = {
+    "applied": history_pb2.COMMAND_OUTCOME_APPLIED,
+    "refused": history_pb2.COMMAND_OUTCOME_REFUSED,
+    "duplicate": history_pb2.COMMAND_OUTCOME_DUPLICATE,
+}
+
+
+def history_entry(entry: EventView | CommandRecord) -> history_pb2.HistoryEntry:
+    """A run event, or a recorded command, as an entry of the run's history."""
+    if isinstance(entry, EventView):
+        return history_pb2.HistoryEntry(time=timestamp(entry.created_at), event=event(entry))
+    return history_pb2.HistoryEntry(
+        time=timestamp(entry.created_at),
+        command=history_pb2.Command(
+            type=_COMMAND_TYPES[entry.type],
+            actor=entry.actor,
+            comment=entry.comment,
+            idempotency_key=entry.idempotency_key,
+            step=entry.step,
+            outcome=_COMMAND_OUTCOMES[entry.outcome],
+            refusal_reason=entry.refusal_reason,
+            refusal_message=entry.refusal_message,
+            data=struct(entry.data),
+        ),
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2
 from squidmesh.v1 import workflow_pb2
@@ -18,6 +18,7 @@ from server.engine.errors import FieldViolation, InvalidArgument, ResourceExhaus
 from server.engine.model import (
     Backoff,
     Condition,
+    DeadlineAction,
     FieldType,
     InputSelection,
     MissedTickPolicy,
@@ -48,6 +49,9 @@ _OUTCOMES: dict[workflow_pb2.Outcome.ValueType, Outcome] = {
 }
 _BACKOFFS: dict[workflow_pb2.BackoffType.ValueType, Backoff] = {
     getattr(workflow_pb2, f"BACKOFF_TYPE_{b.name}"): b for b in Backoff
+}
+_DEADLINE_ACTIONS: dict[workflow_pb2.DeadlineAction.ValueType, DeadlineAction] = {
+    getattr(workflow_pb2, f"DEADLINE_ACTION_{a.name}"): a for a in DeadlineAction
 }
 _MISSED_TICK_POLICIES: dict[workflow_pb2.MissedTickPolicy.ValueType, MissedTickPolicy] = {
     getattr(workflow_pb2, f"MISSED_TICK_POLICY_{p.name}"): p for p in MissedTickPolicy
@@ -152,7 +156,10 @@ def _step(pb: workflow_pb2.Step, where: str, workflow: str, problems: list[Field
     kind = pb.WhichOneof("kind")
     if kind is None:
         problems.append(
-            FieldViolation(f"{where}.kind", "must be one of task, wait, log, pause or approval")
+            FieldViolation(
+                f"{where}.kind",
+                "must be one of task, wait, log, pause, approval, wait_event or wait_child",
+            )
         )
     wait_ms = 0
     if kind == "wait":
@@ -189,6 +196,7 @@ def _step(pb: workflow_pb2.Step, where: str, workflow: str, problems: list[Field
         irreversible=pb.irreversible,
         after=tuple(pb.after),
         compensate=pb.compensate,
+        **_gate_options(pb, where, problems),
     )
     if kind is None:
         # LOG stands in for the missing kind, without the options a log step cannot have (so
@@ -203,6 +211,55 @@ def _step(pb: workflow_pb2.Step, where: str, workflow: str, problems: list[Field
             compensate="",
         )
     return step
+
+
+def _gate_options(
+    pb: workflow_pb2.Step, where: str, problems: list[FieldViolation]
+) -> dict[str, Any]:
+    """The options of an approval, wait_event or wait_child step, as `Step` fields."""
+    kind = pb.WhichOneof("kind")
+    if kind == "approval":
+        approval = pb.approval
+        return {
+            "deadline_ms": _optional_ms(approval, "deadline", f"{where}.approval", problems),
+            "required_approvals": approval.required_approvals or 1,
+            "decision_fields": tuple(
+                _payload_field(f, f"{where}.approval.fields[{j}]", problems)
+                for j, f in enumerate(approval.fields)
+            ),
+            "on_deadline": _enum(
+                _DEADLINE_ACTIONS,
+                approval.on_deadline,
+                DeadlineAction.REJECT,
+                f"{where}.approval.on_deadline",
+                problems,
+            ),
+            "on_deadline_step": approval.on_deadline_step,
+        }
+    if kind == "wait_event":
+        return {
+            "deadline_ms": _optional_ms(pb.wait_event, "deadline", f"{where}.wait_event", problems),
+            "event": pb.wait_event.event,
+            "correlation_key": pb.wait_event.correlation_key,
+        }
+    if kind == "wait_child":
+        return {
+            "deadline_ms": _optional_ms(pb.wait_child, "deadline", f"{where}.wait_child", problems),
+            "correlation_key": pb.wait_child.key,
+        }
+    return {}
+
+
+def _optional_ms(
+    message: workflow_pb2.ApprovalStep | workflow_pb2.WaitEventStep | workflow_pb2.WaitChildStep,
+    name: str,
+    where: str,
+    problems: list[FieldViolation],
+) -> int | None:
+    if not message.HasField(name):  # type: ignore[arg-type]
+        return None
+    duration: duration_pb2.Duration = getattr(message, name)
+    return _ms(duration, f"{where}.{name}", problems)
 
 
 def _retry(pb: workflow_pb2.RetryPolicy, where: str, problems: list[FieldViolation]) -> RetryPolicy:
@@ -308,16 +365,7 @@ def definition_to_proto(defn: WorkflowDef) -> workflow_pb2.WorkflowDefinition:
 def _trigger_to_proto(trigger: Trigger) -> workflow_pb2.Trigger:
     pb = workflow_pb2.Trigger(
         name=trigger.name,
-        payload=[
-            workflow_pb2.PayloadField(
-                name=f.name,
-                type=_to_proto(_FIELD_TYPES, f.type),
-                required=f.required,
-                default_value=None if f.default is None else to_value(f.default, strict=False),
-                description=f.description,
-            )
-            for f in trigger.payload
-        ],
+        payload=[_payload_field_to_proto(f) for f in trigger.payload],
     )
     if trigger.cron is None:
         pb.manual.SetInParent()
@@ -330,6 +378,16 @@ def _trigger_to_proto(trigger: Trigger) -> workflow_pb2.Trigger:
             )
         )
     return pb
+
+
+def _payload_field_to_proto(f: PayloadField) -> workflow_pb2.PayloadField:
+    return workflow_pb2.PayloadField(
+        name=f.name,
+        type=_to_proto(_FIELD_TYPES, f.type),
+        required=f.required,
+        default_value=None if f.default is None else to_value(f.default, strict=False),
+        description=f.description,
+    )
 
 
 def _step_to_proto(step: Step) -> workflow_pb2.Step:
@@ -358,7 +416,36 @@ def _step_to_proto(step: Step) -> workflow_pb2.Step:
         case StepKind.PAUSE:
             pb.pause.SetInParent()
         case StepKind.APPROVAL:
-            pb.approval.SetInParent()
+            pb.approval.CopyFrom(
+                # Defaults stay unset (0, UNSPECIFIED), as a client that relied on them sent.
+                workflow_pb2.ApprovalStep(
+                    required_approvals=0
+                    if step.required_approvals == 1
+                    else step.required_approvals,
+                    fields=[_payload_field_to_proto(f) for f in step.decision_fields],
+                    deadline=_duration(step.deadline_ms),
+                    on_deadline=(
+                        workflow_pb2.DEADLINE_ACTION_UNSPECIFIED
+                        if step.on_deadline is DeadlineAction.REJECT
+                        else _to_proto(_DEADLINE_ACTIONS, step.on_deadline)
+                    ),
+                    on_deadline_step=step.on_deadline_step,
+                )
+            )
+        case StepKind.WAIT_EVENT:
+            pb.wait_event.CopyFrom(
+                workflow_pb2.WaitEventStep(
+                    event=step.event,
+                    correlation_key=step.correlation_key,
+                    deadline=_duration(step.deadline_ms),
+                )
+            )
+        case StepKind.WAIT_CHILD:
+            pb.wait_child.CopyFrom(
+                workflow_pb2.WaitChildStep(
+                    key=step.correlation_key, deadline=_duration(step.deadline_ms)
+                )
+            )
     return pb
 
 

@@ -151,3 +151,103 @@ class RunService(pb_grpc.RunServiceServicer):
             )
         )
         return pb.ReplayRunResponse(run=convert.run(run))
+
+    @handle_errors
+    async def ResumeRun(
+        self, request: pb.ResumeRunRequest, context: Context
+    ) -> pb.ResumeRunResponse:
+        run = await self._engine.resume_run(
+            convert.parse_uuid(request.run_id, "run_id"),
+            request.step,
+            request.actor,
+            request.comment,
+            request.idempotency_key,
+        )
+        return pb.ResumeRunResponse(run=convert.run(run))
+
+    @handle_errors
+    async def ApproveStep(
+        self, request: pb.ApproveStepRequest, context: Context
+    ) -> pb.ApproveStepResponse:
+        approval = await self._engine.approve_step(
+            convert.parse_uuid(request.run_id, "run_id"),
+            request.step,
+            request.actor,
+            request.comment,
+            struct_to_dict(request.payload),
+            request.idempotency_key,
+        )
+        return pb.ApproveStepResponse(
+            run=convert.run(approval.run),
+            decided=approval.decided,
+            approvals=approval.approvals,
+            required_approvals=approval.required,
+        )
+
+    @handle_errors
+    async def RejectStep(
+        self, request: pb.RejectStepRequest, context: Context
+    ) -> pb.RejectStepResponse:
+        run = await self._engine.reject_step(
+            convert.parse_uuid(request.run_id, "run_id"),
+            request.step,
+            request.actor,
+            request.comment,
+            struct_to_dict(request.payload),
+            request.idempotency_key,
+        )
+        return pb.RejectStepResponse(run=convert.run(run))
+
+    @handle_errors
+    async def PublishEvent(
+        self, request: pb.PublishEventRequest, context: Context
+    ) -> pb.PublishEventResponse:
+        problems = [
+            FieldViolation(name, "must not be empty")
+            for name, value in (
+                ("name", request.name),
+                ("correlation_key", request.correlation_key),
+            )
+            if not value
+        ]
+        if problems:
+            raise InvalidArgument("an event needs a name and a correlation key", problems)
+        published = await asyncio.shield(  # as StartRun: resolved waits must move on
+            self._engine.publish_event(
+                request.name,
+                request.correlation_key,
+                struct_to_dict(request.payload),
+                request.event_id,
+                request.actor,
+            )
+        )
+        return pb.PublishEventResponse(
+            event_id=published.event_id,
+            created=published.created,
+            resolved_run_ids=[str(r) for r in published.resolved_run_ids],
+            publish_time=convert.timestamp(published.published_at),
+        )
+
+    @handle_errors
+    async def GetRunHistory(
+        self, request: pb.GetRunHistoryRequest, context: Context
+    ) -> pb.GetRunHistoryResponse:
+        limit = convert.page_size(request.page_size, default=100)
+        after = (0, 0)
+        if request.page_token:
+            token = convert.decode_page_token(request.page_token, "seq", "command")
+            try:
+                after = (int(token["seq"]), int(token["command"]))
+            except ValueError:
+                raise convert.invalid_page_token() from None
+        entries, following = await self._engine.run_history(
+            convert.parse_uuid(request.run_id, "run_id"), after, limit
+        )
+        next_token = ""
+        if following is not None:
+            next_token = convert.encode_page_token(
+                {"seq": str(following[0]), "command": str(following[1])}
+            )
+        return pb.GetRunHistoryResponse(
+            entries=[convert.history_entry(e) for e in entries], next_page_token=next_token
+        )

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from server.engine.attempt_commands import AttemptCommands
 from server.engine.core import EngineConfig, Publish, Wakeups
+from server.engine.gate_commands import GateCommands
 from server.engine.run_commands import RunCommands
 
 __all__ = ["Engine", "EngineConfig", "Publish", "Wakeups"]
 
 
-class Engine(RunCommands, AttemptCommands):
-    """Workflow and run commands, and the worker protocol's."""
+class Engine(RunCommands, AttemptCommands, GateCommands):
+    """Workflow and run commands, the worker protocol's, and the gates'."""

@@ -118,6 +118,21 @@ def choose_transition(
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.-]+)\}")
 
 
+def template_paths(template: str) -> list[str]:
+    """The "{dotted.path}" placeholders of a template, in order."""
+    return _PLACEHOLDER.findall(template)
+
+
+def missing_paths(template: str, context: Mapping[str, JSON]) -> list[dict[str, str]]:
+    """The placeholders of a template (a correlation key) that the context lacks, as
+    `missing_input` reports inputs."""
+    return [
+        {"input": path, "path": path}
+        for path in template_paths(template)
+        if not get_path(context, path)[0]
+    ]
+
+
 def render(template: str, context: Mapping[str, JSON]) -> str:
     """A log step's message with each "{dotted.path}" replaced by that context value (JSON for
     objects and lists); placeholders that match nothing are left as they are."""

@@ -6,14 +6,14 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import structlog
 
 from server.engine import planner
-from server.engine.context import missing_input, render
+from server.engine.context import missing_input, missing_paths, render
 from server.engine.errors import ResourceExhausted
 from server.engine.model import (
     JSON,
@@ -34,7 +34,7 @@ from server.engine.views import (
     WorkflowVersion,
 )
 from server.store import attempts, workflows
-from server.store.changes import NewAttempt, NewEvent, NewStep, RunChange
+from server.store.changes import NewAttempt, NewEvent, NewStep, NewWait, RunChange
 from server.store.db import Connection, Database, dumps
 
 log = structlog.get_logger("squidmesh.engine")
@@ -180,7 +180,7 @@ class EngineCore:
                 change.events.append(NewEvent("transition", from_step, data={"to": to}))
             for name in current.schedule:
                 step = defn.step(name)
-                missing = missing_input(step, context) if step.kind is StepKind.TASK else []
+                missing = _missing(step, context)
                 if step.kind is StepKind.LOG:
                     self._log_step(change, defn, step, context)
                     statuses[name] = StepStatus.COMPLETED
@@ -206,6 +206,8 @@ class EngineCore:
                     )
                     statuses[name] = StepStatus.FAILED
                     plans.append(planner.after_failure(defn, name, failure, context))
+                elif step.kind.gate:
+                    statuses[name] = _park(change, defn, step, context)
                 else:
                     self._schedule(change, defn, name)
                     statuses[name] = (
@@ -220,12 +222,9 @@ class EngineCore:
             change.ended = True
             change.events.append(NewEvent("run_completed"))
         else:
-            # Waiting when waits are all that is left (`statuses` covers every step in
-            # dependency mode; otherwise one step at a time is live).
-            live = [status for status in statuses.values() if status in LIVE_STEP_STATUSES]
-            if live:
-                waiting = all(status is StepStatus.WAITING for status in live)
-                change.status = RunStatus.WAITING if waiting else RunStatus.RUNNING
+            status = run_status_of(statuses.values())
+            if status is not None:
+                change.status = status
 
     def _fail_run(
         self,
@@ -311,8 +310,16 @@ class EngineCore:
                 for a in change.new_attempts
                 if (a.delay_ms or a.kind == AttemptKind.WAIT) and not a.handed_over
             ]
+            timers += [w.deadline_ms for w in change.new_waits if w.deadline_ms is not None]
             if timers:
                 self._wakeups.timers_changed(min(timers))
+        if any(w.kind in ("event", "child") for w in change.new_waits):
+            await self._look_back(change.run_id)
+
+    async def _look_back(self, run_id: uuid.UUID) -> None:
+        """A run just started waiting for an event or a child run: what it waits for may have
+        happened already (`gate_commands.GateCommands`)."""
+        raise NotImplementedError
 
     def _check_size(self, what: str, value: JSON) -> None:
         size = len(dumps(value))
@@ -324,20 +331,85 @@ class EngineCore:
             )
 
 
+def run_status_of(step_statuses: Iterable[StepStatus]) -> RunStatus | None:
+    """The status of a run that goes on, from its steps (`statuses` covers every step in
+    dependency mode; otherwise one step at a time is live): waiting when waits are all that is
+    left, paused when a person is all it also waits for, running otherwise. None when no step
+    is live."""
+    live = {status for status in step_statuses if status in LIVE_STEP_STATUSES}
+    if not live:
+        return None
+    if live == {StepStatus.WAITING}:
+        return RunStatus.WAITING
+    if live <= {StepStatus.WAITING, StepStatus.PAUSED}:
+        return RunStatus.PAUSED
+    return RunStatus.RUNNING
+
+
+_WAIT_KINDS = {
+    StepKind.PAUSE: "pause",
+    StepKind.APPROVAL: "approval",
+    StepKind.WAIT_EVENT: "event",
+    StepKind.WAIT_CHILD: "child",
+}
+
+
+def _park(change: RunChange, defn: WorkflowDef, step: Step, context: dict[str, JSON]) -> StepStatus:
+    """A gate step reached: its row waits (paused for a person, waiting for an event or a
+    child run), with the `waits` row that says what for. No attempt, no worker slot."""
+    kind = _WAIT_KINDS[step.kind]
+    person = step.kind in (StepKind.PAUSE, StepKind.APPROVAL)
+    status = StepStatus.PAUSED if person else StepStatus.WAITING
+    key = render(step.correlation_key, context) if not person else None
+    wait = NewWait(
+        step.name,
+        kind,
+        event_name=step.event or None,
+        correlation_key=key,
+        deadline_ms=step.deadline_ms,
+    )
+    change.new_steps.append(NewStep(step.name, _position(defn, step.name), status))
+    change.new_waits.append(wait)
+    data: dict[str, JSON] = {"kind": kind}
+    if step.deadline_ms is not None:
+        data["deadline_ms"] = step.deadline_ms
+    if step.kind is StepKind.APPROVAL:
+        data["required_approvals"] = step.required_approvals
+    elif step.kind is StepKind.WAIT_EVENT:
+        data.update(event=step.event, correlation_key=key)
+    elif step.kind is StepKind.WAIT_CHILD:
+        data["key"] = key
+    change.events.append(NewEvent("step_waiting", step.name, data=data))
+    return status
+
+
+def _missing(step: Step, context: dict[str, JSON]) -> list[dict[str, str]]:
+    """What the context lacks for the step: a task's input, a wait's correlation key."""
+    if step.kind is StepKind.TASK:
+        return missing_input(step, context)
+    if step.kind in (StepKind.WAIT_EVENT, StepKind.WAIT_CHILD):
+        return missing_paths(step.correlation_key, context)
+    return []
+
+
 def _withdraw_new_steps(change: RunChange, statuses: dict[str, StepStatus]) -> None:
     """The steps this change scheduled (parallel branches made ready with a step whose input
     is missing) are cancelled before they are written: the run fails first. (Cancelling the
     run's scheduled attempts in the change's statement cannot see rows it inserts.)"""
     new = {a.step_name for a in change.new_attempts if a.number == 1}
+    new |= {w.step_name for w in change.new_waits}
     if not new:
         return
     change.new_attempts = [a for a in change.new_attempts if a.step_name not in new]
+    change.new_waits = []
     change.new_steps = [
         replace(s, status=StepStatus.CANCELLED, ended=True) if s.name in new else s
         for s in change.new_steps
     ]
     change.events = [
-        e for e in change.events if not (e.type == "attempt_scheduled" and e.step_name in new)
+        e
+        for e in change.events
+        if not (e.type in ("attempt_scheduled", "step_waiting") and e.step_name in new)
     ]
     statuses.update(dict.fromkeys(new, StepStatus.CANCELLED))
 

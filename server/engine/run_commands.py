@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import functools
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import structlog
 
 from server.engine import planner
 from server.engine.batcher import Batcher
-from server.engine.core import EngineCore
+from server.engine.command_log import CommandLog
 from server.engine.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -27,20 +28,21 @@ from server.engine.model import (
     AttemptStatus,
     Failure,
     RunStatus,
-    StepKind,
     StepStatus,
     WorkflowDef,
 )
 from server.engine.payload import clock_defaulted, payload_hash, validate_payload
 from server.engine.views import (
     AttemptView,
+    EventView,
     RunView,
     StepView,
     WorkflowVersion,
 )
-from server.store import attempts, changes, runs, workflows
+from server.store import attempts, changes, commands, events, runs, workflows
 from server.store.changes import NewEvent, RunChange, StepUpdate
-from server.store.db import Connection, retry_conflicts
+from server.store.commands import CommandRecord
+from server.store.db import Connection
 from server.store.runs import LockedRun, NewRun, RunFilter
 
 log = structlog.get_logger("squidmesh.engine")
@@ -53,23 +55,14 @@ _STOPPED_AT_ONCE = LIVE_STEP_STATUSES - {StepStatus.RUNNING}
 def unsupported_features(defn: WorkflowDef) -> list[FieldViolation]:
     """Parts of the contract this server accepts but does not run yet: refused at registration
     rather than stored and silently ignored."""
-    problems = [
+    return [
         FieldViolation(f"definition.triggers[{i}].cron", "cron triggers are not supported yet")
         for i, t in enumerate(defn.triggers)
         if t.cron is not None
     ]
-    for i, s in enumerate(defn.steps):
-        if s.kind in (StepKind.PAUSE, StepKind.APPROVAL):
-            problems.append(
-                FieldViolation(
-                    f"definition.steps[{i}].{s.kind.value}",
-                    f"{s.kind.value} steps are not supported yet",
-                )
-            )
-    return problems
 
 
-class RunCommands(EngineCore):
+class RunCommands(CommandLog):
     # --- workflows ---------------------------------------------------------------------------
 
     async def register_workflow(self, defn: WorkflowDef) -> tuple[WorkflowVersion, bool]:
@@ -236,49 +229,74 @@ class RunCommands(EngineCore):
         async with self._db.connect() as conn:
             return await runs.list_page(conn, where, cursor, limit, full=full)
 
-    @retry_conflicts
+    async def run_history(
+        self, run_id: uuid.UUID, after: tuple[int, int], limit: int
+    ) -> tuple[list[EventView | CommandRecord], tuple[int, int] | None]:
+        """A page of the run's history: its commands and events interleaved in time order
+        (a command before the events it caused), after a cursor of (last event sequence, last
+        command id). Returns the entries and the next cursor (None on the last page)."""
+        after_seq, after_command = after
+        async with self._db.snapshot() as conn:
+            if await events.run_position(conn, run_id) is None:
+                raise run_not_found(run_id)
+            page_events = await events.read_after(conn, run_id, after_seq, limit + 1)
+            page_commands = await commands.page(conn, run_id, after_command, limit + 1)
+        merged: list[EventView | CommandRecord] = sorted(
+            [*page_events, *page_commands], key=_history_order
+        )
+        more = len(merged) > limit
+        taken = merged[:limit]
+        last_seq = max((e.seq for e in taken if isinstance(e, EventView)), default=after_seq)
+        last_command = max(
+            (c.id for c in taken if isinstance(c, CommandRecord)), default=after_command
+        )
+        return _with_start(taken), (last_seq, last_command) if more else None
+
     async def cancel_run(
         self, run_id: uuid.UUID, actor: str, reason: str, idempotency_key: str = ""
     ) -> RunView:
         running: list[tuple[str, str]] = []
-        async with self._db.transaction() as conn:
-            run = await self._lock(conn, run_id)
+
+        async def act(
+            conn: Connection, run: LockedRun, defn: WorkflowDef
+        ) -> tuple[RunChange | None, dict[str, JSON]]:
             if run.status in (RunStatus.CANCELLED, RunStatus.CANCELLING):
-                pass  # idempotent: already cancelled or on its way
-            elif run.status in TERMINAL_RUN_STATUSES:
+                return None, {}  # idempotent: already cancelled or on its way
+            if run.status in TERMINAL_RUN_STATUSES:
                 raise FailedPrecondition(
                     f"run '{run_id}' is {run.status.value} and cannot be cancelled",
                     reason="RUN_TERMINAL",
                     metadata={"run_id": str(run_id), "status": run.status.value},
                 )
+            statuses = await runs.step_statuses(conn, run_id)
+            change = RunChange(
+                run_id,
+                cancel_scheduled_attempts=True,  # and closes the run's open waits
+                step_updates=[
+                    StepUpdate(name, StepStatus.CANCELLED, ended=True)
+                    for name, status in statuses.items()
+                    if status in _STOPPED_AT_ONCE
+                ],
+                events=[
+                    NewEvent(
+                        "cancel_requested",
+                        data={
+                            "actor": actor,
+                            "reason": reason,
+                            "idempotency_key": idempotency_key,
+                        },
+                    )
+                ],
+            )
+            running[:] = await attempts.running(conn, run_id)
+            if running:
+                change.status = RunStatus.CANCELLING
             else:
-                statuses = await runs.step_statuses(conn, run_id)
-                change = RunChange(
-                    run_id,
-                    cancel_scheduled_attempts=True,
-                    step_updates=[
-                        StepUpdate(name, StepStatus.CANCELLED, ended=True)
-                        for name, status in statuses.items()
-                        if status in _STOPPED_AT_ONCE
-                    ],
-                    events=[
-                        NewEvent(
-                            "cancel_requested",
-                            data={
-                                "actor": actor,
-                                "reason": reason,
-                                "idempotency_key": idempotency_key,
-                            },
-                        )
-                    ],
-                )
-                running = await attempts.running(conn, run_id)
-                if running:
-                    change.status = RunStatus.CANCELLING
-                else:
-                    self._end_cancelled(change)
-                await changes.apply(conn, change)
-        self._wakeups.run_changed(str(run_id))
+                self._end_cancelled(change)
+            return change, {}
+
+        request = CommandRecord(run_id, "cancel", actor or "anonymous", reason, idempotency_key)
+        await self._run_command(request, act)
         if running:
             self._wakeups.stop_attempts(running, "run cancelled")
         return await self.get_run(run_id)
@@ -296,14 +314,19 @@ class RunCommands(EngineCore):
             for s in source.steps
             if s.status == StepStatus.COMPLETED and defn.step(s.name).irreversible
         ]
+        request = CommandRecord(
+            run_id, "replay", "", idempotency_key=idempotency_key or "", outcome="applied"
+        )
         if irreversible and not allow_irreversible:
-            raise FailedPrecondition(
+            refusal = FailedPrecondition(
                 f"run '{run_id}' completed irreversible steps ({', '.join(irreversible)}); "
                 "set allow_irreversible to replay it anyway",
                 reason="IRREVERSIBLE_STEPS_COMPLETED",
                 metadata={"steps": ",".join(irreversible)},
             )
-        run, _ = await self.start_run(
+            await self._record_refusal(request, refusal)
+            raise refusal
+        run, created = await self.start_run(
             source.workflow_name,
             source.trigger,
             source.payload,
@@ -311,6 +334,13 @@ class RunCommands(EngineCore):
             source=source,
             source_workflow_id=workflow_id,
         )
+        if created:  # a repeated key returns the replay it started, recorded then
+            async with self._db.transaction() as conn:
+                data: dict[str, JSON] = {
+                    "run_id": str(run.id),
+                    "allow_irreversible": allow_irreversible,
+                }
+                await commands.record(conn, replace(request, data=data))
         return run
 
     async def _lock(self, conn: Connection, run_id: uuid.UUID) -> LockedRun:
@@ -318,6 +348,35 @@ class RunCommands(EngineCore):
         if run is None:
             raise run_not_found(run_id)
         return run
+
+
+def _with_start(entries: list[EventView | CommandRecord]) -> list[EventView | CommandRecord]:
+    """The StartRun command, told by the run's first event (no row of its own: StartRun's
+    statement stays one insert per table)."""
+    out: list[EventView | CommandRecord] = []
+    for entry in entries:
+        if isinstance(entry, EventView) and entry.seq == 1 and entry.type == "run_created":
+            data = entry.data
+            source = str(data.get("source_run_id") or "")
+            out.append(
+                CommandRecord(
+                    entry.run_id,
+                    "start",
+                    str(data.get("actor") or ""),
+                    idempotency_key=str(data.get("idempotency_key") or ""),
+                    data={"source_run_id": source} if source else {},
+                    created_at=entry.created_at,
+                )
+            )
+        out.append(entry)
+    return out
+
+
+def _history_order(entry: EventView | CommandRecord) -> tuple[datetime, int, int]:
+    if isinstance(entry, EventView):
+        return (entry.created_at, 1, entry.seq)
+    assert entry.created_at is not None
+    return (entry.created_at, 0, entry.id)
 
 
 def _started_view(new: NewRun, change: RunChange, created_at: datetime) -> RunView:

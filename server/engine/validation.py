@@ -14,9 +14,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from server.engine.context import template_paths
 from server.engine.errors import FieldViolation
 from server.engine.model import (
     COMPLETE,
+    DeadlineAction,
     FieldType,
     Operator,
     Outcome,
@@ -47,6 +49,15 @@ def validate_definition(defn: WorkflowDef) -> list[FieldViolation]:
     names = {s.name for s in defn.steps}
     _check_transitions(defn.transitions, names, out)
     _check_after(defn.steps, names, out)
+    for i, step in enumerate(defn.steps):
+        target = step.on_deadline_step
+        if not target:
+            continue
+        where = f"definition.steps[{i}].approval.on_deadline_step"
+        if defn.uses_dependencies:
+            out.append(FieldViolation(where, "needs transitions ('after' steps have no routes)"))
+        elif target != COMPLETE and target not in names:
+            out.append(FieldViolation(where, f"unknown step '{target}'"))
     if defn.transitions and defn.uses_dependencies:
         out.append(
             FieldViolation(
@@ -121,6 +132,8 @@ def _check_steps(steps: Sequence[Step], out: list[FieldViolation]) -> None:
                 out.append(FieldViolation(f"{where}.task.queue", "is required"))
         if step.kind is StepKind.WAIT and step.wait_ms <= 0:
             out.append(FieldViolation(f"{where}.wait.duration", "must be positive"))
+        if step.kind.gate:
+            _check_gate(step, where, out)
         if step.kind is not StepKind.TASK:
             for option in _task_options(step):
                 out.append(
@@ -165,10 +178,78 @@ def _task_options(step: Step) -> list[str]:
         "attempt_timeout": step.attempt_timeout_ms is not None,
         "heartbeat_timeout": step.heartbeat_timeout_ms is not None,
         "input": step.input is not None,
-        "output_key": bool(step.output_key),
+        # Gates have an output (the decision, the event, the child's result).
+        "output_key": bool(step.output_key) and not step.kind.gate,
         "compensate": bool(step.compensate),
     }
     return [name for name, present in options.items() if present]
+
+
+MAX_REQUIRED_APPROVALS = 100
+EVENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,255}")
+
+
+def _check_gate(step: Step, where: str, out: list[FieldViolation]) -> None:
+    """The options of a pause, approval, wait_event or wait_child step."""
+    kind = step.kind.value
+    if step.deadline_ms is not None and step.deadline_ms <= 0:
+        out.append(FieldViolation(f"{where}.{kind}.deadline", "must be positive"))
+    if step.kind is StepKind.APPROVAL:
+        if not 1 <= step.required_approvals <= MAX_REQUIRED_APPROVALS:
+            out.append(
+                FieldViolation(
+                    f"{where}.approval.required_approvals",
+                    f"must be between 1 and {MAX_REQUIRED_APPROVALS}",
+                )
+            )
+        fields = step.decision_fields
+        _check_unique([f.name for f in fields], where + ".approval.fields[{}].name", "field", out)
+        for j, field in enumerate(fields):
+            if not field.name:
+                out.append(FieldViolation(f"{where}.approval.fields[{j}].name", "is required"))
+            if field.default is not None:
+                _, problem = conform_value(field.type, field.default)
+                if problem:
+                    out.append(
+                        FieldViolation(f"{where}.approval.fields[{j}].default_value", problem)
+                    )
+        routed = step.on_deadline is DeadlineAction.ROUTE
+        if routed and not step.on_deadline_step:
+            out.append(
+                FieldViolation(
+                    f"{where}.approval.on_deadline_step", "is required with DEADLINE_ACTION_ROUTE"
+                )
+            )
+        if step.on_deadline_step and not routed:
+            out.append(
+                FieldViolation(
+                    f"{where}.approval.on_deadline_step", "needs on_deadline DEADLINE_ACTION_ROUTE"
+                )
+            )
+        if step.on_deadline is not DeadlineAction.REJECT and step.deadline_ms is None:
+            out.append(
+                FieldViolation(f"{where}.approval.on_deadline", "needs a deadline to act on")
+            )
+    elif step.kind is StepKind.WAIT_EVENT:
+        if not step.event:
+            out.append(FieldViolation(f"{where}.wait_event.event", "is required"))
+        elif not EVENT_NAME.fullmatch(step.event):
+            out.append(
+                FieldViolation(f"{where}.wait_event.event", f"must match {EVENT_NAME.pattern}")
+            )
+        _check_template(step.correlation_key, f"{where}.wait_event.correlation_key", out)
+    elif step.kind is StepKind.WAIT_CHILD:
+        _check_template(step.correlation_key, f"{where}.wait_child.key", out)
+
+
+def _check_template(template: str, where: str, out: list[FieldViolation]) -> None:
+    """A correlation key or child key: required, at most 256 characters, paths well formed."""
+    if not template:
+        out.append(FieldViolation(where, "is required"))
+    elif len(template) > 256:
+        out.append(FieldViolation(where, "must be at most 256 characters"))
+    for path in template_paths(template):
+        _check_path(path, where, out)
 
 
 def _check_retry(policy: RetryPolicy, where: str, out: list[FieldViolation]) -> None:
@@ -257,6 +338,11 @@ def _check_transition_graph(defn: WorkflowDef, out: list[FieldViolation]) -> Non
     for i, t in enumerate(defn.transitions):
         if t.from_step in names and t.to in names:
             edges.setdefault(t.from_step, []).append((t.to, f"definition.transitions[{i}].to"))
+    for i, step in enumerate(defn.steps):  # an approval's deadline route is an edge too
+        if step.on_deadline_step in names:
+            edges.setdefault(step.name, []).append(
+                (step.on_deadline_step, f"definition.steps[{i}].approval.on_deadline_step")
+            )
     _report_cycles([s.name for s in defn.steps], edges, out)
 
     entry = defn.steps[0].name

@@ -72,6 +72,19 @@ class NewAttempt:
 
 
 @dataclass(frozen=True)
+class NewWait:
+    """A gate step reached: the row that says what it waits for (see schema.waits)."""
+
+    step_name: str
+    kind: str
+    """"pause", "approval", "event" or "child"."""
+    event_name: str | None = None
+    correlation_key: str | None = None
+    """The rendered correlation key (event) or child key (child)."""
+    deadline_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class NewEvent:
     type: str
     step_name: str | None = None
@@ -88,9 +101,11 @@ class RunChange:
     started: bool = False
     ended: bool = False
     cancel_scheduled_attempts: bool = False
+    """Also closes the run's open waits: the run ends, or a cancel stops them."""
     step_updates: list[StepUpdate] = field(default_factory=list)
     new_steps: list[NewStep] = field(default_factory=list)
     new_attempts: list[NewAttempt] = field(default_factory=list)
+    new_waits: list[NewWait] = field(default_factory=list)
     events: list[NewEvent] = field(default_factory=list)
 
 
@@ -100,7 +115,7 @@ _DOCUMENT = """jsonb_to_recordset(CAST(:changes AS jsonb)) AS d(
     run_id uuid, attempt_id uuid, token text, attempt_status text, output jsonb,
     attempt_error jsonb, expected_seq bigint, status text,
     context jsonb, error jsonb, started bool, ended bool, cancel_scheduled bool, n_events int,
-    step_updates jsonb, new_steps jsonb, new_attempts jsonb, events jsonb,
+    step_updates jsonb, new_steps jsonb, new_attempts jsonb, new_waits jsonb, events jsonb,
     workflow_id bigint, workflow_name text, workflow_version int, trigger text, payload jsonb,
     payload_hash text, idempotency_key text, source_run_id uuid, latest bool, reporter text)"""
 
@@ -136,6 +151,13 @@ ns AS (
     heartbeat_timeout_ms int, attempt_timeout_ms int, delay_ms bigint, worker_id text,
     handoff_from uuid)
   RETURNING 1
+), nw AS (
+  INSERT INTO waits (run_id, step_name, kind, event_name, correlation_key, deadline_at)
+  SELECT {rel}.run_id, x.step_name, x.kind, x.event_name, x.correlation_key,
+         now() + x.deadline_ms * interval '1 millisecond'
+  FROM {rel}, jsonb_to_recordset({rel}.new_waits) AS x(
+    step_name text, kind text, event_name text, correlation_key text, deadline_ms bigint)
+  RETURNING 1
 )"""
 
 _CHANGE = (
@@ -157,6 +179,11 @@ su AS (
   FROM {rel}
   WHERE {rel}.cancel_scheduled AND attempts.run_id = {rel}.run_id
     AND attempts.status = 'scheduled'
+  RETURNING 1
+), cw AS (
+  UPDATE waits SET resolved_at = now()
+  FROM {rel}
+  WHERE {rel}.cancel_scheduled AND waits.run_id = {rel}.run_id AND waits.resolved_at IS NULL
   RETURNING 1
 ), r AS (
   UPDATE runs SET
@@ -351,6 +378,7 @@ def _document(change: RunChange, **extra: JSON) -> dict[str, JSON]:
         "step_updates": [vars(s) for s in change.step_updates],
         "new_steps": [vars(s) for s in change.new_steps],
         "new_attempts": [{**vars(a), "id": str(a.id)} for a in change.new_attempts],
+        "new_waits": [vars(w) for w in change.new_waits],
         "events": [{"ord": i + 1, **vars(e)} for i, e in enumerate(change.events)],
         **extra,
     }

@@ -103,6 +103,32 @@ def locked_run(row: Any) -> LockedRun:
     )
 
 
+CHILD_KEY_PREFIX = "child:"
+"""A child run's idempotency key is "child:<parent run id>/<key>": unique within its parent
+(the runs' key index is per workflow)."""
+
+
+def child_key(parent_run_id: uuid.UUID, key: str) -> str:
+    return f"{CHILD_KEY_PREFIX}{parent_run_id}/{key}"
+
+
+async def created_at(conn: Connection, run_id: uuid.UUID) -> datetime:
+    return (  # type: ignore[no-any-return]
+        await conn.execute("SELECT created_at FROM runs WHERE id = :id", {"id": run_id})
+    ).scalar_one()
+
+
+async def child(conn: Connection, parent_run_id: uuid.UUID, key: str) -> RunView | None:
+    """The child run the parent's handlers started with this key, without its steps."""
+    child_id = (
+        await conn.execute(
+            "SELECT id FROM runs WHERE parent_run_id = :parent AND idempotency_key = :key",
+            {"parent": parent_run_id, "key": child_key(parent_run_id, key)},
+        )
+    ).scalar()
+    return None if child_id is None else await get(conn, child_id, with_steps=False)
+
+
 async def step_statuses(conn: Connection, run_id: uuid.UUID) -> dict[str, StepStatus]:
     rows = await conn.execute(("SELECT name, status FROM steps WHERE run_id = :id"), {"id": run_id})
     return {r.name: StepStatus(r.status) for r in rows}

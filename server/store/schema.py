@@ -253,7 +253,8 @@ published_events = Table(
 
 # Every manual command on a run (cancel, replay, resume, approve, reject, an event that
 # resolved a wait), applied or refused: the audit trail, and the record that makes a
-# command's idempotency key return its first result.
+# command's idempotency key return its first result. (An event's key is its event id, unique
+# per event name: published_events de-duplicates those.)
 run_commands = Table(
     "run_commands",
     metadata,
@@ -280,6 +281,8 @@ run_commands = Table(
         "run_id",
         "idempotency_key",
         unique=True,
-        postgresql_where=text("idempotency_key IS NOT NULL AND outcome = 'applied'"),
+        postgresql_where=text(
+            "idempotency_key IS NOT NULL AND outcome = 'applied' AND type <> 'event'"
+        ),
     ),
 )

@@ -1,13 +1,15 @@
 """The timer and reconciler loop, run by every server replica (rows are claimed with
 FOR UPDATE SKIP LOCKED, so replicas never fire the same timer twice):
 
-- due timers: attempts whose backoff ended are published at their due time, and wait steps
-  that are due complete, woken early by NOTIFY when any replica sets one due before the loop
+- due timers: attempts whose backoff ended are published at their due time, wait steps
+  that are due complete, and gates (approvals, event and child waits) past their deadline act
+  on it, woken early by NOTIFY when any replica sets one due before the loop
   would wake anyway (a retry under load: every failure notifies);
 - deadlines: running attempts past their attempt timeout fail as timed_out, on time (the
   loop also wakes at the earliest deadline);
 - lost dispatches: attempts published but not claimed within the dispatch timeout (Redis lost
-  them, or a server died between commit and publish) are published again;
+  them, or a server died between commit and publish) are published again, and waits whose
+  event was published, or whose child run ended, while nothing looked are resolved;
 - leases: running attempts whose worker stopped heartbeating fail as worker_lost. A process
   that just started waits one lease period first: after an outage every lease looks expired,
   and the workers need a moment to reconnect and heartbeat."""
@@ -66,6 +68,9 @@ class TimerLoop:
                 self._hub.timers.clear()
                 self._hub.take_timer_due_ms()  # what is due now, the queries below find
                 await self._engine.kick_due()
+                fired = await self._engine.expire_waits()
+                if fired:
+                    log.info("gate_deadlines_fired", count=fired)
                 now = time.monotonic()
                 if now >= deadline_at:
                     timed_out = await self._engine.expire_deadlines()
@@ -75,6 +80,9 @@ class TimerLoop:
                     republished = await self._engine.kick_lost(self._dispatch_timeout_ms)
                     if republished:
                         log.info("lost_dispatches_republished", count=republished)
+                    looked_up = await self._engine.sweep_waits()
+                    if looked_up:
+                        log.info("waits_resolved_by_sweep", runs=looked_up)
                     next_scan = now + self._interval_s
                 if now >= next_leases:
                     expired = await self._engine.expire_leases()

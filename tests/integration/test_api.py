@@ -693,9 +693,9 @@ async def test_server_side_steps_at_start_and_features_still_refused(
     assert got.status == run_pb2.RUN_STATUS_WAITING
     assert list(got.current_steps) == ["nap"]
 
-    # Pause steps and cron triggers are still refused rather than stored and ignored.
+    # Cron triggers are still refused rather than stored and ignored.
     held = workflow_pb2.WorkflowDefinition(name="held")
-    held.triggers.add(name="manual", manual=workflow_pb2.ManualTrigger())
+    held.triggers.add(name="nightly", cron=workflow_pb2.CronTrigger(expression="0 3 * * *"))
     held.steps.add(name="hold", pause=workflow_pb2.PauseStep())
     with pytest.raises(aio.AioRpcError) as raised:
         await workflows.RegisterWorkflow(
@@ -704,7 +704,7 @@ async def test_server_side_steps_at_start_and_features_still_refused(
     assert raised.value.code() == StatusCode.INVALID_ARGUMENT
     assert details(raised.value) == (
         "FEATURE_UNSUPPORTED",
-        [("definition.steps[0].pause", "pause steps are not supported yet")],
+        [("definition.triggers[0].cron", "cron triggers are not supported yet")],
     )
     assert await count_rows(database_url, "workflows") == 2
 

@@ -271,7 +271,10 @@ def test_conversion_and_validation_problems_are_reported_together() -> None:
         ("definition.name", "must match [a-z0-9][a-z0-9_.-]{0,127}"),
         ("definition.triggers[0].payload[0].type", "must be set"),
         ("definition.triggers[0].payload[1].type", "must be set"),
-        ("definition.steps[0].kind", "must be one of task, wait, log, pause or approval"),
+        (
+            "definition.steps[0].kind",
+            "must be one of task, wait, log, pause, approval, wait_event or wait_child",
+        ),
         ("definition.steps[0].retry.initial_delay", "must not be negative"),
         ("definition.steps[0].attempt_timeout", "must not be negative"),
         ("definition.steps[1].wait.duration", "is required"),

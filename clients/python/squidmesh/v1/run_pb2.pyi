@@ -212,6 +212,17 @@ class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEvent
     `worker_id`, `handler`, `queue` and `retry_in_ms` (when it is published again). Recorded
     at most once a second per attempt.
     """
+    RUN_EVENT_TYPE_STEP_WAITING: _RunEventType.ValueType  # 17
+    """A pause, approval, wait_event or wait_child step was reached and waits; data holds `kind`
+    and, as they apply, `deadline_ms`, `required_approvals`, `event`, `correlation_key` and
+    `key`.
+    """
+    RUN_EVENT_TYPE_APPROVAL_VOTED: _RunEventType.ValueType  # 18
+    """An approval step received an approval that did not decide it yet (fewer than its
+    required approvals); data holds `actor`, `comment`, `approvals` and `required_approvals`.
+    """
+    RUN_EVENT_TYPE_CHILD_RUN_STARTED: _RunEventType.ValueType  # 19
+    """A handler of the run started a child run; data holds `run_id`, `workflow` and `key`."""
 
 class RunEventType(_RunEventType, metaclass=_RunEventTypeEnumTypeWrapper):
     """The kind of a run event."""
@@ -257,6 +268,17 @@ RUN_EVENT_TYPE_ATTEMPT_DECLINED: RunEventType.ValueType  # 16
 `worker_id`, `handler`, `queue` and `retry_in_ms` (when it is published again). Recorded
 at most once a second per attempt.
 """
+RUN_EVENT_TYPE_STEP_WAITING: RunEventType.ValueType  # 17
+"""A pause, approval, wait_event or wait_child step was reached and waits; data holds `kind`
+and, as they apply, `deadline_ms`, `required_approvals`, `event`, `correlation_key` and
+`key`.
+"""
+RUN_EVENT_TYPE_APPROVAL_VOTED: RunEventType.ValueType  # 18
+"""An approval step received an approval that did not decide it yet (fewer than its
+required approvals); data holds `actor`, `comment`, `approvals` and `required_approvals`.
+"""
+RUN_EVENT_TYPE_CHILD_RUN_STARTED: RunEventType.ValueType  # 19
+"""A handler of the run started a child run; data holds `run_id`, `workflow` and `key`."""
 Global___RunEventType: _TypeAlias = RunEventType  # noqa: Y015
 
 @_typing.final
