@@ -208,7 +208,7 @@ def test_votes_and_child_runs_read_as_sentences() -> None:
     vote = {"actor": "ada", "comment": "fine", "approvals": 1, "required_approvals": 2}
     assert text._describe("approval_voted", vote) == "approved by ada (1 of 2): fine"
     assert text._describe("approval_voted", {"actor": "bob"}) == "approved by bob"
-    child = {"child_run_id": "c-1", "workflow": "ship", "key": "ship:7"}
+    child = {"run_id": "c-1", "workflow": "ship", "key": "ship:7"}
     assert text._describe("child_run_started", child) == (
         "started child run c-1 (workflow ship, key ship:7)"
     )

@@ -295,8 +295,7 @@ def _approval_voted(data: dict[str, Any]) -> str:
 
 
 def _child_run_started(data: dict[str, Any]) -> str:
-    child = data.get("child_run_id") or data.get("run_id") or "?"
-    text = f"started child run {child}"
+    text = f"started child run {data.get('run_id', '?')}"
     details = [f"{k} {data[k]}" for k in ("workflow", "key") if data.get(k)]
     return text + (f" ({', '.join(details)})" if details else "")
 
