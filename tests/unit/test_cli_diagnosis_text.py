@@ -153,7 +153,8 @@ def _history() -> list[history_pb2.HistoryEntry]:
                 actor="shop",
                 idempotency_key="evt-9",
                 outcome=history_pb2.COMMAND_OUTCOME_APPLIED,
-                data=to_struct({"name": "payment.settled", "payload": {"amount": 5}}),
+                step="settled",
+                data=to_struct({"event": "payment.settled", "payload": {"amount": 5}}),
             ),
         ),
         history_pb2.HistoryEntry(
@@ -182,7 +183,7 @@ def test_history_is_one_row_per_command_or_event(capsys: pytest.CaptureFixture[s
     assert approved.split()[1:] == ["command", *what, "ada", "k-1", "applied"]
     assert refused.split()[1:4] == ["command", "resume", "bob"]
     assert refused.endswith("refused [STEP_NOT_WAITING]: run 'r-1' has no paused step")
-    assert event.split()[1:6] == ["command", "event", "payment.settled", "shop", "evt-9"]
+    assert event.split()[1:7] == ["command", "event", "settled", "payment.settled", "shop", "evt-9"]
     assert "[12] step_completed settled" in completed and "…" in completed
     assert len(completed) < 200  # an output is cut in the table (--output json has it whole)
 

@@ -130,8 +130,8 @@ def _command_cells(command: history_pb2.Command) -> list[Cell]:
     kind = enum_name(history_pb2.CommandType, command.type, "COMMAND_TYPE_")
     what = kind + (f" {command.step}" if command.step else "")
     data = struct_to_dict(command.data)
-    if command.type == history_pb2.COMMAND_TYPE_EVENT and data.get("name"):
-        what += f" {data['name']}"
+    if command.type == history_pb2.COMMAND_TYPE_EVENT and isinstance(data.get("event"), str):
+        what += f" {data['event']}"  # the event's name (its id is the key)
     if command.comment:
         what += f": {command.comment}"
     outcome = enum_name(history_pb2.CommandOutcome, command.outcome, "COMMAND_OUTCOME_")
