@@ -13,12 +13,16 @@ measures:
       attempt for a deterministic 10% of (run, step) pairs and are retried after a fixed 10 ms
       backoff → completed steps/s (attempts not counted) as a percentage of (a). It checks that
       every run completed and that exactly the planned attempts failed.
+  (f) approvals: 1,000 runs of a task, an approval and a task, started at once, each approved
+      by the benchmark as soon as it waits → runs/s, and approve → next step started p50, p99
+      (`bench.approvals`).
 (b) and (d) run first, on a quiet system; then (a), (e) and (c) run in interleaved rounds
-(--rounds, default 5) and their medians are reported.
+(--rounds, default 5) and their medians are reported; (f) runs last.
 (a), (d) and (e) also say which share of the attempts were handed off (run by the worker that
 reported the previous step, without going through Redis; `--no-handoff` turns that off).
 The last line is `throughput_ratio=R steps_per_s=S p50_ms=P p99_ms=Q step_overhead_p50_ms=O
-failing_throughput_pct=F` (on one line)."""
+failing_throughput_pct=F approval_runs_per_s=A approve_next_p50_ms=N approve_next_p99_ms=M`
+(on one line)."""
 
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ import psycopg
 from redis.asyncio import Redis
 from squidmesh.v1 import run_pb2
 
+from bench.approvals import approval_workload
 from bench.cluster import LOG_DIR, bench_cluster
 from bench.taskiq_chain import COUNTER, make_broker, register
 from bench.workflows import (
@@ -45,6 +50,7 @@ from bench.workflows import (
     FLAKY_STEPS,
     NOOP10_STEPS,
     RETRY_DELAY_MS,
+    approval,
     fails_first_attempt,
     flaky3,
     noop1,
@@ -234,6 +240,7 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=5, help="rounds of (a), (e) and (c); medians are reported"
     )
+    parser.add_argument("--approval-runs", type=int, default=1000, help="runs measured in (f)")
     parser.add_argument("--worker-concurrency", type=int, default=64)
     parser.add_argument("--db-pool-size", type=int, default=20)
     parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "bench")
@@ -327,10 +334,16 @@ def main() -> int:
             flush=True,
         )
 
+        f = asyncio.run(
+            approval_workload(server.address, database_url, approval.name, args.approval_runs)
+        )
+        print(f"(f) approvals: {f.describe()}", flush=True)
+
         print(
             f"throughput_ratio={ratio:.2f} steps_per_s={steps_per_s:.0f} "
             f"p50_ms={p50:.1f} p99_ms={p99:.1f} step_overhead_p50_ms={overhead_p50:.2f} "
-            f"failing_throughput_pct={failing_pct:.0f}"
+            f"failing_throughput_pct={failing_pct:.0f} approval_runs_per_s={f.runs_per_s:.0f} "
+            f"approve_next_p50_ms={f.p50_ms:.1f} approve_next_p99_ms={f.p99_ms:.1f}"
         )
         return 0
 
@@ -364,7 +377,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def _registered(client: Client) -> bool:
     try:
-        for workflow in (noop1, noop3, noop10, flaky3):
+        for workflow in (noop1, noop3, noop10, flaky3, approval):
             client.get_workflow(workflow.name)
         return True
     except Exception:

@@ -83,3 +83,25 @@ async def _flaky(input: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
 for _step, _next in zip(FLAKY_STEPS, (*FLAKY_STEPS[1:], "complete"), strict=True):
     flaky3.task(name=_step, retry=FLAKY_RETRY)(_flaky)
     flaky3.transition(_step, _next)
+
+approval = Workflow("bench_approval", description="a task, an approval, a task")
+approval.trigger("manual")
+
+
+@approval.task()
+async def prepare(input: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    return {"prepared": True}
+
+
+approval.approval("review")
+
+
+@approval.task()
+async def carry_out(input: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    return {"done": True}
+
+
+approval.transition("prepare", "review")
+approval.transition("review", "carry_out")
+approval.transition("review", "complete", on="error")
+approval.transition("carry_out", "complete")

@@ -57,10 +57,11 @@ def _record(row: Any) -> CommandRecord:
 
 async def record(conn: Connection, command: CommandRecord) -> None:
     await conn.execute(
+        # A refusal may name a run that does not exist: nothing to record then.
         "INSERT INTO run_commands (run_id, type, step_name, actor, comment, idempotency_key, "
-        "request_hash, outcome, refusal_reason, refusal_message, data) VALUES (:run, :type, "
+        "request_hash, outcome, refusal_reason, refusal_message, data) SELECT :run, :type, "
         ":step, :actor, :comment, :key, :hash, :outcome, :reason, :message, "
-        "CAST(:data AS jsonb))",
+        "CAST(:data AS jsonb) WHERE EXISTS (SELECT 1 FROM runs WHERE id = :run)",
         {
             "run": command.run_id,
             "type": command.type,

@@ -508,6 +508,13 @@ async def test_event_and_command_input_errors_write_nothing(
         StatusCode.NOT_FOUND,
         "RUN_NOT_FOUND",
     )
+    await refused(
+        runs.ApproveStep(
+            run_service_pb2.ApproveStepRequest(run_id="00000000-0000-0000-0000-000000000000")
+        ),
+        StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
     assert await count_rows(database_url, "published_events") == 0
     assert await count_rows(database_url, "run_commands") == 0
 

@@ -153,7 +153,8 @@ async def call(channel: aio.Channel, method: MethodDescriptor, request: Message 
 class Rows:
     """Counts of the rows a refused request must not write."""
 
-    TABLES = ("runs", "workflows", "workers")
+    # Not run_commands: a refused command on a run is recorded in its history, by design.
+    TABLES = ("runs", "workflows", "workers", "waits", "published_events")
 
     def __init__(self, database_url: str) -> None:
         self._url = libpq_url(database_url)

@@ -106,6 +106,14 @@ async def test_run_service_answers_hostile_requests_clearly(
         run_service_pb2.WatchRunRequest(run_id=run_id),
         run_service_pb2.CancelRunRequest(run_id=runs[1].id, actor="fuzz"),
         run_service_pb2.ReplayRunRequest(run_id=run_id),
+        run_service_pb2.ResumeRunRequest(run_id=run_id, actor="fuzz"),
+        run_service_pb2.ApproveStepRequest(run_id=run_id, actor="fuzz", payload=payload(a=1)),
+        run_service_pb2.RejectStepRequest(run_id=run_id, actor="fuzz", comment="no"),
+        run_service_pb2.PublishEventRequest(
+            name="fuzz.event", correlation_key="k", payload=payload(a=1), event_id="e"
+        ),
+        run_service_pb2.ExplainRunRequest(run_id=run_id),
+        run_service_pb2.GetRunHistoryRequest(run_id=run_id, page_size=2),
     ]
     examples = st.one_of(
         *(
