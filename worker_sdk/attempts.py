@@ -39,6 +39,7 @@ from squidmesh.v1 import worker_service_pb2 as pb
 from squidmesh.values import from_duration, to_struct, value_to_python
 
 from worker_sdk.attempt_stream import AttemptStream
+from worker_sdk.children import ChildRuns
 from worker_sdk.clock import sleep_exactly
 from worker_sdk.context import StepContext
 from worker_sdk.errors import CANCELLED, Failure
@@ -96,8 +97,11 @@ class AttemptRunner:
         handoff: bool = True,
         declines: bool = False,
         max_message_bytes: int = 0,
+        children: ChildRuns | None = None,
     ) -> None:
         self._worker_id = worker_id
+        self._children = children
+        """How handlers start child runs (`StepContext.start_child_run`)."""
         self._max_message_bytes = max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
         self._stream = stream
         self._handlers = handlers
@@ -266,7 +270,7 @@ class AttemptRunner:
         attempt_log = attempt_log.bind(
             run_id=decision.run_id, step=decision.step, attempt_number=decision.attempt_number
         )
-        ctx = StepContext.from_decision(attempt_id, decision, attempt_log)
+        ctx = StepContext.from_decision(attempt_id, decision, attempt_log, self._children)
         running = self._running[attempt_id] = _Running(ctx, token)
         attempt_log.debug("attempt_started")
         began = time.monotonic()

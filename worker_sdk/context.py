@@ -12,6 +12,7 @@ from google.protobuf import duration_pb2
 from squidmesh.v1 import worker_service_pb2
 from squidmesh.values import from_duration
 
+from worker_sdk.children import ChildRun, ChildRuns
 from worker_sdk.errors import AttemptCancelledError
 
 __all__ = ["StepContext"]
@@ -30,6 +31,9 @@ class StepContext:
     limit: use them to bound external calls. When the deadline passes the worker requests
     cancellation (`cancel_reason` "timed out"). The server's clock is the one that counts:
     it fails the attempt as timed out and refuses a result reported after that.
+
+    Child runs: `await ctx.start_child_run(workflow, payload, key=...)` starts a run of another
+    workflow linked to this run and step (`start_child_run_sync` in a sync handler).
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class StepContext:
         heartbeat_timeout: float | None = None,
         attempt_timeout: float | None = None,
         log: Any = None,
+        children: ChildRuns | None = None,
     ) -> None:
         self.run_id = run_id
         self.workflow = workflow
@@ -71,10 +76,15 @@ class StepContext:
         self._progress: dict[str, Any] | None = None
         self._progress_pending = False
         self._cancel_callbacks: list[Callable[[], object]] = []
+        self._children = children
 
     @classmethod
     def from_decision(
-        cls, attempt_id: str, decision: worker_service_pb2.StartDecision, log: Any = None
+        cls,
+        attempt_id: str,
+        decision: worker_service_pb2.StartDecision,
+        log: Any = None,
+        children: ChildRuns | None = None,
     ) -> StepContext:
         return cls(
             run_id=decision.run_id,
@@ -87,6 +97,7 @@ class StepContext:
             heartbeat_timeout=_seconds(decision, "heartbeat_timeout"),
             attempt_timeout=_seconds(decision, "attempt_timeout"),
             log=log,
+            children=children,
         )
 
     def time_remaining(self) -> float | None:
@@ -111,6 +122,53 @@ class StepContext:
                 return None
             self._progress_pending = False
             return self._progress
+
+    # -- child runs ----------------------------------------------------------------------
+
+    async def start_child_run(
+        self,
+        workflow: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        key: str,
+        trigger: str = "",
+    ) -> str:
+        """Starts a run of `workflow` as a child of this run and step, and returns its run id.
+        `key` is unique within this run: another attempt of the step (a retry) that starts a
+        child with the same key gets the same child, so derive it from the input, not from the
+        attempt. A wait_child step of this run can wait for the child by its key."""
+        return await self._child_runs().start(self._child(workflow, payload, key, trigger))
+
+    def start_child_run_sync(
+        self,
+        workflow: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        key: str,
+        trigger: str = "",
+    ) -> str:
+        """`start_child_run` for a sync handler (it runs in a worker thread): blocks until
+        the server answered."""
+        return self._child_runs().start_blocking(self._child(workflow, payload, key, trigger))
+
+    def _child_runs(self) -> ChildRuns:
+        if self._children is None:
+            raise RuntimeError(
+                "this StepContext has no connection to a server: only the contexts a Worker "
+                "gives its handlers can start child runs"
+            )
+        return self._children
+
+    def _child(
+        self, workflow: str, payload: Mapping[str, Any] | None, key: str, trigger: str
+    ) -> ChildRun:
+        """The child's StartRun, checked before any call."""
+        for name, value in (("workflow", workflow), ("key", key)):
+            if not isinstance(value, str):
+                raise TypeError(f"start_child_run: {name} must be a string")
+            if not value:
+                raise ValueError(f"start_child_run needs a {name}")
+        return ChildRun(self.run_id, self.step, workflow, payload, key, trigger)
 
     # -- cancellation --------------------------------------------------------------------
 

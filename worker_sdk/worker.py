@@ -33,6 +33,7 @@ from squidmesh.values import from_duration
 from worker_sdk.attempt_stream import AttemptStream, AttemptStreamClosedError
 from worker_sdk.attempts import AttemptRunner
 from worker_sdk.broker import QueueConsumer, StepTaskBroker
+from worker_sdk.children import ChildRuns
 from worker_sdk.logs import configure_logging
 from worker_sdk.workflow import Handler, Workflow
 
@@ -104,6 +105,7 @@ class Worker:
         self.register_workflows = register_workflows
         self.handoff = handoff
         self.drain_timeout = drain_timeout
+        self._token = token
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
@@ -179,6 +181,7 @@ class Worker:
         executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="squidmesh-step")
         stream: AttemptStream | None = None
         tasks: list[asyncio.Task[None]] = []
+        children = ChildRuns(self.server, loop=self._loop, token=self._token)
         try:
             registration = await self._register(channel)
             if registration is None:
@@ -198,6 +201,7 @@ class Worker:
                 handoff=self.handoff,
                 declines=registration.accepts_declines,
                 max_message_bytes=registration.max_message_bytes,
+                children=children,
             )
             stream.on_cancel = runner.cancel  # the server's push; heartbeats are the fallback
             stream.start()
@@ -257,6 +261,7 @@ class Worker:
             await asyncio.gather(*tasks, return_exceptions=True)
             if stream is not None:
                 await stream.close()
+            await children.close()
             await channel.close()
             executor.shutdown(wait=False, cancel_futures=True)
 

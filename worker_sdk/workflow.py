@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal, TypeVar, overload
 
 from squidmesh.v1 import workflow_pb2
@@ -36,6 +37,7 @@ COMPLETE = "complete"
 F = TypeVar("F", bound=Callable[..., Any])
 OutcomeName = Literal["ok", "error"]
 MissedTicksName = Literal["skip", "run_once"]
+DeadlineActionName = Literal["reject", "fail", "route"]
 
 _OUTCOMES: dict[str, workflow_pb2.Outcome.ValueType] = {
     "ok": workflow_pb2.OUTCOME_OK,
@@ -44,6 +46,11 @@ _OUTCOMES: dict[str, workflow_pb2.Outcome.ValueType] = {
 _MISSED_TICKS: dict[str, workflow_pb2.MissedTickPolicy.ValueType] = {
     "skip": workflow_pb2.MISSED_TICK_POLICY_SKIP,
     "run_once": workflow_pb2.MISSED_TICK_POLICY_RUN_ONCE,
+}
+_DEADLINE_ACTIONS: dict[str, workflow_pb2.DeadlineAction.ValueType] = {
+    "reject": workflow_pb2.DEADLINE_ACTION_REJECT,
+    "fail": workflow_pb2.DEADLINE_ACTION_FAIL,
+    "route": workflow_pb2.DEADLINE_ACTION_ROUTE,
 }
 
 
@@ -104,11 +111,9 @@ class Workflow:
             raise ValueError("a trigger needs a name")
         if any(t.name == name for t in self._triggers):
             raise ValueError(f"workflow {self.name!r}: duplicate trigger {name!r}")
-        names = [f.name for f in payload]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"trigger {name!r}: duplicate payload fields {duplicates}")
-        trigger = workflow_pb2.Trigger(name=name, payload=[f.to_proto() for f in payload])
+        trigger = workflow_pb2.Trigger(
+            name=name, payload=_field_protos(f"trigger {name!r} payload", payload)
+        )
         if cron is None:
             if time_zone or missed_ticks is not None:
                 raise ValueError(f"trigger {name!r}: time_zone/missed_ticks need a cron expression")
@@ -211,10 +216,92 @@ class Workflow:
         step.pause.SetInParent()
         self._steps.append(step)
 
-    def approval(self, name: str, *, after: Sequence[str] = ()) -> None:
-        """A step that waits for ApproveStep (outcome ok) or RejectStep (outcome error)."""
+    def approval(
+        self,
+        name: str,
+        *,
+        required_approvals: int = 1,
+        fields: Sequence[Field] = (),
+        deadline: float | timedelta | None = None,
+        on_deadline: DeadlineActionName | None = None,
+        on_deadline_step: str = "",
+        output_key: str = "",
+        after: Sequence[str] = (),
+    ) -> None:
+        """A step that waits for a decision: ApproveStep (outcome ok) once it has
+        `required_approvals` approvals from distinct actors, or RejectStep (outcome error).
+        `fields` declare what a decision's payload may carry, as a trigger's payload.
+        `deadline` (seconds or a timedelta, from when the step is reached) bounds the wait;
+        when it passes, `on_deadline` decides: "reject" (the default), "fail" the run, or
+        "route" to `on_deadline_step`. The decision is the step's output."""
+        if isinstance(required_approvals, bool) or not isinstance(required_approvals, int):
+            raise TypeError(f"step {name!r}: required_approvals must be a whole number")
+        if required_approvals < 1:
+            raise ValueError(f"step {name!r}: required_approvals must be at least 1")
+        if on_deadline is not None and on_deadline not in _DEADLINE_ACTIONS:
+            raise ValueError(
+                f"step {name!r}: unknown on_deadline {on_deadline!r}; "
+                f"expected one of {', '.join(_DEADLINE_ACTIONS)}"
+            )
+        if deadline is None and (on_deadline is not None or on_deadline_step):
+            raise ValueError(f"step {name!r}: on_deadline/on_deadline_step need a deadline")
+        if (on_deadline == "route") != bool(on_deadline_step):
+            raise ValueError(f"step {name!r}: on_deadline='route' goes with on_deadline_step")
         step = self._new_step(name, after)
-        step.approval.SetInParent()
+        step.approval.required_approvals = required_approvals
+        step.approval.fields.extend(_field_protos(f"step {name!r}", fields))
+        if deadline is not None:
+            step.approval.deadline.CopyFrom(to_duration(deadline))
+        if on_deadline is not None:
+            step.approval.on_deadline = _DEADLINE_ACTIONS[on_deadline]
+        step.approval.on_deadline_step = on_deadline_step
+        step.output_key = output_key
+        self._steps.append(step)
+
+    def wait_event(
+        self,
+        name: str,
+        event: str,
+        correlation_key: str,
+        *,
+        deadline: float | timedelta | None = None,
+        output_key: str = "",
+        after: Sequence[str] = (),
+    ) -> None:
+        """A step that waits for `event` published (PublishEvent) with `correlation_key`, a
+        template filled from the run context ("order:{order_id}"). An event published since
+        the run started counts too. Past `deadline` (seconds or a timedelta) the step fails
+        with "deadline_exceeded". The event's payload is the step's output."""
+        if not event or not correlation_key:
+            raise ValueError(f"step {name!r}: wait_event needs an event and a correlation key")
+        step = self._new_step(name, after)
+        step.wait_event.event = event
+        step.wait_event.correlation_key = correlation_key
+        if deadline is not None:
+            step.wait_event.deadline.CopyFrom(to_duration(deadline))
+        step.output_key = output_key
+        self._steps.append(step)
+
+    def wait_child(
+        self,
+        name: str,
+        key: str,
+        *,
+        deadline: float | timedelta | None = None,
+        output_key: str = "",
+        after: Sequence[str] = (),
+    ) -> None:
+        """A step that waits for the end of the child run a handler of this run started with
+        `ctx.start_child_run(..., key=...)`; `key` is a template filled from the run context
+        like wait_event's correlation key. A completed child completes the step (its output:
+        run_id, workflow, status, context); a failed or cancelled one fails it."""
+        if not key:
+            raise ValueError(f"step {name!r}: wait_child needs the child's key")
+        step = self._new_step(name, after)
+        step.wait_child.key = key
+        if deadline is not None:
+            step.wait_child.deadline.CopyFrom(to_duration(deadline))
+        step.output_key = output_key
         self._steps.append(step)
 
     # -- transitions ---------------------------------------------------------------------
@@ -328,6 +415,15 @@ class Workflow:
         if handler.name in self._handlers:
             raise ValueError(f"duplicate handler {handler.name!r}")
         self._handlers[handler.name] = handler
+
+
+def _field_protos(where: str, fields: Sequence[Field]) -> list[workflow_pb2.PayloadField]:
+    """The fields of a payload contract (a trigger's, an approval's decision), each named once."""
+    names = [f.name for f in fields]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{where}: duplicate fields {duplicates}")
+    return [f.to_proto() for f in fields]
 
 
 def _takes_context(fn: Callable[..., Any]) -> bool:

@@ -225,7 +225,9 @@ def test_version_and_shell_completion() -> None:
             "-c",
             'eval "$1"; complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); '
             '_shtab_squidmesh; echo "${COMPREPLY[*]}"; }; '
-            "complete_words squidmesh runs l; complete_words squidmesh runs list --st",
+            "complete_words squidmesh runs l; complete_words squidmesh runs list --st; "
+            "complete_words squidmesh runs ap; complete_words squidmesh workers l; "
+            "complete_words squidmesh events publish x --k",
             "bash",
             script,
         ],
@@ -233,7 +235,7 @@ def test_version_and_shell_completion() -> None:
         text=True,
         check=True,
     )
-    assert completed.stdout.splitlines() == ["list", "--status"]
+    assert completed.stdout.splitlines() == ["list", "--status", "approve", "list", "--key"]
 
 
 def test_serve_on_a_busy_port_is_one_line_at_once(tmp_path: Path) -> None:

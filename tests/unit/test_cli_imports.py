@@ -48,6 +48,11 @@ def imported(*args: str) -> tuple[set[str], set[str]]:
         ["runs", "list", "--status", "failed", "--created-after", "2026-01-01"],
         ["runs", "watch", "r", "--output", "json"],
         ["workflows", "list"],
+        ["runs", "approve", "r", "--actor", "ada", "--payload", "{}"],
+        ["runs", "explain", "r"],
+        ["runs", "history", "r", "--all"],
+        ["events", "publish", "paid", "--key", "order:7", "--id", "e-1"],
+        ["workers", "list", "--gone-within", "1h"],
     ],
 )
 def test_client_commands_import_neither_server_nor_worker(command: list[str]) -> None:

@@ -5,9 +5,11 @@ UNAVAILABLE and exit status 1 instead."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
+from squidmesh.cli.parser import ClientCommand, add_client_commands
 
 from server.cli import main
 from tests.support import free_port
@@ -109,3 +111,65 @@ def test_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -
     code, err = squidmesh(capsys, "runs", "get", "r")
     assert code == 1
     assert len(err) == 1 and err[0].startswith("squidmesh: UNAVAILABLE: cannot reach the server")
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["runs", "resume", "r"], "the following arguments are required: --actor"),
+        (["runs", "approve", "r", "--actor", "ada", "--payload", "[1]"], "not a list"),
+        (["runs", "reject", "r", "--actor", "ada", "--payload", "{x"], "--payload is not JSON"),
+        (["runs", "resume", "r", "--actor", "ada", "--payload", "{}"], "unrecognized arguments"),
+        (["runs", "history", "r", "--all", "--page-size", "5"], "not allowed with argument"),
+        (["runs", "history", "r", "--page-size", "0"], "must be from 1 to 1000, got 0"),
+        (["events", "publish", "paid"], "the following arguments are required: --key"),
+        (["events", "publish", "paid", "--key", "k", "--payload", "3"], "not a number"),
+        (["workers", "list", "--gone-within", "soon"], "'soon' is not a duration"),
+        (["workers", "list", "--gone-within", "1h30"], "'1h30' is not a duration"),
+        (["workers", "list", "--gone-within", "-5"], "must be 0 or more, got '-5'"),
+    ],
+)
+def test_bad_input_to_the_new_commands(
+    capsys: pytest.CaptureFixture[str], args: list[str], error: str
+) -> None:
+    code, err = squidmesh(capsys, *args)
+    assert code == 2
+    assert error in err[-1]
+
+
+def _parsed(*args: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_client_commands(parser.add_subparsers())
+    return parser.parse_args(args)
+
+
+def test_the_new_commands_read_their_options() -> None:
+    approve = _parsed(
+        "runs", "approve", "r-1", "--actor", "ada", "--step", "s", "--key", "k", "--json"
+    )
+    assert (approve.run_id, approve.actor, approve.step, approve.idempotency_key) == (
+        "r-1",
+        "ada",
+        "s",
+        "k",
+    )
+    assert approve.payload is None and approve.output == "json"
+    assert approve.handler == ClientCommand("squidmesh.cli.decisions", "approve")
+    resume = _parsed("runs", "resume", "r-1", "--actor", "ada", "--idempotency-key", "k2")
+    assert resume.idempotency_key == "k2" and resume.comment == ""
+    published = _parsed("events", "publish", "paid", "--key", "order:7", "--id", "e-1")
+    assert (published.name, published.correlation_key, published.event_id) == (
+        "paid",
+        "order:7",
+        "e-1",
+    )
+    assert published.handler == ClientCommand("squidmesh.cli.events", "publish")
+    history = _parsed("runs", "history", "r-1", "--all")
+    assert history.all and history.page_size == 100
+    assert _parsed("runs", "explain", "r-1").handler.function == "explain"
+    assert _parsed("runs", "list", "--parent", "p-1").parent == "p-1"
+    for given, seconds in (("90s", 90), ("15m", 900), ("1h30m", 5400), ("2d", 172800)):
+        assert _parsed("workers", "list", "--gone-within", given).gone_within == seconds
+    assert _parsed("workers", "list", "--gone-within", "0.5").gone_within == 0.5
+    assert _parsed("workers", "list", "--gone-within", "500ms").gone_within == 0.5
+    assert _parsed("workers", "list").gone_within is None  # the server's default (1 h)

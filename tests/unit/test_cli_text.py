@@ -11,8 +11,10 @@ import pytest
 from google.protobuf import timestamp_pb2
 from squidmesh.cli import text
 from squidmesh.cli.output import Output, Table
-from squidmesh.v1 import run_pb2
-from squidmesh.values import to_struct
+from squidmesh.v1 import run_pb2, workflow_pb2
+from squidmesh.values import to_struct, to_value
+
+from worker_sdk import Field, Workflow
 
 T0 = datetime(2026, 11, 21, 19, 6, 49, 826000, tzinfo=UTC)
 
@@ -179,3 +181,115 @@ def test_run_details_show_each_attempt(capsys: pytest.CaptureFixture[str]) -> No
 def test_an_empty_list_is_still_a_header(capsys: pytest.CaptureFixture[str]) -> None:
     Output("text").table(Table(["RUN", "STATUS"]))
     assert capsys.readouterr().out == "RUN  STATUS\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "shown"),
+    [
+        ({"kind": "pause"}, "paused until resumed"),
+        ({"kind": "approval", "required_approvals": 1}, "waiting for approval"),
+        (
+            {"kind": "approval", "required_approvals": 2, "deadline_ms": 3_600_000},
+            "waiting for 2 approvals, for at most 1h 00m",
+        ),
+        (
+            {"kind": "event", "event": "payment.settled", "correlation_key": "order:7"},
+            "waiting for event payment.settled key order:7",
+        ),
+        ({"kind": "child", "key": "ship:7"}, "waiting for child run key ship:7"),
+        ({"kind": "other", "x": 1}, "kind=other x=1"),
+    ],
+)
+def test_a_waiting_step_says_what_it_waits_for(data: dict[str, Any], shown: str) -> None:
+    assert text._describe("step_waiting", data) == shown
+
+
+def test_votes_and_child_runs_read_as_sentences() -> None:
+    vote = {"actor": "ada", "comment": "fine", "approvals": 1, "required_approvals": 2}
+    assert text._describe("approval_voted", vote) == "approved by ada (1 of 2): fine"
+    assert text._describe("approval_voted", {"actor": "bob"}) == "approved by bob"
+    child = {"run_id": "c-1", "workflow": "ship", "key": "ship:7"}
+    assert text._describe("child_run_started", child) == (
+        "started child run c-1 (workflow ship, key ship:7)"
+    )
+
+
+def test_an_event_type_this_client_does_not_know_still_reads() -> None:
+    newer = run_pb2.RunEventType.ValueType(99)  # a newer server's type
+    event = run_pb2.RunEvent(
+        sequence=3, type=newer, time=_ts(0), step="s", data=to_struct({"a": 1})
+    )
+    line, style = text.event_line(event)
+    assert _what(line) == "<99>                 s  a=1" and style == ""
+
+
+def test_gate_steps_show_their_decision(capsys: pytest.CaptureFixture[str]) -> None:
+    run = _runs()[1]
+    decision = {"decision": "approved", "actors": ["ada", "bob"], "payload": {}}
+    run.steps.add(
+        name="sign_off",
+        status=run_pb2.STEP_STATUS_COMPLETED,
+        create_time=_ts(0.1),
+        end_time=_ts(60.1),
+        output=to_value(decision),
+    )
+    resumed = {"actors": ["ada"], "comments": [], "resumed_at": "2026-11-21T19:07:49Z"}
+    run.steps.add(name="hold", status=run_pb2.STEP_STATUS_COMPLETED, output=to_value(resumed))
+    child = {"run_id": "c-1", "workflow": "ship", "status": "completed", "context": {}}
+    run.steps.add(name="shipped", status=run_pb2.STEP_STATUS_COMPLETED, output=to_value(child))
+    run.steps.add(name="approve_2", status=run_pb2.STEP_STATUS_PAUSED, create_time=_ts(61))
+    Output("text").table(text.steps_table(run))
+    _, sign_off, hold, shipped, waiting = capsys.readouterr().out.splitlines()
+    assert sign_off.split()[:3] == ["sign_off", "-", "completed"]
+    assert sign_off.endswith("1m 00s  approved by ada, bob")
+    assert hold.endswith("resumed by ada")
+    assert shipped.endswith("child c-1 completed")
+    assert waiting.split()[:3] == ["approve_2", "-", "paused"]
+
+
+def test_a_child_run_names_its_parent_and_a_parent_its_children(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    child = run_pb2.Run(
+        id="c-1", workflow="ship", create_time=_ts(0), parent_run_id="p-1", parent_step="fan_out"
+    )
+    assert "parent       p-1 (step fan_out)" in text.run_header(child)
+    assert not any(line.startswith("parent") for line in text.run_header(_runs()[0]))
+    parent = run_pb2.Run(id="p-1", workflow="order", create_time=_ts(0))
+    parent.children.add(
+        run_id="c-1",
+        workflow="ship",
+        key="ship:7",
+        parent_step="fan_out",
+        status=run_pb2.RUN_STATUS_RUNNING,
+    )
+    Output("text").table(text.children_table(parent))
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["CHILD", "RUN", "WORKFLOW", "STEP", "STATUS", "KEY"]
+    assert row.split() == ["c-1", "ship", "fan_out", "running", "ship:7"]
+
+
+def test_a_definition_shows_what_its_gates_wait_for() -> None:
+    wf = Workflow("loan")
+    wf.approval(
+        "committee",
+        required_approvals=2,
+        fields=[Field("limit", "number", required=True), Field("note", "string")],
+        deadline=timedelta(hours=48),
+        on_deadline="route",
+        on_deadline_step="escalate",
+    )
+    wf.approval("sign_off", deadline=60)
+    wf.wait_event("settled", "payment.settled", "order:{order_id}", deadline=600)
+    wf.wait_child("shipped", "ship:{order_id}")
+    wf.pause("hold")
+    registered = workflow_pb2.Workflow(name="loan", version=1, definition=wf.definition())
+    steps = text.workflow_text(registered)[4:]
+    assert [" ".join(line.split()) for line in steps] == [
+        "committee approval needs 2 approvals fields limit*, note "
+        "within 2d 0h, then route to escalate",
+        "sign_off approval within 1m 00s, then reject",
+        "settled wait_event payment.settled key order:{order_id} within 10m 00s",
+        "shipped wait_child key ship:{order_id}",
+        "hold pause",
+    ]

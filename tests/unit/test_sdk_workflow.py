@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from google.protobuf import duration_pb2, struct_pb2
 from squidmesh.v1 import workflow_pb2
 from squidmesh.values import from_duration
 
@@ -138,6 +140,132 @@ def test_built_in_steps() -> None:
     hold, sign_off = wf.definition().steps
     assert hold.WhichOneof("kind") == "pause"
     assert sign_off.WhichOneof("kind") == "approval" and list(sign_off.after) == ["hold"]
+
+
+def test_gates_produce_their_steps_exactly() -> None:
+    wf = Workflow("loan")
+    wf.approval(
+        "credit_committee",
+        required_approvals=2,
+        fields=[Field("limit", "number", required=True), Field("note", "string", default="")],
+        deadline=timedelta(hours=48),
+        on_deadline="route",
+        on_deadline_step="escalate",
+        output_key="committee",
+    )
+    wf.approval("sign_off", deadline=90.5, on_deadline="fail", after=["credit_committee"])
+    wf.wait_event(
+        "settled", "payment.settled", "order:{order_id}", deadline=600, output_key="payment"
+    )
+    wf.wait_child("shipment", "ship:{order_id}", deadline=timedelta(minutes=5), after=["settled"])
+    wf.wait_event("forever", "ping", "k")
+    committee, sign_off, settled, shipment, forever = wf.definition().steps
+
+    assert committee == workflow_pb2.Step(
+        name="credit_committee",
+        output_key="committee",
+        approval=workflow_pb2.ApprovalStep(
+            required_approvals=2,
+            fields=[
+                workflow_pb2.PayloadField(
+                    name="limit", type=workflow_pb2.FIELD_TYPE_NUMBER, required=True
+                ),
+                workflow_pb2.PayloadField(
+                    name="note",
+                    type=workflow_pb2.FIELD_TYPE_STRING,
+                    default_value=struct_pb2.Value(string_value=""),
+                ),
+            ],
+            deadline=duration_pb2.Duration(seconds=48 * 3600),
+            on_deadline=workflow_pb2.DEADLINE_ACTION_ROUTE,
+            on_deadline_step="escalate",
+        ),
+    )
+    assert sign_off == workflow_pb2.Step(
+        name="sign_off",
+        after=["credit_committee"],
+        approval=workflow_pb2.ApprovalStep(
+            required_approvals=1,
+            deadline=duration_pb2.Duration(seconds=90, nanos=500_000_000),
+            on_deadline=workflow_pb2.DEADLINE_ACTION_FAIL,
+        ),
+    )
+    assert settled == workflow_pb2.Step(
+        name="settled",
+        output_key="payment",
+        wait_event=workflow_pb2.WaitEventStep(
+            event="payment.settled",
+            correlation_key="order:{order_id}",
+            deadline=duration_pb2.Duration(seconds=600),
+        ),
+    )
+    assert shipment == workflow_pb2.Step(
+        name="shipment",
+        after=["settled"],
+        wait_child=workflow_pb2.WaitChildStep(
+            key="ship:{order_id}", deadline=duration_pb2.Duration(seconds=300)
+        ),
+    )
+    # No deadline: the field is unset (wait forever), not a zero duration.
+    assert not forever.wait_event.HasField("deadline")
+
+
+def test_an_approval_without_options_waits_for_one_approval_and_no_deadline() -> None:
+    wf = Workflow("w")
+    wf.approval("ok")
+    (step,) = wf.definition().steps
+    assert step.approval == workflow_pb2.ApprovalStep(required_approvals=1)
+    assert not step.approval.HasField("deadline")
+    assert step.approval.on_deadline == workflow_pb2.DEADLINE_ACTION_UNSPECIFIED  # reject
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"required_approvals": 0}, ValueError, "required_approvals must be at least 1"),
+        ({"required_approvals": 1.5}, TypeError, "required_approvals must be a whole number"),
+        ({"required_approvals": True}, TypeError, "required_approvals must be a whole number"),
+        ({"on_deadline": "fail"}, ValueError, "on_deadline/on_deadline_step need a deadline"),
+        ({"on_deadline_step": "x"}, ValueError, "on_deadline/on_deadline_step need a deadline"),
+        ({"deadline": 5, "on_deadline": "ignore"}, ValueError, "unknown on_deadline 'ignore'"),
+        ({"deadline": 5, "on_deadline": "route"}, ValueError, "'route' goes with on_deadline_step"),
+        (
+            {"deadline": 5, "on_deadline": "reject", "on_deadline_step": "x"},
+            ValueError,
+            "'route' goes with on_deadline_step",
+        ),
+        ({"deadline": -1}, ValueError, "a duration must be a finite number of seconds >= 0"),
+        ({"deadline": "1h"}, TypeError, "a duration is a number of seconds, not str"),
+        (
+            {"fields": [Field("a", "string"), Field("a", "number")]},
+            ValueError,
+            r"step 'gate': duplicate fields \['a'\]",
+        ),
+    ],
+)
+def test_approval_options_are_checked(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    wf = Workflow("w")
+    with pytest.raises(error, match=message):
+        wf.approval("gate", **options)
+    assert wf.step_names == []  # nothing half-added
+
+
+def test_waits_need_what_they_wait_for() -> None:
+    wf = Workflow("w")
+    with pytest.raises(ValueError, match="needs an event and a correlation key"):
+        wf.wait_event("e", "", "k")
+    with pytest.raises(ValueError, match="needs an event and a correlation key"):
+        wf.wait_event("e", "paid", "")
+    with pytest.raises(ValueError, match="needs the child's key"):
+        wf.wait_child("c", "")
+    with pytest.raises(ValueError, match="a duration must be"):
+        wf.wait_child("c", "k", deadline=timedelta(seconds=-1))
+    with pytest.raises(ValueError, match="duplicate step"):
+        wf.wait_child("e2", "k")
+        wf.wait_event("e2", "paid", "k")
+    assert wf.step_names == ["e2"]
 
 
 def test_transitions_and_conditions() -> None:

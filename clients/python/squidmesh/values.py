@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2
@@ -75,8 +76,14 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     return {key: value_to_python(item) for key, item in struct.fields.items()}
 
 
-def to_duration(seconds: float) -> duration_pb2.Duration:
-    """Seconds (float, >= 0) as a `Duration`, to the nanosecond."""
+def to_duration(seconds: float | timedelta) -> duration_pb2.Duration:
+    """Seconds (float, >= 0) or a `timedelta` as a `Duration`, to the nanosecond."""
+    if isinstance(seconds, timedelta):
+        if seconds < timedelta(0):
+            raise ValueError(f"a duration must be >= 0, got {seconds!r}")
+        duration = duration_pb2.Duration()
+        duration.FromTimedelta(seconds)
+        return duration
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise TypeError(f"a duration is a number of seconds, not {type(seconds).__name__}")
     if not math.isfinite(seconds) or seconds < 0:

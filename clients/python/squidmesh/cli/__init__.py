@@ -1,2 +1,2 @@
-"""The client commands of the `squidmesh` command (workflows, runs); `parser` declares them and
-imports the rest only when one runs."""
+"""The client commands of the `squidmesh` command (workflows, runs, events, workers); `parser`
+declares them and imports the rest only when one runs."""

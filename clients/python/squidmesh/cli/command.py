@@ -4,20 +4,37 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from squidmesh.cli.output import Output
 from squidmesh.cli.parser import server_address
 from squidmesh.client import Client
+from squidmesh.values import to_struct
 
 Handler = Callable[[argparse.Namespace, Client, Output], int]
 
 
 class InputError(Exception):
     """Bad input on the command line or in a file, found before any call."""
+
+
+def json_object(raw: str, option: str) -> dict[str, Any]:
+    """The JSON object given to `option` (e.g. --payload), its values fit for the contract."""
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{option} is not JSON: {exc}") from None
+    try:
+        to_struct(data, where=option)
+    except (TypeError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+    result: dict[str, Any] = data
+    return result
 
 
 def run(handler: Handler, args: argparse.Namespace) -> int:

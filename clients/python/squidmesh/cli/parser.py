@@ -1,4 +1,5 @@
-"""The arguments of the client commands of `squidmesh` (workflows, runs), checked by argparse.
+"""The arguments of the client commands of `squidmesh` (workflows, runs, events, workers),
+checked by argparse.
 
 Building the parser imports the standard library only: a command's module, and with it grpc,
 protobuf and rich, is imported when that command runs. So `squidmesh --help`, `serve` and
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +42,8 @@ def server_address(args: argparse.Namespace) -> str:
 
 
 def add_client_commands(commands: Any) -> None:
-    """Adds `workflows ...` and `runs ...` to the subparsers `commands`."""
+    """Adds `workflows ...`, `runs ...`, `events ...` and `workers ...` to the subparsers
+    `commands`."""
     workflows = commands.add_parser("workflows", help="workflow definitions").add_subparsers(
         title="commands", metavar="COMMAND"
     )
@@ -85,6 +88,7 @@ def add_client_commands(commands: Any) -> None:
         "without a time zone: local time)",
     )
     p.add_argument("--created-before", type=_time, metavar="TIME", help="only runs created before")
+    p.add_argument("--parent", default="", metavar="RUN_ID", help="only the child runs of RUN_ID")
     p.add_argument(
         "--full",
         action="store_true",
@@ -109,6 +113,85 @@ def add_client_commands(commands: Any) -> None:
     p.add_argument("run_id")
     p.add_argument("--allow-irreversible", action="store_true")
     p.add_argument("--idempotency-key", default="", help="the same key returns the same replay")
+    _decision_commands(runs)
+    p = _command(runs, "explain", "diagnosis", "explain", "say why a run is where it is")
+    p.add_argument("run_id")
+    p = _command(
+        runs, "history", "diagnosis", "history", "show a run's audit trail: commands and events"
+    )
+    p.add_argument("run_id")
+    pages = p.add_mutually_exclusive_group()
+    pages.add_argument("--all", action="store_true", help="every page, not only the first")
+    pages.add_argument(
+        "--page-size",
+        type=_page_size,
+        default=100,
+        metavar="N",
+        help=f"at most N entries per page, 1 to {MAX_PAGE_SIZE} (default 100)",
+    )
+    p.add_argument("--page-token", default="", help="the token a previous page printed")
+
+    events = commands.add_parser("events", help="events for wait_event steps").add_subparsers(
+        title="commands", metavar="COMMAND"
+    )
+    p = _command(
+        events, "publish", "events", "publish", "publish an event to the runs waiting for it"
+    )
+    p.add_argument("name", help='the event name, e.g. "payment.settled"')
+    p.add_argument(
+        "--key",
+        required=True,
+        dest="correlation_key",
+        metavar="CORRELATION_KEY",
+        help='its correlation key, e.g. "order:42"',
+    )
+    p.add_argument("--payload", default=None, help="a JSON object: the waiting steps' output")
+    p.add_argument(
+        "--id",
+        default="",
+        dest="event_id",
+        help="the event's id: publishing an id again changes nothing (default: a new one)",
+    )
+    p.add_argument("--actor", default=os.environ.get("USER", "cli"))
+
+    workers = commands.add_parser("workers", help="worker processes").add_subparsers(
+        title="commands", metavar="COMMAND"
+    )
+    p = _command(workers, "list", "workers", "list_workers", "list live and recently gone workers")
+    p.add_argument("--queue", default="", help="only workers consuming this queue")
+    p.add_argument(
+        "--gone-within",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="also list workers gone within DURATION, e.g. 90s, 15m, 1h30m, 2d (default 1h)",
+    )
+
+
+def _decision_commands(runs: Any) -> None:
+    """`runs resume`, `runs approve` and `runs reject`: a person's decision on a stopped run."""
+    for name, function, help in (
+        ("resume", "resume", "resume a run stopped at a pause step"),
+        ("approve", "approve", "approve a waiting approval step (one vote)"),
+        ("reject", "reject", "reject a waiting approval step"),
+    ):
+        p = _command(runs, name, "decisions", function, help)
+        p.add_argument("run_id")
+        p.add_argument("--step", default="", help="the step (default: the run's only one waiting)")
+        p.add_argument("--actor", required=True, help="who decides (recorded in the history)")
+        p.add_argument("--comment", default="", help="why")
+        if name != "resume":
+            p.add_argument(
+                "--payload", default=None, help="a JSON object, checked against the step's fields"
+            )
+        p.add_argument(
+            "--key",
+            "--idempotency-key",
+            dest="idempotency_key",
+            metavar="KEY",
+            default="",
+            help="repeating the command with the same key changes nothing",
+        )
 
 
 def _command(
@@ -156,6 +239,27 @@ def _time(text: str) -> datetime:
             f"{text!r} is not an ISO 8601 time (e.g. 2026-11-21, 2026-11-21T19:06:49Z, "
             "2026-11-21 19:06:49+02:00)"
         ) from None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """ "90s", "15m", "1h30m", "2d", "500ms" or a number of seconds, in seconds."""
+    spaced = text.strip().lower()
+    try:
+        seconds = float(spaced)
+    except ValueError:
+        parts = _DURATION_PART.findall(spaced)
+        if not parts or "".join(n + u for n, u in parts) != spaced:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a duration (e.g. 90s, 15m, 1h30m, 2d, or seconds)"
+            ) from None
+        seconds = sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return seconds
 
 
 def _page_size(text: str) -> int:

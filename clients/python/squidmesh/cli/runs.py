@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
 
 from squidmesh.cli import text
-from squidmesh.cli.command import InputError
+from squidmesh.cli.command import json_object
 from squidmesh.cli.output import Output
 from squidmesh.client import Client, is_terminal
 from squidmesh.v1 import run_pb2
-from squidmesh.values import to_struct
 
 
 def start(args: argparse.Namespace, client: Client, out: Output) -> int:
-    payload = _payload(args.payload)
+    payload = json_object(args.payload, "--payload")
     run = client.start_run(
         args.workflow, payload, trigger=args.trigger, idempotency_key=args.idempotency_key
     )
@@ -28,20 +25,6 @@ def start(args: argparse.Namespace, client: Client, out: Output) -> int:
     return _watch(client, out, run.id, 0) if args.watch else 0
 
 
-def _payload(raw: str) -> dict[str, Any]:
-    """The JSON object of `--payload`."""
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"--payload is not JSON: {exc}") from None
-    try:
-        to_struct(data, where="--payload")  # a JSON object whose values fit the contract
-    except (TypeError, ValueError) as exc:
-        raise InputError(str(exc)) from None
-    result: dict[str, Any] = data
-    return result
-
-
 def get(args: argparse.Namespace, client: Client, out: Output) -> int:
     run = client.get_run(args.run_id)
     if out.json:
@@ -52,6 +35,9 @@ def get(args: argparse.Namespace, client: Client, out: Output) -> int:
     if run.steps:
         out.line()
         out.table(text.steps_table(run))
+    if run.children:
+        out.line()
+        out.table(text.children_table(run))
     out.line()
     out.line(text.run_context(run))
     if not is_terminal(run.status) and run.last_sequence:
@@ -91,6 +77,7 @@ def list_runs(args: argparse.Namespace, client: Client, out: Output) -> int:
         created_after=args.created_after,
         created_before=args.created_before,
         view="full" if args.full else "basic",
+        parent_run_id=args.parent,
     )
     if out.json:
         out.message(response)

@@ -4,11 +4,11 @@ Times are local, durations human ("41 ms", "1.2 s", "3m 04s")."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
 from typing import Any
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from squidmesh.cli.output import Cell, Table
 from squidmesh.client import run_status_name
@@ -25,6 +25,8 @@ _STYLES = {
     "compensating": "yellow",
     "retrying": "yellow",
     "running": "cyan",
+    "paused": "magenta",
+    "waiting": "blue",
 }
 _EVENT_STYLES = {
     "run_completed": "bold green",
@@ -37,11 +39,23 @@ _EVENT_STYLES = {
     "cancel_requested": "yellow",
     "run_cancelled": "bold yellow",
     "attempt_progress": "dim",
+    "step_waiting": "magenta",
+    "approval_voted": "green",
+    "child_run_started": "cyan",
 }
 
 
 def _name(enum_value_name: str, prefix: str) -> str:
     return enum_value_name.removeprefix(prefix).lower()
+
+
+def enum_name(enum: Any, number: int, prefix: str) -> str:
+    """The short name of an enum value; a number this client's contract does not know yet (a
+    newer server's) as `<number>`, so that it still reads."""
+    try:
+        return _name(enum.Name(number), prefix)
+    except ValueError:
+        return f"<{number}>"
 
 
 def _status(name: str) -> Cell:
@@ -135,6 +149,9 @@ def run_header(run: run_pb2.Run) -> list[str]:
         lines.append(f"idempotency  {run.idempotency_key}")
     if run.source_run_id:
         lines.append(f"replays      {run.source_run_id}")
+    if run.parent_run_id:
+        step = f" (step {run.parent_step})" if run.parent_step else ""
+        lines.append(f"parent       {run.parent_run_id}{step}")
     if run.HasField("error"):
         where = f" (step {run.error.step})" if run.error.step else ""
         lines.append(f"error        {_failure(run.error)}{where}")
@@ -157,13 +174,13 @@ def steps_table(run: run_pb2.Run) -> Table:
     for step in run.steps:
         name = step.name + (f" (undoes {step.compensates})" if step.compensates else "")
         if not step.attempts:
-            status = _name(run_pb2.StepStatus.Name(step.status), "STEP_STATUS_")
+            status = enum_name(run_pb2.StepStatus, step.status, "STEP_STATUS_")
             ended = _took(step.create_time, step.end_time)
-            detail = _failure(step.error) if step.HasField("error") else ""
+            detail = _failure(step.error) if step.HasField("error") else _gate_detail(step)
             started = _time(step.create_time, ms=True, day=day)
             table.add(name, "-", _status(status), "-", started, ended, detail)
         for index, attempt in enumerate(step.attempts):
-            status = _name(run_pb2.AttemptStatus.Name(attempt.status), "ATTEMPT_STATUS_")
+            status = enum_name(run_pb2.AttemptStatus, attempt.status, "ATTEMPT_STATUS_")
             detail = ""
             if attempt.HasField("error"):
                 detail = _failure(attempt.error)
@@ -181,6 +198,37 @@ def steps_table(run: run_pb2.Run) -> Table:
     return table
 
 
+def _gate_detail(step: run_pb2.StepRun) -> str:
+    """What decided a step without attempts, read from its output: an approval's decision, a
+    pause's resume, a child run's end. Empty for other steps (their output is in the context)."""
+    output = value_to_python(step.output) if step.HasField("output") else None
+    if not isinstance(output, dict):
+        return ""
+    actors = output.get("actors")
+    by = f" by {', '.join(map(str, actors))}" if isinstance(actors, list) and actors else ""
+    if isinstance(output.get("decision"), str):
+        return f"{output['decision']}{by}"
+    if "resumed_at" in output:
+        return f"resumed{by}"
+    if isinstance(output.get("run_id"), str) and isinstance(output.get("status"), str):
+        return f"child {output['run_id']} {output['status']}"
+    return ""
+
+
+def children_table(run: run_pb2.Run) -> Table:
+    """The runs this run's handlers started."""
+    table = Table(["CHILD RUN", "WORKFLOW", "STEP", "STATUS", "KEY"])
+    for child in run.children:
+        table.add(
+            child.run_id,
+            child.workflow,
+            child.parent_step,
+            _status(run_status_name(child.status) if child.status else "-"),
+            child.key,
+        )
+    return table
+
+
 def run_context(run: run_pb2.Run) -> str:
     return f"context      {_compact(struct_to_dict(run.context))}"
 
@@ -190,7 +238,7 @@ def run_context(run: run_pb2.Run) -> str:
 
 def event_line(event: run_pb2.RunEvent) -> tuple[str, str]:
     """`[seq] time type step#attempt what happened`, and its style."""
-    kind = _name(run_pb2.RunEventType.Name(event.type), "RUN_EVENT_TYPE_")
+    kind = enum_name(run_pb2.RunEventType, event.type, "RUN_EVENT_TYPE_")
     where = event.step + (f"#{event.attempt_number}" if event.attempt_number else "")
     what = _describe(kind, _without_tracebacks(struct_to_dict(event.data)))
     line = f"[{event.sequence:>3}] {_time(event.time, ms=True)} {kind:<20} "
@@ -199,6 +247,8 @@ def event_line(event: run_pb2.RunEvent) -> tuple[str, str]:
 
 
 def _describe(kind: str, data: dict[str, Any]) -> str:
+    if kind in _GATE_EVENTS:
+        return _GATE_EVENTS[kind](data)
     if kind == "attempt_progress":
         return _pairs(data.get("progress") or {})
     if kind == "attempt_declined":
@@ -215,6 +265,46 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
     if isinstance(error, Mapping):
         return f"{error.get('reason', 'error')}: {error.get('message', '')} {pairs}".rstrip()
     return pairs
+
+
+def _step_waiting(data: dict[str, Any]) -> str:
+    kind = data.get("kind")
+    if kind == "pause":
+        text = "paused until resumed"
+    elif kind == "approval":
+        required = data.get("required_approvals")
+        many = f"{required} approvals" if isinstance(required, int) and required > 1 else ""
+        text = f"waiting for {many or 'approval'}"
+    elif kind == "event":
+        text = f"waiting for event {data.get('event', '?')} key {data.get('correlation_key', '?')}"
+    elif kind == "child":
+        text = f"waiting for child run key {data.get('key', '?')}"
+    else:
+        return _pairs(data)
+    if isinstance(data.get("deadline_ms"), int | float):
+        text += f", for at most {duration(data['deadline_ms'] / 1000)}"
+    return text
+
+
+def _approval_voted(data: dict[str, Any]) -> str:
+    text = f"approved by {data.get('actor', '?')}"
+    approvals, required = data.get("approvals"), data.get("required_approvals")
+    if isinstance(approvals, int) and isinstance(required, int):
+        text += f" ({approvals} of {required})"
+    return text + (f": {data['comment']}" if data.get("comment") else "")
+
+
+def _child_run_started(data: dict[str, Any]) -> str:
+    text = f"started child run {data.get('run_id', '?')}"
+    details = [f"{k} {data[k]}" for k in ("workflow", "key") if data.get(k)]
+    return text + (f" ({', '.join(details)})" if details else "")
+
+
+_GATE_EVENTS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "step_waiting": _step_waiting,
+    "approval_voted": _approval_voted,
+    "child_run_started": _child_run_started,
+}
 
 
 def _pairs(data: Mapping[str, Any]) -> str:
@@ -246,6 +336,38 @@ def _without_tracebacks(data: Any) -> Any:
 # --- workflows ---------------------------------------------------------------------------------
 
 
+def _gate_options(step: workflow_pb2.Step) -> str:
+    """What a gate step of a definition waits for, and for how long at most."""
+    kind = step.WhichOneof("kind")
+    parts: list[str] = []
+    deadline: duration_pb2.Duration | None = None
+    if kind == "approval":
+        gate = step.approval
+        if gate.required_approvals > 1:
+            parts.append(f"needs {gate.required_approvals} approvals")
+        if gate.fields:
+            names = ", ".join(f.name + ("*" if f.required else "") for f in gate.fields)
+            parts.append(f"fields {names}")
+        deadline = gate.deadline if gate.HasField("deadline") else None
+    elif kind == "wait_event":
+        parts.append(f"{step.wait_event.event} key {step.wait_event.correlation_key}")
+        deadline = step.wait_event.deadline if step.wait_event.HasField("deadline") else None
+    elif kind == "wait_child":
+        parts.append(f"key {step.wait_child.key}")
+        deadline = step.wait_child.deadline if step.wait_child.HasField("deadline") else None
+    if deadline is not None:
+        limit = f"within {duration(deadline.ToNanoseconds() / 1e9)}"
+        if kind == "approval":
+            action = enum_name(
+                workflow_pb2.DeadlineAction, step.approval.on_deadline, "DEADLINE_ACTION_"
+            )
+            limit += f", then {'reject' if action == 'unspecified' else action}"
+            if step.approval.on_deadline_step:
+                limit += f" to {step.approval.on_deadline_step}"
+        parts.append(limit)
+    return "".join(f" {part}" for part in parts)
+
+
 def workflows_table(workflows: Iterable[workflow_pb2.Workflow]) -> Table:
     table = Table(["WORKFLOW", "VERSION", "STEPS", "TRIGGERS", "REGISTERED", "DESCRIPTION"])
     for wf in workflows:
@@ -274,7 +396,7 @@ def workflow_text(wf: workflow_pb2.Workflow) -> list[str]:
     lines.append("steps")
     for step in d.steps:
         kind = step.WhichOneof("kind") or "?"
-        handler = f" {step.task.handler}" if kind == "task" else ""
+        handler = f" {step.task.handler}" if kind == "task" else _gate_options(step)
         if step.task.queue:
             handler += f" on queue {step.task.queue}"
         after = f" after {', '.join(step.after)}" if step.after else ""
