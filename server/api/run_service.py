@@ -250,7 +250,7 @@ class RunService(pb_grpc.RunServiceServicer):
         self, request: pb.GetRunHistoryRequest, context: Context
     ) -> pb.GetRunHistoryResponse:
         limit = convert.page_size(request.page_size, default=100)
-        after = (0, 0)
+        after = (0, -1)  # before the first event, and before the start command
         if request.page_token:
             token = convert.decode_page_token(request.page_token, "seq", "command")
             try:

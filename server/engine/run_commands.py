@@ -284,18 +284,19 @@ class RunCommands(CommandLog):
     ) -> tuple[list[EventView | CommandRecord], tuple[int, int] | None]:
         """A page of the run's history: its commands and events interleaved in time order
         (a command before the events it caused), after a cursor of (last event sequence, last
-        command id). Returns the entries and the next cursor (None on the last page)."""
+        command id; -1 before the start). Returns the entries and the next cursor (None on the
+        last page)."""
         after_seq, after_command = after
         async with self._db.snapshot() as conn:
             if await events.run_position(conn, run_id) is None:
                 raise run_not_found(run_id)
             page_events = await events.read_after(conn, run_id, after_seq, limit + 1)
             page_commands = await commands.page(conn, run_id, after_command, limit + 1)
-        merged = _with_start(sorted([*page_events, *page_commands], key=_history_order))
+        merged = sorted([*page_events, *page_commands], key=_history_order)
+        if after_command < 0:
+            merged = _with_start(merged)
         more = len(merged) > limit
         taken = merged[:limit]
-        if more and isinstance(taken[-1], CommandRecord) and taken[-1].id == 0:
-            taken.pop()  # the start goes with its event, on the next page
         last_seq = max((e.seq for e in taken if isinstance(e, EventView)), default=after_seq)
         last_command = max(
             (c.id for c in taken if isinstance(c, CommandRecord)), default=after_command
@@ -402,8 +403,8 @@ class RunCommands(CommandLog):
 
 
 def _with_start(entries: list[EventView | CommandRecord]) -> list[EventView | CommandRecord]:
-    """The StartRun command (id 0), told by the run's first event, before it (no row of its
-    own: StartRun's statement stays one insert per table)."""
+    """The StartRun command (id 0: after it, the command cursor is 0), told by the run's first
+    event, before it (no row of its own: StartRun's statement stays one insert per table)."""
     out: list[EventView | CommandRecord] = []
     for entry in entries:
         if isinstance(entry, EventView) and entry.seq == 1 and entry.type == "run_created":
