@@ -292,7 +292,9 @@ class RunCommands(CommandLog):
                 raise run_not_found(run_id)
             page_events = await events.read_after(conn, run_id, after_seq, limit + 1)
             page_commands = await commands.page(conn, run_id, after_command, limit + 1)
-        merged = sorted([*page_events, *page_commands], key=_history_order)
+        merged: list[EventView | CommandRecord] = sorted(
+            [*page_events, *page_commands], key=_history_order
+        )
         if after_command < 0:
             merged = _with_start(merged)
         more = len(merged) > limit
