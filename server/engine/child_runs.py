@@ -7,7 +7,7 @@ transaction locks the parent (so a key is taken once, and never by a child of a 
 ended), inserts the child and appends the event to the parent. When a child ends, whatever
 ended it wakes its parent's wait_child step right after commit (`EngineCore._after_commit`,
 from the parent id read with the run under lock or in the claim); the timer loop's sweep
-resolves what that missed (`GateCommands.sweep_waits`).
+resolves what that missed (`EventCommands.sweep_waits`).
 
 Cancelling a parent does not cancel its children: a child is a run of its own (an order's
 shipment may well go on), which CancelRun stops on its own id."""

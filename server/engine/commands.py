@@ -10,11 +10,11 @@ from server.engine.attempt_commands import AttemptCommands
 from server.engine.child_runs import ChildRunCommands
 from server.engine.core import EngineConfig, Publish, Wakeups
 from server.engine.diagnosis_commands import DiagnosisCommands
-from server.engine.gate_commands import GateCommands
+from server.engine.event_commands import EventCommands
 
 __all__ = ["Engine", "EngineConfig", "Publish", "Wakeups"]
 
 
-class Engine(ChildRunCommands, AttemptCommands, GateCommands, DiagnosisCommands):
+class Engine(ChildRunCommands, AttemptCommands, EventCommands, DiagnosisCommands):
     """Workflow and run commands (child runs included), the worker protocol's, the gates',
     and diagnosis (workers, ExplainRun)."""

@@ -335,7 +335,7 @@ class EngineCore:
 
     async def _look_back(self, run_id: uuid.UUID) -> None:
         """A run just started waiting for an event or a child run: what it waits for may have
-        happened already (`gate_commands.GateCommands`)."""
+        happened already (`event_commands.EventCommands`)."""
         raise NotImplementedError
 
     def _check_size(self, what: str, value: JSON) -> None:

@@ -1,6 +1,7 @@
 """Gates: steps that wait for something outside their run. ResumeRun, ApproveStep and
-RejectStep (people), PublishEvent (events), the end of a child run, and the deadlines of all
-of them (timers like any other: any replica's timer loop fires them, exactly once).
+RejectStep (people), the deadlines of every gate (timers like any other: any replica's timer
+loop fires them, exactly once), and resolving a gate, which events and child runs
+(`event_commands`) share.
 
 A gate step holds no attempt and no worker slot: its step row is paused or waiting and a
 `waits` row says what for. Resolving it is one transaction under the run's lock, like every
@@ -38,7 +39,7 @@ from server.engine.model import (
 )
 from server.engine.payload import validate_payload
 from server.engine.views import RunView
-from server.store import changes, commands, runs, waits
+from server.store import changes, runs, waits
 from server.store.changes import NewEvent, RunChange, StepUpdate
 from server.store.commands import CommandRecord
 from server.store.db import Connection, retry_conflicts
@@ -56,16 +57,6 @@ class Approval:
     decided: bool
     approvals: int
     required: int
-
-
-@dataclass(frozen=True)
-class Publication:
-    """The result of PublishEvent."""
-
-    event_id: str
-    created: bool
-    published_at: datetime
-    resolved_run_ids: list[uuid.UUID]
 
 
 class GateCommands(CommandLog):
@@ -166,168 +157,6 @@ class GateCommands(CommandLog):
         )
         await self._run_command(request, act)
         return await self._read_run(run_id)
-
-    # --- events ------------------------------------------------------------------------------
-
-    @retry_conflicts
-    async def publish_event(
-        self,
-        name: str,
-        correlation_key: str,
-        payload: dict[str, JSON],
-        event_id: str,
-        actor: str,
-    ) -> Publication:
-        """Stores the event and resolves every wait for it, in one transaction."""
-        self._check_size("payload", payload)
-        event_id = event_id or uuid.uuid4().hex
-        resolved: list[tuple[uuid.UUID, RunChange]] = []
-        async with self._db.transaction() as conn:
-            await waits.lock_event_key(conn, name, correlation_key)
-            event, created = await waits.publish(
-                conn, name, correlation_key, event_id, payload, actor
-            )
-            if created:
-                for run_id in await waits.waiting_for(conn, name, correlation_key):
-                    change = await self._resolve_event(conn, run_id, name, correlation_key, event)
-                    if change is not None:
-                        resolved.append((run_id, change))
-        for _, change in resolved:
-            await self._after_commit(change)
-        log.info(
-            "event_published",
-            event_name=name,
-            correlation_key=correlation_key,
-            event_id=event_id,
-            created=created,
-            resolved=len(resolved),
-        )
-        return Publication(event_id, created, event.published_at, [r for r, _ in resolved])
-
-    async def _resolve_event(
-        self,
-        conn: Connection,
-        run_id: uuid.UUID,
-        name: str,
-        key: str,
-        event: waits.PublishedEvent,
-    ) -> RunChange | None:
-        """Resolves the run's (first) open wait for the event, under the run's lock (the
-        event key's lock is held). None when it no longer waits."""
-        run = await runs.lock(conn, run_id)
-        if run is None or run.status in TERMINAL_RUN_STATUSES:
-            return None
-        # One event resolves one wait per run: its oldest for this name and key.
-        wait = next(
-            (
-                w
-                for w in await waits.open_waits(conn, run_id)
-                if w.kind == "event" and w.event_name == name and w.correlation_key == key
-            ),
-            None,
-        )
-        if wait is None:
-            return None
-        defn = await self._definition(conn, run.workflow_id)
-        change = await self._resolve(conn, run, defn, wait.step_name, event.payload)
-        await changes.apply(conn, change)
-        await commands.record(
-            conn,
-            CommandRecord(
-                run_id,
-                "event",
-                event.actor,
-                idempotency_key=event.event_id,
-                step=wait.step_name,
-                data={
-                    "event": name,
-                    "correlation_key": wait.correlation_key or "",
-                    "payload": event.payload,
-                },
-            ),
-        )
-        return change
-
-    async def _look_back(self, run_id: uuid.UUID) -> None:
-        """The run has open waits for events or child runs: resolves each whose event was
-        published since the run started, or whose child ended (what happened before the run
-        reached its wait). Each event key is locked as PublishEvent locks it, so a publication
-        that committed meanwhile is seen by one side or the other."""
-        async with self._db.connect() as conn:
-            pending = [w for w in await waits.open_waits(conn, run_id) if w.kind in _LOOKED_UP]
-        for wait in pending:
-            change = await self._look_back_at(wait)
-            if change is not None:
-                await self._after_commit(change)
-
-    @retry_conflicts
-    async def _look_back_at(self, wait: waits.Wait) -> RunChange | None:
-        async with self._db.transaction() as conn:
-            if wait.kind == "event":
-                assert wait.event_name is not None and wait.correlation_key is not None
-                await waits.lock_event_key(conn, wait.event_name, wait.correlation_key)
-            run = await runs.lock(conn, wait.run_id)
-            if run is None or run.status in TERMINAL_RUN_STATUSES:
-                return None
-            still_open = {w.step_name for w in await waits.open_waits(conn, run.id)}
-            if wait.step_name not in still_open:
-                return None
-            defn = await self._definition(conn, run.workflow_id)
-            if wait.kind == "event":
-                since = await runs.created_at(conn, run.id)
-                event = await waits.unconsumed_event(conn, wait, since)
-                if event is None:
-                    return None
-                assert wait.event_name is not None
-                change = await self._resolve(conn, run, defn, wait.step_name, event.payload)
-                await commands.record(
-                    conn,
-                    CommandRecord(
-                        run.id,
-                        "event",
-                        event.actor,
-                        idempotency_key=event.event_id,
-                        step=wait.step_name,
-                        data={
-                            "event": wait.event_name,
-                            "correlation_key": wait.correlation_key or "",
-                            "payload": event.payload,
-                        },
-                    ),
-                )
-            else:
-                child = await runs.child(conn, run.id, wait.correlation_key or "")
-                if child is None or not child.status.terminal:
-                    return None
-                output: dict[str, JSON] = {
-                    "run_id": str(child.id),
-                    "workflow": child.workflow_name,
-                    "status": child.status.value,
-                    "context": child.context,
-                }
-                failure = None
-                if child.status.value != "completed":
-                    failure = Failure(
-                        reason=FailureReason.CHILD_RUN_FAILED,
-                        type="ChildRunFailed",
-                        message=f"child run {child.id} ({child.workflow_name}) ended "
-                        f"{child.status.value}",
-                        details={"child": output, "error": child.error},
-                        step=wait.step_name,
-                    )
-                change = await self._resolve(conn, run, defn, wait.step_name, output, failure)
-            await changes.apply(conn, change)
-        return change
-
-    async def sweep_waits(self) -> int:
-        """The timer loop's safety net: resolves waits whose event was published, or whose
-        child ended, while no look-back ran (a crash between a wait's commit and its look-back,
-        a child that ended on another replica)."""
-        async with self._db.connect() as conn:
-            run_ids = await waits.runs_with_open_lookups(conn)
-        for run_id in run_ids:
-            await self._look_back(run_id)
-        return len(run_ids)
 
     # --- deadlines ---------------------------------------------------------------------------
 
@@ -438,10 +267,6 @@ class GateCommands(CommandLog):
         if run is None:
             raise run_not_found(run_id)
         return run
-
-
-_LOOKED_UP = ("event", "child")
-"""Waits for something that may have happened before the run reached them."""
 
 
 async def _waiting_step(
