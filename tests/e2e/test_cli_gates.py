@@ -127,12 +127,13 @@ def test_resume_approve_reject_and_their_history(cluster: Cluster) -> None:
 
     # Pages: a page as the server cut it, the token on stderr; the next page (here as JSON,
     # with the proto's names) goes on where it stopped, and together they are the history.
-    paged = squidmesh(server.address, "runs", "history", run.id, "--page-size", "3")
+    # (start, run_created, step_waiting, then the refused approval: four entries)
+    paged = squidmesh(server.address, "runs", "history", run.id, "--page-size", "4")
     first_rows = paged.stdout.splitlines()[1:]
     token = paged.stderr.split("--page-token ", 1)[1].split()[0]
-    as_json = squidmesh(server.address, "runs", "history", run.id, "--page-size", "3", "--json")
+    as_json = squidmesh(server.address, "runs", "history", run.id, "--page-size", "4", "--json")
     first_page = json.loads(as_json.stdout)
-    assert len(first_page["entries"]) == len(first_rows) >= 3
+    assert len(first_page["entries"]) == len(first_rows) == 4
     assert first_page["next_page_token"] == token
     refused = [e["command"] for e in first_page["entries"] if "command" in e][1]
     assert refused["outcome"] == "COMMAND_OUTCOME_REFUSED" and refused["actor"] == "ada"
