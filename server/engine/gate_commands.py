@@ -235,7 +235,9 @@ class GateCommands(CommandLog):
         await waits.resolve(conn, run.id, name)
         step = defn.step(name)
         context = run.context if output is None else merge_output(run.context, step, output)
-        statuses = await runs.step_statuses(conn, run.id)
+        # Readiness needs every step's status with dependencies; with transitions one step at a
+        # time is live, and it is this one (as for results decided from the claim).
+        statuses = await runs.step_statuses(conn, run.id) if defn.uses_dependencies else {}
         completed = await runs.completed_steps(conn, run.id) if defn.compensates else []
         change = RunChange(run.id, context=context, parent_run_id=run.parent_run_id)
         if failure is None:
