@@ -1,0 +1,55 @@
+"""The schedule-time engine: parse a cron spec and compute fire instants in UTC. Pure code.
+
+- `cron_expression`: the expression grammar and matching in naive wall time.
+- `fire_times`: time zones, DST policies, start/end bounds, deterministic jitter, preview.
+
+Why our own iteration rather than croniter (7.0.0, measured with the golden cases in
+tests/unit/test_cron_dst.py): croniter handles spring-forward gaps like RUN_AT_GAP_END, but
+fires a daily tick twice in a repeated hour (America/New_York `30 1 * * *` on 2024-11-03 at 05:30Z
+and 06:30Z; Europe/London `30 1 * * *` on 2024-10-27; Australia/Lord_Howe `45 1 * * *` on
+2024-04-07), has no skip or last-occurrence policy, and reads a 6th field as seconds LAST.
+
+What the stored schedule needs next (proto `CronTrigger`/`Schedule`, `model.Trigger`, migration),
+to be designed in one go:
+- `skipped_time_policy` (RUN_AT_GAP_END default, SKIP) and `repeated_time_policy` (FIRST default,
+  LAST) -> `SkippedTimePolicy`, `RepeatedTimePolicy`;
+- `start_time`, `end_time` (Timestamps, inclusive) and `jitter` (Duration) -> `ScheduleSpec`;
+- `catchup_window` (Duration, default 1 h) and the missed-tick policy widened to SKIP, RUN_LATEST,
+  RUN_ALL with `max_catchup_runs` (today's proto has SKIP and RUN_ONCE: RUN_ONCE becomes
+  RUN_LATEST);
+- `overlap_policy`: SKIP (default), BUFFER_ONE, ALLOW_ALL, CANCEL_OTHER.
+"""
+
+from server.engine.schedule.cron_expression import (
+    CronExpression,
+    InvalidCronExpression,
+    parse_cron,
+)
+from server.engine.schedule.fire_times import (
+    InvalidTimeZone,
+    RepeatedTimePolicy,
+    ScheduleSpec,
+    SkippedTimePolicy,
+    Tick,
+    jitter_offset,
+    next_ticks,
+    parse_time_zone,
+    resolve_wall_time,
+    ticks_after,
+)
+
+__all__ = [
+    "CronExpression",
+    "InvalidCronExpression",
+    "InvalidTimeZone",
+    "RepeatedTimePolicy",
+    "ScheduleSpec",
+    "SkippedTimePolicy",
+    "Tick",
+    "jitter_offset",
+    "next_ticks",
+    "parse_cron",
+    "parse_time_zone",
+    "resolve_wall_time",
+    "ticks_after",
+]
