@@ -10,9 +10,6 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import croniter
 
 from server.engine.context import template_paths
 from server.engine.errors import FieldViolation
@@ -30,6 +27,12 @@ from server.engine.model import (
     WorkflowDef,
 )
 from server.engine.payload import NOW, TODAY, conform_value, is_number
+from server.engine.schedule import (
+    InvalidCronExpression,
+    InvalidTimeZone,
+    parse_cron,
+    parse_time_zone,
+)
 
 WORKFLOW_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
@@ -97,19 +100,22 @@ def _check_triggers(triggers: Sequence[Trigger], out: list[FieldViolation]) -> N
 
 
 def _check_cron(cron: str, time_zone: str, where: str, out: list[FieldViolation]) -> None:
+    # The schedule engine's own parser, so registration and schedules report the same errors.
     if not cron:
         out.append(FieldViolation(f"{where}.cron.expression", "is required"))
-    elif not croniter.is_valid(cron):
-        out.append(
-            FieldViolation(f"{where}.cron.expression", f"{cron!r} is not a valid cron expression")
-        )
+    else:
+        try:
+            parse_cron(cron)
+        except InvalidCronExpression as error:
+            out.append(
+                FieldViolation(
+                    f"{where}.cron.expression", f"{cron!r} is not a valid cron expression: {error}"
+                )
+            )
     try:
-        ZoneInfo(time_zone)
-    # A name too long for a file, or naming a directory, is an OSError.
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        out.append(
-            FieldViolation(f"{where}.cron.time_zone", f"{time_zone!r} is not an IANA time zone")
-        )
+        parse_time_zone(time_zone)
+    except InvalidTimeZone as error:
+        out.append(FieldViolation(f"{where}.cron.time_zone", str(error)))
 
 
 # --- steps -------------------------------------------------------------------------------------

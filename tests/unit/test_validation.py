@@ -139,12 +139,21 @@ def test_cron_triggers_need_a_valid_expression_and_time_zone() -> None:
         Trigger("broken", cron="61 * * * *", time_zone="Mars/Olympus"),
         Trigger("empty", cron=""),
         Trigger("sneaky", cron="0 3 * * *", time_zone="../etc/passwd"),
+        Trigger("never", cron="0 0 30 2 *"),
+        Trigger("seconds", cron="*/10 * * * * *"),
+        Trigger("shorthand", cron="@daily", time_zone="Australia/Lord_Howe"),
     )
     assert problems(replace(chain(task("a")), triggers=triggers)) == {
-        "definition.triggers[1].cron.expression": "'61 * * * *' is not a valid cron expression",
+        "definition.triggers[1].cron.expression": (
+            "'61 * * * *' is not a valid cron expression: minute 61 is out of range 0-59"
+        ),
         "definition.triggers[1].cron.time_zone": "'Mars/Olympus' is not an IANA time zone",
         "definition.triggers[2].cron.expression": "is required",
         "definition.triggers[3].cron.time_zone": "'../etc/passwd' is not an IANA time zone",
+        "definition.triggers[4].cron.expression": (
+            "'0 0 30 2 *' is not a valid cron expression: "
+            "day-of-month 30 never occurs in month(s) 2"
+        ),
     }
 
 
