@@ -7,7 +7,7 @@ Why our own iteration rather than croniter (7.0.0, measured with the golden case
 tests/unit/test_cron_dst.py): croniter handles spring-forward gaps like RUN_AT_GAP_END, but
 fires a daily tick twice in a repeated hour (America/New_York `30 1 * * *` on 2024-11-03 at 05:30Z
 and 06:30Z; Europe/London `30 1 * * *` on 2024-10-27; Australia/Lord_Howe `45 1 * * *` on
-2024-04-07), has no skip or last-occurrence policy, and reads a 6th field as seconds LAST.
+local 2024-04-07), has no skip or last-occurrence policy, and reads a 6th field as seconds LAST.
 
 What the stored schedule needs next (proto `CronTrigger`/`Schedule`, `model.Trigger`, migration),
 to be designed in one go:
