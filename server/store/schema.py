@@ -61,6 +61,13 @@ runs = Table(
     # A child run: the run (and its step) whose handler started it.
     Column("parent_run_id", UUID(as_uuid=True)),
     Column("parent_step", Text),
+    # A run a schedule started: the schedule, the tick's nominal instant, when it actually
+    # fired, and how ("tick", "manual", "backfill"). A replay keeps them (it is not the tick's
+    # run: the tick's row in schedule_ticks names the one run it started).
+    Column("schedule_id", Text),
+    Column("schedule_nominal_at", DateTime(timezone=True)),
+    Column("schedule_fired_at", DateTime(timezone=True)),
+    Column("schedule_origin", String(16)),
     Column("last_seq", BigInteger, nullable=False, server_default=text("0")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
     Column("started_at", DateTime(timezone=True)),
@@ -83,6 +90,13 @@ runs = Table(
         "created_at",
         "id",
         postgresql_where=text("parent_run_id IS NOT NULL"),
+    ),
+    Index(
+        "runs_schedule_created",
+        "schedule_id",
+        "created_at",
+        "id",
+        postgresql_where=text("schedule_id IS NOT NULL"),
     ),
     postgresql_with=HOT_TABLE,
 )
@@ -291,4 +305,72 @@ run_commands = Table(
             "idempotency_key IS NOT NULL AND outcome = 'applied' AND type <> 'event'"
         ),
     ),
+)
+
+# A cron schedule: a workflow's trigger fired on a spec, from a definition's cron trigger (id
+# `<workflow>/<trigger>`, origin "definition") or created through the API (origin "api").
+# `next_due_at` is the timer: when its next tick fires (the nominal instant plus the tick's
+# deterministic jitter); any replica's timer loop claims due rows with FOR UPDATE SKIP LOCKED.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("workflow", Text, nullable=False),
+    Column("trigger", Text, nullable=False),
+    Column("payload", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # The spec (server.engine.schedule.ScheduleSpec).
+    Column("cron_expression", Text, nullable=False),
+    Column("time_zone", Text, nullable=False),
+    Column("start_at", DateTime(timezone=True)),
+    Column("end_at", DateTime(timezone=True)),
+    Column("jitter_ms", BigInteger, nullable=False, server_default=text("0")),
+    # "run_at_gap_end" or "skip"; "first" or "last".
+    Column("skipped_time_policy", String(16), nullable=False),
+    Column("repeated_time_policy", String(16), nullable=False),
+    # Policies: missed ticks ("skip", "run_latest", "run_all" up to max_catchup_runs) older
+    # than the catch-up window, and ticks while the previous run is active ("skip",
+    # "buffer_one", "allow_all", "cancel_other").
+    Column("catchup_window_ms", BigInteger, nullable=False),
+    Column("missed_tick_policy", String(16), nullable=False),
+    Column("max_catchup_runs", Integer, nullable=False),
+    Column("overlap_policy", String(16), nullable=False),
+    # "active", "paused", or "stopped" (a newer version of its workflow dropped the trigger).
+    Column("state", String(16), nullable=False),
+    Column("pause_note", Text, nullable=False, server_default=text("''")),
+    Column("paused_by", Text, nullable=False, server_default=text("''")),
+    # "definition" or "api".
+    Column("origin", String(16), nullable=False),
+    # Incremented by every change: the etag UpdateSchedule checks.
+    Column("revision", BigInteger, nullable=False, server_default=text("1")),
+    # The next tick: its nominal instant (its identity) and when it fires; NULL when the spec
+    # has no tick left (past its end).
+    Column("next_nominal_at", DateTime(timezone=True)),
+    Column("next_due_at", DateTime(timezone=True)),
+    # The nominal instant of the last tick decided (started or not).
+    Column("last_tick_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Index(
+        "schedules_due",
+        "next_due_at",
+        postgresql_where=text("state = 'active' AND next_due_at IS NOT NULL"),
+    ),
+    Index("schedules_workflow", "workflow", "id"),
+)
+
+# Every tick decided, started or not: the row (schedule, nominal instant) is unique and written
+# in the transaction that starts the tick's run, so no replica or restart starts a tick twice.
+schedule_ticks = Table(
+    "schedule_ticks",
+    metadata,
+    Column("schedule_id", Text, ForeignKey("schedules.id", ondelete="CASCADE"), nullable=False),
+    Column("nominal_at", DateTime(timezone=True), nullable=False),
+    Column("fired_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Column("run_id", UUID(as_uuid=True)),
+    # "tick", "manual" or "backfill".
+    Column("origin", String(16), nullable=False),
+    # "started", "skipped_overlap", "skipped_missed", "skipped_dst", "buffered", "failed".
+    Column("outcome", String(24), nullable=False),
+    Column("reason", Text, nullable=False, server_default=text("''")),
+    PrimaryKeyConstraint("schedule_id", "nominal_at", name="schedule_ticks_pkey"),
 )
