@@ -36,7 +36,7 @@ COMPLETE = "complete"
 
 F = TypeVar("F", bound=Callable[..., Any])
 OutcomeName = Literal["ok", "error"]
-MissedTicksName = Literal["skip", "run_once"]
+MissedTicksName = Literal["skip", "run_latest", "run_all"]
 DeadlineActionName = Literal["reject", "fail", "route"]
 
 _OUTCOMES: dict[str, workflow_pb2.Outcome.ValueType] = {
@@ -45,7 +45,8 @@ _OUTCOMES: dict[str, workflow_pb2.Outcome.ValueType] = {
 }
 _MISSED_TICKS: dict[str, workflow_pb2.MissedTickPolicy.ValueType] = {
     "skip": workflow_pb2.MISSED_TICK_POLICY_SKIP,
-    "run_once": workflow_pb2.MISSED_TICK_POLICY_RUN_ONCE,
+    "run_latest": workflow_pb2.MISSED_TICK_POLICY_RUN_LATEST,
+    "run_all": workflow_pb2.MISSED_TICK_POLICY_RUN_ALL,
 }
 _DEADLINE_ACTIONS: dict[str, workflow_pb2.DeadlineAction.ValueType] = {
     "reject": workflow_pb2.DEADLINE_ACTION_REJECT,

@@ -59,6 +59,7 @@ def upgrade() -> None:
         sa.Column("next_nominal_at", _TIME),
         sa.Column("next_due_at", _TIME),
         sa.Column("last_tick_at", _TIME),
+        sa.Column("last_run_id", UUID(as_uuid=True)),
         sa.Column("created_at", _TIME, nullable=False, server_default=_NOW),
         sa.Column("updated_at", _TIME, nullable=False, server_default=_NOW),
     )
@@ -72,12 +73,7 @@ def upgrade() -> None:
 
     op.create_table(
         "schedule_ticks",
-        sa.Column(
-            "schedule_id",
-            sa.Text(),
-            sa.ForeignKey("schedules.id", ondelete="CASCADE"),
-            nullable=False,
-        ),
+        sa.Column("schedule_id", sa.Text(), nullable=False),
         sa.Column("nominal_at", _TIME, nullable=False),
         sa.Column("fired_at", _TIME, nullable=False, server_default=_NOW),
         sa.Column("run_id", UUID(as_uuid=True)),

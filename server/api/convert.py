@@ -27,6 +27,8 @@ from server.engine.model import (
     AttemptStatus,
     Failure,
     RunStatus,
+    ScheduleOrigin,
+    ScheduleRunOrigin,
     StepStatus,
     compensated_step,
 )
@@ -128,6 +130,25 @@ def run(view: RunView, *, full: bool = True) -> run_pb2.Run:
         end_time=timestamp(view.ended_at),
         update_time=timestamp(view.updated_at),
         last_sequence=view.last_seq,
+        schedule=schedule_origin(view.schedule),
+    )
+
+
+_SCHEDULE_RUN_ORIGIN = {
+    ScheduleRunOrigin.TICK: run_pb2.SCHEDULE_RUN_ORIGIN_TICK,
+    ScheduleRunOrigin.MANUAL: run_pb2.SCHEDULE_RUN_ORIGIN_MANUAL,
+    ScheduleRunOrigin.BACKFILL: run_pb2.SCHEDULE_RUN_ORIGIN_BACKFILL,
+}
+
+
+def schedule_origin(origin: ScheduleOrigin | None) -> run_pb2.ScheduleOrigin | None:
+    if origin is None:
+        return None
+    return run_pb2.ScheduleOrigin(
+        schedule_id=origin.schedule_id,
+        nominal_time=timestamp(origin.nominal_at),
+        fire_time=timestamp(origin.fired_at),
+        origin=_SCHEDULE_RUN_ORIGIN[origin.origin],
     )
 
 

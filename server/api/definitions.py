@@ -10,12 +10,14 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from squidmesh.v1 import workflow_pb2
 from squidmesh.values import to_value, value_to_python
 
 from server.engine.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from server.engine.model import (
+    DEFAULT_CATCHUP_WINDOW_MS,
+    DEFAULT_MAX_CATCHUP_RUNS,
     Backoff,
     Condition,
     DeadlineAction,
@@ -24,6 +26,7 @@ from server.engine.model import (
     MissedTickPolicy,
     Operator,
     Outcome,
+    OverlapPolicy,
     PayloadField,
     RetryPolicy,
     Step,
@@ -33,6 +36,7 @@ from server.engine.model import (
     WorkflowDef,
 )
 from server.engine.retry import DEFAULT_RETRY_POLICY, DELAY_CEILING_MS
+from server.engine.schedule import RepeatedTimePolicy, SkippedTimePolicy
 from server.engine.validation import validate_definition
 
 DEFAULT_TIME_ZONE = "UTC"
@@ -55,6 +59,15 @@ _DEADLINE_ACTIONS: dict[workflow_pb2.DeadlineAction.ValueType, DeadlineAction] =
 }
 _MISSED_TICK_POLICIES: dict[workflow_pb2.MissedTickPolicy.ValueType, MissedTickPolicy] = {
     getattr(workflow_pb2, f"MISSED_TICK_POLICY_{p.name}"): p for p in MissedTickPolicy
+}
+_OVERLAP_POLICIES: dict[workflow_pb2.OverlapPolicy.ValueType, OverlapPolicy] = {
+    getattr(workflow_pb2, f"OVERLAP_POLICY_{p.name}"): p for p in OverlapPolicy
+}
+_SKIPPED_TIME_POLICIES: dict[workflow_pb2.SkippedTimePolicy.ValueType, SkippedTimePolicy] = {
+    getattr(workflow_pb2, f"SKIPPED_TIME_POLICY_{p.name}"): p for p in SkippedTimePolicy
+}
+_REPEATED_TIME_POLICIES: dict[workflow_pb2.RepeatedTimePolicy.ValueType, RepeatedTimePolicy] = {
+    getattr(workflow_pb2, f"REPEATED_TIME_POLICY_{p.name}"): p for p in RepeatedTimePolicy
 }
 
 E = TypeVar("E")
@@ -121,16 +134,49 @@ def _trigger(pb: workflow_pb2.Trigger, where: str, problems: list[FieldViolation
     )
     if pb.WhichOneof("kind") != "cron":  # an unset kind is a manual trigger too
         return Trigger(name=pb.name, payload=payload)
+    cron = pb.cron
+    where = f"{where}.cron"
     return Trigger(
         name=pb.name,
         payload=payload,
-        cron=pb.cron.expression,
-        time_zone=pb.cron.time_zone or DEFAULT_TIME_ZONE,
+        cron=cron.expression,
+        time_zone=cron.time_zone or DEFAULT_TIME_ZONE,
         missed_tick_policy=_enum(
             _MISSED_TICK_POLICIES,
-            pb.cron.missed_tick_policy,
+            cron.missed_tick_policy,
             MissedTickPolicy.SKIP,
-            f"{where}.cron.missed_tick_policy",
+            f"{where}.missed_tick_policy",
+            problems,
+        ),
+        start_ms=cron.start_time.ToMilliseconds() if cron.HasField("start_time") else None,
+        end_ms=cron.end_time.ToMilliseconds() if cron.HasField("end_time") else None,
+        # Jitter stays short of the next tick anyway; the bound is a sanity limit.
+        jitter_ms=_ms(cron.jitter, f"{where}.jitter", problems) if cron.HasField("jitter") else 0,
+        skipped_time_policy=_enum(
+            _SKIPPED_TIME_POLICIES,
+            cron.skipped_time_policy,
+            SkippedTimePolicy.RUN_AT_GAP_END,
+            f"{where}.skipped_time_policy",
+            problems,
+        ),
+        repeated_time_policy=_enum(
+            _REPEATED_TIME_POLICIES,
+            cron.repeated_time_policy,
+            RepeatedTimePolicy.FIRST,
+            f"{where}.repeated_time_policy",
+            problems,
+        ),
+        catchup_window_ms=(
+            _ms(cron.catchup_window, f"{where}.catchup_window", problems)
+            if cron.HasField("catchup_window")
+            else DEFAULT_CATCHUP_WINDOW_MS
+        ),
+        max_catchup_runs=cron.max_catchup_runs or DEFAULT_MAX_CATCHUP_RUNS,
+        overlap_policy=_enum(
+            _OVERLAP_POLICIES,
+            cron.overlap_policy,
+            OverlapPolicy.SKIP,
+            f"{where}.overlap_policy",
             problems,
         ),
     )
@@ -375,6 +421,16 @@ def _trigger_to_proto(trigger: Trigger) -> workflow_pb2.Trigger:
                 expression=trigger.cron,
                 time_zone=trigger.time_zone,
                 missed_tick_policy=_to_proto(_MISSED_TICK_POLICIES, trigger.missed_tick_policy),
+                start_time=_timestamp(trigger.start_ms),
+                end_time=_timestamp(trigger.end_ms),
+                jitter=_duration(trigger.jitter_ms or None),
+                skipped_time_policy=_to_proto(_SKIPPED_TIME_POLICIES, trigger.skipped_time_policy),
+                repeated_time_policy=_to_proto(
+                    _REPEATED_TIME_POLICIES, trigger.repeated_time_policy
+                ),
+                catchup_window=_duration(trigger.catchup_window_ms),
+                max_catchup_runs=trigger.max_catchup_runs,
+                overlap_policy=_to_proto(_OVERLAP_POLICIES, trigger.overlap_policy),
             )
         )
     return pb
@@ -480,6 +536,14 @@ def _duration(ms: int | None) -> duration_pb2.Duration | None:
     duration = duration_pb2.Duration()
     duration.FromMilliseconds(ms)
     return duration
+
+
+def _timestamp(ms: int | None) -> timestamp_pb2.Timestamp | None:
+    if ms is None:
+        return None
+    timestamp = timestamp_pb2.Timestamp()
+    timestamp.FromMilliseconds(ms)
+    return timestamp
 
 
 def _to_proto(mapping: Mapping[K, E], value: E) -> K:

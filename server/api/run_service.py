@@ -101,6 +101,7 @@ class RunService(pb_grpc.RunServiceServicer):
                 if request.parent_run_id
                 else None
             ),
+            schedule_id=request.schedule_id,
         )
         full = request.view == pb.RUN_VIEW_FULL
         runs = await self._engine.list_runs(where, cursor, limit + 1, full=full)

@@ -12,7 +12,10 @@ import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
+
+from server.engine.schedule.fire_times import RepeatedTimePolicy, SkippedTimePolicy
 
 COMPLETE = "complete"
 """Reserved transition target that ends a run successfully."""
@@ -78,8 +81,45 @@ class Backoff(enum.StrEnum):
 
 
 class MissedTickPolicy(enum.StrEnum):
+    """What a schedule does with ticks missed while no server ran (within the catch-up
+    window)."""
+
     SKIP = "skip"
-    RUN_ONCE = "run_once"
+    RUN_LATEST = "run_latest"
+    RUN_ALL = "run_all"
+
+
+class OverlapPolicy(enum.StrEnum):
+    """What a tick does while a run its schedule started earlier is still active."""
+
+    SKIP = "skip"
+    BUFFER_ONE = "buffer_one"
+    ALLOW_ALL = "allow_all"
+    CANCEL_OTHER = "cancel_other"
+
+
+class ScheduleRunOrigin(enum.StrEnum):
+    """How a schedule started a run."""
+
+    TICK = "tick"
+    MANUAL = "manual"
+    BACKFILL = "backfill"
+
+
+@dataclass(frozen=True)
+class ScheduleOrigin:
+    """Where a run a schedule started came from (kept by a replay of it)."""
+
+    schedule_id: str
+    nominal_at: datetime
+    """The tick's nominal instant (UTC): with the schedule id, the tick's identity."""
+    fired_at: datetime
+    """When it was started."""
+    origin: ScheduleRunOrigin
+
+
+DEFAULT_CATCHUP_WINDOW_MS = 3_600_000
+DEFAULT_MAX_CATCHUP_RUNS = 10
 
 
 class RunStatus(enum.StrEnum):
@@ -169,9 +209,19 @@ class Trigger:
     name: str
     payload: tuple[PayloadField, ...] = ()
     cron: str | None = None
-    """Cron expression; None for a manual trigger."""
+    """Cron expression; None for a manual trigger. The fields below are its schedule's."""
     time_zone: str = "UTC"
     missed_tick_policy: MissedTickPolicy = MissedTickPolicy.SKIP
+    start_ms: int | None = None
+    """No tick before this instant (epoch milliseconds, inclusive)."""
+    end_ms: int | None = None
+    """No tick after this instant (epoch milliseconds, inclusive)."""
+    jitter_ms: int = 0
+    skipped_time_policy: SkippedTimePolicy = SkippedTimePolicy.RUN_AT_GAP_END
+    repeated_time_policy: RepeatedTimePolicy = RepeatedTimePolicy.FIRST
+    catchup_window_ms: int = DEFAULT_CATCHUP_WINDOW_MS
+    max_catchup_runs: int = DEFAULT_MAX_CATCHUP_RUNS
+    overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
 
 
 @dataclass(frozen=True)
@@ -226,6 +276,19 @@ class Step:
     correlation_key: str = ""
     """wait_event: the correlation key template; wait_child: the child's key template."""
 
+
+_SCHEDULE_DEFAULTS: dict[str, Any] = {
+    "start_ms": None,
+    "end_ms": None,
+    "jitter_ms": 0,
+    "skipped_time_policy": SkippedTimePolicy.RUN_AT_GAP_END,
+    "repeated_time_policy": RepeatedTimePolicy.FIRST,
+    "catchup_window_ms": DEFAULT_CATCHUP_WINDOW_MS,
+    "max_catchup_runs": DEFAULT_MAX_CATCHUP_RUNS,
+    "overlap_policy": OverlapPolicy.SKIP,
+}
+"""A trigger's schedule options, left out of the content hash at these values (as gate options
+are): definitions hash as they did before the options existed."""
 
 _GATE_DEFAULTS: dict[str, Any] = {
     "deadline_ms": None,
@@ -332,6 +395,18 @@ class WorkflowDef:
                     cron=t["cron"],
                     time_zone=t["time_zone"],
                     missed_tick_policy=MissedTickPolicy(t["missed_tick_policy"]),
+                    start_ms=t.get("start_ms"),
+                    end_ms=t.get("end_ms"),
+                    jitter_ms=t.get("jitter_ms", 0),
+                    skipped_time_policy=SkippedTimePolicy(
+                        t.get("skipped_time_policy", SkippedTimePolicy.RUN_AT_GAP_END)
+                    ),
+                    repeated_time_policy=RepeatedTimePolicy(
+                        t.get("repeated_time_policy", RepeatedTimePolicy.FIRST)
+                    ),
+                    catchup_window_ms=t.get("catchup_window_ms", DEFAULT_CATCHUP_WINDOW_MS),
+                    max_catchup_runs=t.get("max_catchup_runs", DEFAULT_MAX_CATCHUP_RUNS),
+                    overlap_policy=OverlapPolicy(t.get("overlap_policy", OverlapPolicy.SKIP)),
                 )
                 for t in data["triggers"]
             ),
@@ -363,6 +438,10 @@ class WorkflowDef:
             for key, default in _GATE_DEFAULTS.items():
                 if step[key] == default:
                     del step[key]
+        for trigger in content["triggers"]:
+            for key, default in _SCHEDULE_DEFAULTS.items():
+                if trigger[key] == default:
+                    del trigger[key]
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

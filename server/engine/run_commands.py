@@ -28,6 +28,7 @@ from server.engine.model import (
     AttemptStatus,
     Failure,
     RunStatus,
+    ScheduleOrigin,
     StepStatus,
     WorkflowDef,
 )
@@ -147,10 +148,12 @@ class RunCommands(CommandLog):
         source: RunView | None = None,
         source_workflow_id: int | None = None,
         parent: tuple[uuid.UUID, str] | None = None,
+        scheduled: tuple[uuid.UUID, ScheduleOrigin] | None = None,
     ) -> tuple[NewRun, RunChange]:
         """A run to start on the workflow's latest version (a replay: its source's), its
         payload validated, and its first change (its entry steps). A child run (`parent`: the
-        run and step whose handler starts it) stores its key as `runs.child_key`."""
+        run and step whose handler starts it) stores its key as `runs.child_key`. A schedule's
+        run (`scheduled`) has the id its tick names; a replay keeps its source's schedule."""
         if source_workflow_id is not None:
             workflow_id = source_workflow_id
         else:
@@ -168,8 +171,9 @@ class RunCommands(CommandLog):
         stored_key = idempotency_key or None
         if parent is not None:
             stored_key = runs.child_key(parent[0], idempotency_key)
+        schedule = scheduled[1] if scheduled else (source.schedule if source else None)
         new = NewRun(
-            id=uuid.uuid4(),
+            id=scheduled[0] if scheduled else uuid.uuid4(),
             workflow_id=workflow_id,
             workflow_name=defn.name,
             workflow_version=version.version,
@@ -181,6 +185,7 @@ class RunCommands(CommandLog):
             latest=source_workflow_id is None,
             parent_run_id=parent[0] if parent else None,
             parent_step=parent[1] if parent else None,
+            schedule=schedule,
         )
         created: dict[str, JSON] = {
             "workflow": defn.name,
@@ -191,6 +196,12 @@ class RunCommands(CommandLog):
         }
         if parent is not None:
             created.update(parent_run_id=str(parent[0]), parent_step=parent[1])
+        if schedule is not None:
+            created.update(
+                schedule_id=schedule.schedule_id,
+                schedule_nominal_time=schedule.nominal_at.isoformat(),
+                schedule_origin=schedule.origin.value,
+            )
         change = RunChange(
             new.id,
             events=[NewEvent("run_created", data=created)],
@@ -449,6 +460,7 @@ def started_view(new: NewRun, change: RunChange, created_at: datetime) -> RunVie
         source_run_id=new.source_run_id,
         parent_run_id=new.parent_run_id,
         parent_step=new.parent_step,
+        schedule=new.schedule,
         last_seq=len(change.events),
         created_at=created_at,
         started_at=None,

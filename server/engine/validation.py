@@ -97,6 +97,28 @@ def _check_triggers(triggers: Sequence[Trigger], out: list[FieldViolation]) -> N
                 out.append(FieldViolation(f"{where}.payload[{j}].default_value", problem))
         if trigger.cron is not None:
             _check_cron(trigger.cron, trigger.time_zone, where, out)
+            _check_schedule_options(trigger, where, out)
+
+
+def _check_schedule_options(trigger: Trigger, where: str, out: list[FieldViolation]) -> None:
+    if (
+        trigger.start_ms is not None
+        and trigger.end_ms is not None
+        and trigger.end_ms < trigger.start_ms
+    ):
+        out.append(FieldViolation(f"{where}.cron.end_time", "must not be before start_time"))
+    if trigger.max_catchup_runs < 0:
+        out.append(FieldViolation(f"{where}.cron.max_catchup_runs", "must not be negative"))
+    # The schedule's runs start with an empty payload: nothing can supply a required field.
+    for j, field in enumerate(trigger.payload):
+        if field.required and field.default is None:
+            out.append(
+                FieldViolation(
+                    f"{where}.payload[{j}].required",
+                    "a cron trigger's runs start with an empty payload: a required field "
+                    "needs a default",
+                )
+            )
 
 
 def _check_cron(cron: str, time_zone: str, where: str, out: list[FieldViolation]) -> None:

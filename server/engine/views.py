@@ -12,6 +12,7 @@ from server.engine.model import (
     AttemptStatus,
     Failure,
     RunStatus,
+    ScheduleOrigin,
     StepStatus,
     WorkflowDef,
 )
@@ -89,6 +90,8 @@ class RunView:
     """The runs its handlers started, oldest first (read with its steps only)."""
     live_steps: tuple[str, ...] | None = None
     """The current steps, when read without the steps (lists)."""
+    schedule: ScheduleOrigin | None = None
+    """The schedule that started it (or the run it replays)."""
 
     @property
     def current_steps(self) -> list[str]:

@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from server.engine.model import ACTIVE_RUN_STATUSES, JSON, RunStatus
+from server.engine.model import ACTIVE_RUN_STATUSES, JSON, RunStatus, ScheduleOrigin
 from server.store.db import Connection, dumps
 from server.store.runs import NewRun
 
@@ -121,7 +121,8 @@ _DOCUMENT = """jsonb_to_recordset(CAST(:changes AS jsonb)) AS d(
     step_updates jsonb, new_steps jsonb, new_attempts jsonb, new_waits jsonb, events jsonb,
     workflow_id bigint, workflow_name text, workflow_version int, trigger text, payload jsonb,
     payload_hash text, idempotency_key text, source_run_id uuid, latest bool, reporter text,
-    parent_run_id uuid, parent_step text)"""
+    parent_run_id uuid, parent_step text, schedule_id text, schedule_nominal_at timestamptz,
+    schedule_fired_at timestamptz, schedule_origin text)"""
 
 _NEW_ROWS = """
 ns AS (
@@ -260,11 +261,13 @@ _START = (
 ), ins AS (
   INSERT INTO runs (id, workflow_id, workflow_name, workflow_version, trigger, status, payload,
                     context, error, payload_hash, idempotency_key, source_run_id, parent_run_id,
-                    parent_step, last_seq, ended_at)
+                    parent_step, schedule_id, schedule_nominal_at, schedule_fired_at,
+                    schedule_origin, last_seq, ended_at)
   SELECT doc.run_id, doc.workflow_id, doc.workflow_name, doc.workflow_version, doc.trigger,
          coalesce(doc.status, 'pending'), doc.payload, coalesce(doc.context, doc.payload),
          doc.error, doc.payload_hash, doc.idempotency_key, doc.source_run_id, doc.parent_run_id,
-         doc.parent_step, doc.n_events, CASE WHEN doc.ended THEN now() END
+         doc.parent_step, doc.schedule_id, doc.schedule_nominal_at, doc.schedule_fired_at,
+         doc.schedule_origin, doc.n_events, CASE WHEN doc.ended THEN now() END
   FROM doc WHERE doc.run_id NOT IN (SELECT run_id FROM stale)
   ON CONFLICT (workflow_name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING id, created_at
@@ -365,12 +368,22 @@ async def start(
                 if run.parent_run_id is not None
                 else {}
             ),
+            **(_schedule_document(run.schedule) if run.schedule is not None else {}),
         )
         for run, change in runs
     ]
     rows = await conn.execute(_START, {"changes": dumps(documents)})
     created = {row.id: NotStarted.NOT_LATEST if row.stale else row.created_at for row in rows}
     return [created.get(run.id, NotStarted.KEY_TAKEN) for run, _ in runs]
+
+
+def _schedule_document(schedule: ScheduleOrigin) -> dict[str, JSON]:
+    return {
+        "schedule_id": schedule.schedule_id,
+        "schedule_nominal_at": schedule.nominal_at.isoformat(),
+        "schedule_fired_at": schedule.fired_at.isoformat(),
+        "schedule_origin": schedule.origin.value,
+    }
 
 
 def _document(change: RunChange, **extra: JSON) -> dict[str, JSON]:

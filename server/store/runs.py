@@ -14,15 +14,19 @@ from server.engine.model import (
     AttemptStatus,
     Failure,
     RunStatus,
+    ScheduleOrigin,
+    ScheduleRunOrigin,
     StepStatus,
 )
 from server.engine.views import AttemptView, ChildView, RunView, StepView
 from server.store.db import Connection
 
+_SCHEDULE_COLUMNS = "schedule_id, schedule_nominal_at, schedule_fired_at, schedule_origin"
+
 _RUN_COLUMNS = (
     "id, workflow_name, workflow_version, trigger, status, payload, context, error, "
     "idempotency_key, source_run_id, parent_run_id, parent_step, last_seq, created_at, "
-    "started_at, ended_at, updated_at"
+    "started_at, ended_at, updated_at, " + _SCHEDULE_COLUMNS
 )
 
 
@@ -43,6 +47,8 @@ class NewRun:
     parent_run_id: uuid.UUID | None = None
     parent_step: str | None = None
     """A child run: the run and step whose handler started it (its key is `child_key`)."""
+    schedule: ScheduleOrigin | None = None
+    """A run a schedule started (or a replay of one)."""
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,16 @@ def _run(row: Any, steps: tuple[StepView, ...]) -> RunView:
         ended_at=row.ended_at,
         updated_at=row.updated_at,
         steps=steps,
+        schedule=(
+            ScheduleOrigin(
+                row.schedule_id,
+                row.schedule_nominal_at,
+                row.schedule_fired_at,
+                ScheduleRunOrigin(row.schedule_origin),
+            )
+            if row.schedule_id is not None
+            else None
+        ),
     )
 
 
@@ -290,12 +306,15 @@ class RunFilter:
     created_before: datetime | None = None
     parent_run_id: uuid.UUID | None = None
     """Only the children of this run."""
+    schedule_id: str = ""
+    """Only the runs this schedule started (and replays of them)."""
 
 
 _BASIC_RUN_COLUMNS = (
     "id, workflow_name, workflow_version, trigger, status, '{}'::jsonb AS payload, "
     "'{}'::jsonb AS context, error - 'details' AS error, idempotency_key, source_run_id, "
-    "parent_run_id, parent_step, last_seq, created_at, started_at, ended_at, updated_at"
+    "parent_run_id, parent_step, last_seq, created_at, started_at, ended_at, updated_at, "
+    + _SCHEDULE_COLUMNS
 )
 """A run without its data: no payload, no context, no error details (ListRuns' basic view)."""
 
@@ -336,6 +355,9 @@ async def list_page(
     if where.parent_run_id is not None:
         clauses.append("parent_run_id = :parent")
         params["parent"] = where.parent_run_id
+    if where.schedule_id:
+        clauses.append("schedule_id = :schedule")
+        params["schedule"] = where.schedule_id
     if cursor is not None:
         clauses.append("(created_at, id) < (:cursor_time, :cursor_id)")
         params["cursor_time"], params["cursor_id"] = cursor

@@ -346,8 +346,10 @@ schedules = Table(
     # has no tick left (past its end).
     Column("next_nominal_at", DateTime(timezone=True)),
     Column("next_due_at", DateTime(timezone=True)),
-    # The nominal instant of the last tick decided (started or not).
+    # The nominal instant of the last tick decided (started or not), and the last run a tick
+    # started (the overlap policy looks at it).
     Column("last_tick_at", DateTime(timezone=True)),
+    Column("last_run_id", UUID(as_uuid=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=NOW),
     Index(
@@ -360,10 +362,12 @@ schedules = Table(
 
 # Every tick decided, started or not: the row (schedule, nominal instant) is unique and written
 # in the transaction that starts the tick's run, so no replica or restart starts a tick twice.
+# No foreign key: the history outlives a deleted schedule, so that one created again with the
+# same id never decides a tick twice (its run id, derived from the tick, is taken).
 schedule_ticks = Table(
     "schedule_ticks",
     metadata,
-    Column("schedule_id", Text, ForeignKey("schedules.id", ondelete="CASCADE"), nullable=False),
+    Column("schedule_id", Text, nullable=False),
     Column("nominal_at", DateTime(timezone=True), nullable=False),
     Column("fired_at", DateTime(timezone=True), nullable=False, server_default=NOW),
     Column("run_id", UUID(as_uuid=True)),

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from squidmesh.v1 import workflow_pb2 as pb
 from squidmesh.values import to_value
 
@@ -20,6 +20,7 @@ from server.engine.model import (
     MissedTickPolicy,
     Operator,
     Outcome,
+    OverlapPolicy,
     PayloadField,
     RetryPolicy,
     Step,
@@ -28,6 +29,7 @@ from server.engine.model import (
     Trigger,
     WorkflowDef,
 )
+from server.engine.schedule import RepeatedTimePolicy, SkippedTimePolicy
 
 
 def ms(value: int) -> duration_pb2.Duration:
@@ -75,7 +77,15 @@ def rich_proto() -> pb.WorkflowDefinition:
                 cron=pb.CronTrigger(
                     expression="0 3 * * *",
                     time_zone="Europe/Paris",
-                    missed_tick_policy=pb.MISSED_TICK_POLICY_RUN_ONCE,
+                    missed_tick_policy=pb.MISSED_TICK_POLICY_RUN_ALL,
+                    start_time=timestamp_pb2.Timestamp(seconds=1_767_225_600),
+                    end_time=timestamp_pb2.Timestamp(seconds=1_798_761_600),
+                    jitter=duration_pb2.Duration(seconds=30),
+                    skipped_time_policy=pb.SKIPPED_TIME_POLICY_SKIP,
+                    repeated_time_policy=pb.REPEATED_TIME_POLICY_LAST,
+                    catchup_window=duration_pb2.Duration(seconds=600),
+                    max_catchup_runs=3,
+                    overlap_policy=pb.OVERLAP_POLICY_ALLOW_ALL,
                 ),
             ),
         ],
@@ -154,7 +164,15 @@ def test_from_proto_builds_the_domain_definition() -> None:
         name="nightly",
         cron="0 3 * * *",
         time_zone="Europe/Paris",
-        missed_tick_policy=MissedTickPolicy.RUN_ONCE,
+        missed_tick_policy=MissedTickPolicy.RUN_ALL,
+        start_ms=1_767_225_600_000,
+        end_ms=1_798_761_600_000,
+        jitter_ms=30_000,
+        skipped_time_policy=SkippedTimePolicy.SKIP,
+        repeated_time_policy=RepeatedTimePolicy.LAST,
+        catchup_window_ms=600_000,
+        max_catchup_runs=3,
+        overlap_policy=OverlapPolicy.ALLOW_ALL,
     )
     assert defn.steps[0] == Step(
         name="charge",

@@ -27,7 +27,7 @@ def build() -> Workflow:
         "nightly",
         cron="0 3 * * *",
         time_zone="Europe/Paris",
-        missed_ticks="run_once",
+        missed_ticks="run_latest",
         payload=[Field("amount", "integer", default=0)],
     )
 
@@ -82,7 +82,7 @@ def test_workflow_header_and_triggers() -> None:
     assert nightly.WhichOneof("kind") == "cron"
     assert nightly.cron.expression == "0 3 * * *"
     assert nightly.cron.time_zone == "Europe/Paris"
-    assert nightly.cron.missed_tick_policy == workflow_pb2.MISSED_TICK_POLICY_RUN_ONCE
+    assert nightly.cron.missed_tick_policy == workflow_pb2.MISSED_TICK_POLICY_RUN_LATEST
     assert nightly.payload[0].type == workflow_pb2.FIELD_TYPE_INTEGER
     assert nightly.payload[0].default_value.number_value == 0
     assert nightly.payload[0].HasField("default_value")

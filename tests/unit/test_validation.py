@@ -157,6 +157,34 @@ def test_cron_triggers_need_a_valid_expression_and_time_zone() -> None:
     }
 
 
+def test_cron_trigger_options_are_checked() -> None:
+    defn = replace(
+        chain(task("a")),
+        triggers=(
+            Trigger(
+                "nightly",
+                cron="0 3 * * *",
+                start_ms=2_000,
+                end_ms=1_000,
+                max_catchup_runs=-1,
+                payload=(
+                    PayloadField("day", FieldType.STRING, required=True),
+                    PayloadField("at", FieldType.TIMESTAMP, required=True, default="now"),
+                ),
+            ),
+            # A manual trigger's required fields come from StartRun.
+            Trigger("manual", payload=(PayloadField("day", FieldType.STRING, required=True),)),
+        ),
+    )
+    assert problems(defn) == {
+        "definition.triggers[0].cron.end_time": "must not be before start_time",
+        "definition.triggers[0].cron.max_catchup_runs": "must not be negative",
+        "definition.triggers[0].payload[0].required": (
+            "a cron trigger's runs start with an empty payload: a required field needs a default"
+        ),
+    }
+
+
 def test_steps_are_required() -> None:
     defn = chain(transitions=())
     assert problems(defn) == {"definition.steps": "at least one step is required"}

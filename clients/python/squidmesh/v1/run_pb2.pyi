@@ -21,6 +21,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ScheduleRunOrigin:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScheduleRunOriginEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScheduleRunOrigin.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCHEDULE_RUN_ORIGIN_UNSPECIFIED: _ScheduleRunOrigin.ValueType  # 0
+    """Not started by a schedule."""
+    SCHEDULE_RUN_ORIGIN_TICK: _ScheduleRunOrigin.ValueType  # 1
+    """A tick of the schedule's spec."""
+    SCHEDULE_RUN_ORIGIN_MANUAL: _ScheduleRunOrigin.ValueType  # 2
+    """TriggerSchedule."""
+    SCHEDULE_RUN_ORIGIN_BACKFILL: _ScheduleRunOrigin.ValueType  # 3
+    """BackfillSchedule."""
+
+class ScheduleRunOrigin(_ScheduleRunOrigin, metaclass=_ScheduleRunOriginEnumTypeWrapper):
+    """How a schedule started a run."""
+
+SCHEDULE_RUN_ORIGIN_UNSPECIFIED: ScheduleRunOrigin.ValueType  # 0
+"""Not started by a schedule."""
+SCHEDULE_RUN_ORIGIN_TICK: ScheduleRunOrigin.ValueType  # 1
+"""A tick of the schedule's spec."""
+SCHEDULE_RUN_ORIGIN_MANUAL: ScheduleRunOrigin.ValueType  # 2
+"""TriggerSchedule."""
+SCHEDULE_RUN_ORIGIN_BACKFILL: ScheduleRunOrigin.ValueType  # 3
+"""BackfillSchedule."""
+Global___ScheduleRunOrigin: _TypeAlias = ScheduleRunOrigin  # noqa: Y015
+
 class _RunStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -307,6 +335,7 @@ class Run(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     PARENT_STEP_FIELD_NUMBER: _builtins.int
     CHILDREN_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Run id (UUID)."""
     workflow: _builtins.str
@@ -367,6 +396,10 @@ class Run(_message.Message):
     def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChildRun]:
         """The runs this run's handlers started, oldest first (GetRun only)."""
 
+    @_builtins.property
+    def schedule(self) -> Global___ScheduleOrigin:
+        """The schedule that started this run, if any. A replay keeps its source's."""
+
     def __init__(
         self,
         *,
@@ -390,14 +423,53 @@ class Run(_message.Message):
         parent_run_id: _builtins.str = ...,
         parent_step: _builtins.str = ...,
         children: _abc.Iterable[Global___ChildRun] | None = ...,
+        schedule: Global___ScheduleOrigin | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "payload", b"payload", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "payload", b"payload", "schedule", b"schedule", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["children", b"children", "context", b"context", "create_time", b"create_time", "current_steps", b"current_steps", "end_time", b"end_time", "error", b"error", "id", b"id", "idempotency_key", b"idempotency_key", "last_sequence", b"last_sequence", "parent_run_id", b"parent_run_id", "parent_step", b"parent_step", "payload", b"payload", "source_run_id", b"source_run_id", "start_time", b"start_time", "status", b"status", "steps", b"steps", "trigger", b"trigger", "update_time", b"update_time", "workflow", b"workflow", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["children", b"children", "context", b"context", "create_time", b"create_time", "current_steps", b"current_steps", "end_time", b"end_time", "error", b"error", "id", b"id", "idempotency_key", b"idempotency_key", "last_sequence", b"last_sequence", "parent_run_id", b"parent_run_id", "parent_step", b"parent_step", "payload", b"payload", "schedule", b"schedule", "source_run_id", b"source_run_id", "start_time", b"start_time", "status", b"status", "steps", b"steps", "trigger", b"trigger", "update_time", b"update_time", "workflow", b"workflow", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class ScheduleOrigin(_message.Message):
+    """Where a run a schedule started came from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    NOMINAL_TIME_FIELD_NUMBER: _builtins.int
+    FIRE_TIME_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    """The schedule's id, e.g. "nightly-report/nightly"."""
+    origin: Global___ScheduleRunOrigin.ValueType
+    """How the schedule started it."""
+    @_builtins.property
+    def nominal_time(self) -> _timestamp_pb2.Timestamp:
+        """The tick's nominal time: the instant the cron expression names."""
+
+    @_builtins.property
+    def fire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the run was actually started (the nominal time plus jitter and delay)."""
+
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+        nominal_time: _timestamp_pb2.Timestamp | None = ...,
+        fire_time: _timestamp_pb2.Timestamp | None = ...,
+        origin: Global___ScheduleRunOrigin.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fire_time", b"fire_time", "nominal_time", b"nominal_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fire_time", b"fire_time", "nominal_time", b"nominal_time", "origin", b"origin", "schedule_id", b"schedule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleOrigin: _TypeAlias = ScheduleOrigin  # noqa: Y015
 
 @_typing.final
 class ChildRun(_message.Message):

@@ -199,6 +199,7 @@ class ListRunsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
     workflow: _builtins.str
     """Only runs of this workflow."""
     trigger: _builtins.str
@@ -211,6 +212,10 @@ class ListRunsRequest(_message.Message):
     """How much of each run to return; unspecified means RUN_VIEW_BASIC."""
     parent_run_id: _builtins.str
     """Only the child runs of this run."""
+    schedule_id: _builtins.str
+    """Only the runs this schedule started (ticks, manual triggers, backfills, and replays of
+    them).
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_run_pb2.RunStatus.ValueType]:
         """Only runs in one of these statuses."""
@@ -235,10 +240,11 @@ class ListRunsRequest(_message.Message):
         page_token: _builtins.str = ...,
         view: Global___RunView.ValueType = ...,
         parent_run_id: _builtins.str = ...,
+        schedule_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "statuses", b"statuses", "trigger", b"trigger", "view", b"view", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time_after", b"create_time_after", "create_time_before", b"create_time_before", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "schedule_id", b"schedule_id", "statuses", b"statuses", "trigger", b"trigger", "view", b"view", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

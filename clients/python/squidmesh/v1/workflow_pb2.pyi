@@ -31,20 +31,107 @@ class _MissedTickPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Miss
     MISSED_TICK_POLICY_UNSPECIFIED: _MissedTickPolicy.ValueType  # 0
     """Defaults to MISSED_TICK_POLICY_SKIP."""
     MISSED_TICK_POLICY_SKIP: _MissedTickPolicy.ValueType  # 1
-    """Missed ticks are dropped."""
-    MISSED_TICK_POLICY_RUN_ONCE: _MissedTickPolicy.ValueType  # 2
-    """One run is started for all the ticks missed."""
+    """Missed ticks start no run."""
+    MISSED_TICK_POLICY_RUN_LATEST: _MissedTickPolicy.ValueType  # 2
+    """The latest missed tick starts a run; the earlier ones do not."""
+    MISSED_TICK_POLICY_RUN_ALL: _MissedTickPolicy.ValueType  # 3
+    """Every missed tick starts a run, up to max_catchup_runs (the latest ones)."""
 
 class MissedTickPolicy(_MissedTickPolicy, metaclass=_MissedTickPolicyEnumTypeWrapper):
-    """What a cron trigger does with ticks missed while no server was running."""
+    """What a schedule does with ticks missed while no server was running: ticks more than a few
+    seconds late (see the README) but within the catch-up window. Every tick that starts no run
+    is recorded with its reason.
+    """
 
 MISSED_TICK_POLICY_UNSPECIFIED: MissedTickPolicy.ValueType  # 0
 """Defaults to MISSED_TICK_POLICY_SKIP."""
 MISSED_TICK_POLICY_SKIP: MissedTickPolicy.ValueType  # 1
-"""Missed ticks are dropped."""
-MISSED_TICK_POLICY_RUN_ONCE: MissedTickPolicy.ValueType  # 2
-"""One run is started for all the ticks missed."""
+"""Missed ticks start no run."""
+MISSED_TICK_POLICY_RUN_LATEST: MissedTickPolicy.ValueType  # 2
+"""The latest missed tick starts a run; the earlier ones do not."""
+MISSED_TICK_POLICY_RUN_ALL: MissedTickPolicy.ValueType  # 3
+"""Every missed tick starts a run, up to max_catchup_runs (the latest ones)."""
 Global___MissedTickPolicy: _TypeAlias = MissedTickPolicy  # noqa: Y015
+
+class _SkippedTimePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SkippedTimePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SkippedTimePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SKIPPED_TIME_POLICY_UNSPECIFIED: _SkippedTimePolicy.ValueType  # 0
+    """Defaults to SKIPPED_TIME_POLICY_RUN_AT_GAP_END."""
+    SKIPPED_TIME_POLICY_RUN_AT_GAP_END: _SkippedTimePolicy.ValueType  # 1
+    """The tick fires at the first valid instant after the gap (the transition itself)."""
+    SKIPPED_TIME_POLICY_SKIP: _SkippedTimePolicy.ValueType  # 2
+    """The tick does not fire."""
+
+class SkippedTimePolicy(_SkippedTimePolicy, metaclass=_SkippedTimePolicyEnumTypeWrapper):
+    """When a tick's local time falls in a daylight-saving gap (it does not exist)."""
+
+SKIPPED_TIME_POLICY_UNSPECIFIED: SkippedTimePolicy.ValueType  # 0
+"""Defaults to SKIPPED_TIME_POLICY_RUN_AT_GAP_END."""
+SKIPPED_TIME_POLICY_RUN_AT_GAP_END: SkippedTimePolicy.ValueType  # 1
+"""The tick fires at the first valid instant after the gap (the transition itself)."""
+SKIPPED_TIME_POLICY_SKIP: SkippedTimePolicy.ValueType  # 2
+"""The tick does not fire."""
+Global___SkippedTimePolicy: _TypeAlias = SkippedTimePolicy  # noqa: Y015
+
+class _RepeatedTimePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RepeatedTimePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RepeatedTimePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPEATED_TIME_POLICY_UNSPECIFIED: _RepeatedTimePolicy.ValueType  # 0
+    """Defaults to REPEATED_TIME_POLICY_FIRST."""
+    REPEATED_TIME_POLICY_FIRST: _RepeatedTimePolicy.ValueType  # 1
+    """At the first occurrence (the earlier UTC instant)."""
+    REPEATED_TIME_POLICY_LAST: _RepeatedTimePolicy.ValueType  # 2
+    """At the last occurrence (the later UTC instant)."""
+
+class RepeatedTimePolicy(_RepeatedTimePolicy, metaclass=_RepeatedTimePolicyEnumTypeWrapper):
+    """When a tick's local time occurs twice (the clocks go back): the tick fires once."""
+
+REPEATED_TIME_POLICY_UNSPECIFIED: RepeatedTimePolicy.ValueType  # 0
+"""Defaults to REPEATED_TIME_POLICY_FIRST."""
+REPEATED_TIME_POLICY_FIRST: RepeatedTimePolicy.ValueType  # 1
+"""At the first occurrence (the earlier UTC instant)."""
+REPEATED_TIME_POLICY_LAST: RepeatedTimePolicy.ValueType  # 2
+"""At the last occurrence (the later UTC instant)."""
+Global___RepeatedTimePolicy: _TypeAlias = RepeatedTimePolicy  # noqa: Y015
+
+class _OverlapPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OverlapPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OverlapPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OVERLAP_POLICY_UNSPECIFIED: _OverlapPolicy.ValueType  # 0
+    """Defaults to OVERLAP_POLICY_SKIP."""
+    OVERLAP_POLICY_SKIP: _OverlapPolicy.ValueType  # 1
+    """The tick starts no run (recorded as skipped for overlap)."""
+    OVERLAP_POLICY_BUFFER_ONE: _OverlapPolicy.ValueType  # 2
+    """The tick is kept and starts when the active run ends; a later tick replaces it."""
+    OVERLAP_POLICY_ALLOW_ALL: _OverlapPolicy.ValueType  # 3
+    """The tick starts a run anyway."""
+    OVERLAP_POLICY_CANCEL_OTHER: _OverlapPolicy.ValueType  # 4
+    """The active run is cancelled and the tick starts a run."""
+
+class OverlapPolicy(_OverlapPolicy, metaclass=_OverlapPolicyEnumTypeWrapper):
+    """What a tick does while a run the schedule started earlier is still active."""
+
+OVERLAP_POLICY_UNSPECIFIED: OverlapPolicy.ValueType  # 0
+"""Defaults to OVERLAP_POLICY_SKIP."""
+OVERLAP_POLICY_SKIP: OverlapPolicy.ValueType  # 1
+"""The tick starts no run (recorded as skipped for overlap)."""
+OVERLAP_POLICY_BUFFER_ONE: OverlapPolicy.ValueType  # 2
+"""The tick is kept and starts when the active run ends; a later tick replaces it."""
+OVERLAP_POLICY_ALLOW_ALL: OverlapPolicy.ValueType  # 3
+"""The tick starts a run anyway."""
+OVERLAP_POLICY_CANCEL_OTHER: OverlapPolicy.ValueType  # 4
+"""The active run is cancelled and the tick starts a run."""
+Global___OverlapPolicy: _TypeAlias = OverlapPolicy  # noqa: Y015
 
 class _FieldType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -316,29 +403,78 @@ Global___ManualTrigger: _TypeAlias = ManualTrigger  # noqa: Y015
 
 @_typing.final
 class CronTrigger(_message.Message):
-    """A trigger the server fires on a cron schedule."""
+    """A trigger the server fires on a cron schedule. Registering the workflow makes it a
+    schedule with the id "<workflow>/<trigger>" (see ScheduleService); a new version that
+    changes the trigger updates the schedule, one that drops it stops the schedule.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPRESSION_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
     MISSED_TICK_POLICY_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    JITTER_FIELD_NUMBER: _builtins.int
+    SKIPPED_TIME_POLICY_FIELD_NUMBER: _builtins.int
+    REPEATED_TIME_POLICY_FIELD_NUMBER: _builtins.int
+    CATCHUP_WINDOW_FIELD_NUMBER: _builtins.int
+    MAX_CATCHUP_RUNS_FIELD_NUMBER: _builtins.int
+    OVERLAP_POLICY_FIELD_NUMBER: _builtins.int
     expression: _builtins.str
-    """A five-field cron expression, e.g. "0 3 * * *"."""
+    """A cron expression: five fields ("0 3 * * *"), six with seconds first ("*/10 * * * * *"),
+    or a shorthand ("@hourly", "@daily", "@weekly", "@monthly", "@yearly").
+    """
     time_zone: _builtins.str
     """IANA time zone the expression is evaluated in, e.g. "Europe/Paris". Empty means UTC."""
     missed_tick_policy: Global___MissedTickPolicy.ValueType
-    """What to do with ticks missed while no server was running."""
+    """What to do with ticks missed while no server was running (within catchup_window)."""
+    skipped_time_policy: Global___SkippedTimePolicy.ValueType
+    """A tick whose local time does not exist (spring forward). Unspecified: RUN_AT_GAP_END."""
+    repeated_time_policy: Global___RepeatedTimePolicy.ValueType
+    """A tick whose local time occurs twice (fall back). Unspecified: FIRST."""
+    max_catchup_runs: _builtins.int
+    """With MISSED_TICK_POLICY_RUN_ALL: at most this many missed ticks run, the latest ones.
+    0 means 10.
+    """
+    overlap_policy: Global___OverlapPolicy.ValueType
+    """What a tick does while the schedule's previous run is still active. Unspecified: SKIP."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """No tick before this instant (inclusive). Unset: from registration on."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """No tick after this instant (inclusive). Unset: no end."""
+
+    @_builtins.property
+    def jitter(self) -> _duration_pb2.Duration:
+        """Each tick fires up to this much after its nominal time, by a deterministic hash of the
+        schedule and the tick (never at or past the next tick). Unset: no jitter.
+        """
+
+    @_builtins.property
+    def catchup_window(self) -> _duration_pb2.Duration:
+        """Missed ticks older than this are dropped whatever the policy. Unset: one hour."""
+
     def __init__(
         self,
         *,
         expression: _builtins.str = ...,
         time_zone: _builtins.str = ...,
         missed_tick_policy: Global___MissedTickPolicy.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        jitter: _duration_pb2.Duration | None = ...,
+        skipped_time_policy: Global___SkippedTimePolicy.ValueType = ...,
+        repeated_time_policy: Global___RepeatedTimePolicy.ValueType = ...,
+        catchup_window: _duration_pb2.Duration | None = ...,
+        max_catchup_runs: _builtins.int = ...,
+        overlap_policy: Global___OverlapPolicy.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["catchup_window", b"catchup_window", "end_time", b"end_time", "jitter", b"jitter", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expression", b"expression", "missed_tick_policy", b"missed_tick_policy", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catchup_window", b"catchup_window", "end_time", b"end_time", "expression", b"expression", "jitter", b"jitter", "max_catchup_runs", b"max_catchup_runs", "missed_tick_policy", b"missed_tick_policy", "overlap_policy", b"overlap_policy", "repeated_time_policy", b"repeated_time_policy", "skipped_time_policy", b"skipped_time_policy", "start_time", b"start_time", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
