@@ -11,10 +11,11 @@ from server.engine.child_runs import ChildRunCommands
 from server.engine.core import EngineConfig, Publish, Wakeups
 from server.engine.diagnosis_commands import DiagnosisCommands
 from server.engine.event_commands import EventCommands
+from server.engine.schedule_commands import ScheduleCommands
 
 __all__ = ["Engine", "EngineConfig", "Publish", "Wakeups"]
 
 
-class Engine(ChildRunCommands, AttemptCommands, EventCommands, DiagnosisCommands):
-    """Workflow and run commands (child runs included), the worker protocol's, the gates',
-    and diagnosis (workers, ExplainRun)."""
+class Engine(ChildRunCommands, ScheduleCommands, AttemptCommands, EventCommands, DiagnosisCommands):
+    """Workflow and run commands (child runs included), schedules and their ticks, the worker
+    protocol's, the gates', and diagnosis (workers, ExplainRun)."""

@@ -333,6 +333,12 @@ class EngineCore:
                 error=exc.message,
             )
 
+    async def _sync_schedules(self, conn: Connection, defn: WorkflowDef) -> float | None:
+        """A new version was registered: its cron triggers' schedules follow it
+        (`schedule_commands.ScheduleCommands`). Returns when the earliest changed one is due
+        (ms from now), if any."""
+        raise NotImplementedError
+
     async def _look_back(self, run_id: uuid.UUID) -> None:
         """A run just started waiting for an event or a child run: what it waits for may have
         happened already (`event_commands.EventCommands`)."""

@@ -27,6 +27,7 @@ from server.engine.model import (
     TERMINAL_RUN_STATUSES,
     AttemptStatus,
     Failure,
+    OverlapPolicy,
     RunStatus,
     ScheduleOrigin,
     StepStatus,
@@ -53,13 +54,19 @@ _STOPPED_AT_ONCE = LIVE_STEP_STATUSES - {StepStatus.RUNNING}
 """Step statuses a cancel ends at once (a running step ends when its worker stops)."""
 
 
+_UNSUPPORTED_OVERLAP = (OverlapPolicy.BUFFER_ONE, OverlapPolicy.CANCEL_OTHER)
+
+
 def unsupported_features(defn: WorkflowDef) -> list[FieldViolation]:
     """Parts of the contract this server accepts but does not run yet: refused at registration
     rather than stored and silently ignored."""
     return [
-        FieldViolation(f"definition.triggers[{i}].cron", "cron triggers are not supported yet")
+        FieldViolation(
+            f"definition.triggers[{i}].cron.overlap_policy",
+            f"overlap policy {t.overlap_policy.value} is not supported yet",
+        )
         for i, t in enumerate(defn.triggers)
-        if t.cron is not None
+        if t.cron is not None and t.overlap_policy in _UNSUPPORTED_OVERLAP
     ]
 
 
@@ -74,8 +81,13 @@ class RunCommands(CommandLog):
                 unsupported,
                 reason="FEATURE_UNSUPPORTED",
             )
+        due_ms = None
         async with self._db.transaction() as conn:
             version, created = await workflows.register(conn, defn)
+            if created:
+                due_ms = await self._sync_schedules(conn, defn)
+        if due_ms is not None:
+            self._wakeups.timers_changed(due_ms)
         if created:
             self._latest_ids.pop(defn.name, None)
             log.info("workflow_registered", workflow=version.name, version=version.version)

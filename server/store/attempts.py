@@ -441,8 +441,8 @@ class NextTimers:
     """Milliseconds from now (negative: overdue), None when there is none."""
 
     due_ms: float | None
-    """Until the earliest unkicked scheduled attempt is due (a retry's backoff, a wait), or a
-    gate's deadline passes."""
+    """Until the earliest unkicked scheduled attempt is due (a retry's backoff, a wait), a
+    gate's deadline passes, or a schedule's next tick fires."""
     deadline_ms: float | None
     """Until the earliest running attempt's deadline passes."""
 
@@ -453,7 +453,9 @@ async def next_timers(conn: Connection) -> NextTimers:
             # A gate's deadline is a timer too (`waits`); least() skips NULLs.
             "SELECT extract(epoch FROM least((SELECT min(due_at) FROM attempts "
             "  WHERE status = 'scheduled' AND kicked_at IS NULL), (SELECT min(deadline_at) "
-            "  FROM waits WHERE resolved_at IS NULL AND deadline_at IS NOT NULL)) - now()) "
+            "  FROM waits WHERE resolved_at IS NULL AND deadline_at IS NOT NULL), "
+            "  (SELECT min(next_due_at) FROM schedules "
+            "   WHERE state = 'active' AND next_due_at IS NOT NULL)) - now()) "
             "  * 1000 AS due_ms, "
             "extract(epoch FROM (SELECT min(deadline_at) FROM attempts "
             "  WHERE status = 'running' AND deadline_at IS NOT NULL) - now()) * 1000 "

@@ -2,7 +2,8 @@
 FOR UPDATE SKIP LOCKED, so replicas never fire the same timer twice):
 
 - due timers: attempts whose backoff ended are published at their due time, wait steps
-  that are due complete, and gates (approvals, event and child waits) past their deadline act
+  that are due complete, schedules' due ticks start their runs (`schedule_commands`), and
+  gates (approvals, event and child waits) past their deadline act
   on it, woken early by NOTIFY when any replica sets one due before the loop
   would wake anyway (a retry under load: every failure notifies);
 - deadlines: running attempts past their attempt timeout fail as timed_out, on time (the
@@ -71,6 +72,7 @@ class TimerLoop:
                 fired = await self._engine.expire_waits()
                 if fired:
                     log.info("gate_deadlines_fired", count=fired)
+                await self._engine.fire_due_schedules()
                 now = time.monotonic()
                 if now >= deadline_at:
                     timed_out = await self._engine.expire_deadlines()

@@ -9,6 +9,7 @@ from server.engine.model import (
     Failure,
     Operator,
     Outcome,
+    OverlapPolicy,
     Step,
     StepKind,
     StepStatus,
@@ -100,15 +101,25 @@ def test_features_not_run_yet_are_refused_with_field_violations() -> None:
 
     wf = WorkflowDef(
         name="wf",
-        triggers=(Trigger("manual"), Trigger("nightly", cron="0 3 * * *")),
+        triggers=(
+            Trigger("manual"),
+            Trigger("nightly", cron="0 3 * * *"),
+            Trigger("buffered", cron="0 3 * * *", overlap_policy=OverlapPolicy.BUFFER_ONE),
+            Trigger("cancelling", cron="0 3 * * *", overlap_policy=OverlapPolicy.CANCEL_OTHER),
+            # Only a cron trigger has an overlap policy.
+            Trigger("by_hand", overlap_policy=OverlapPolicy.BUFFER_ONE),
+        ),
         steps=(
             Step(name="a", kind=StepKind.TASK, handler="h.a", attempt_timeout_ms=5, compensate="u"),
             Step(name="w", kind=StepKind.WAIT, wait_ms=10),
             Step(name="p", kind=StepKind.PAUSE),
         ),
     )
-    # Pause steps run now (gates); cron triggers wait for schedules.
-    assert [v.field for v in unsupported_features(wf)] == ["definition.triggers[1].cron"]
+    # Pause steps run now (gates), and cron triggers (schedules); two overlap policies wait.
+    assert [v.field for v in unsupported_features(wf)] == [
+        "definition.triggers[2].cron.overlap_policy",
+        "definition.triggers[3].cron.overlap_policy",
+    ]
     assert unsupported_features(flow(Transition("a", Outcome.OK, "b"))) == []
 
 

@@ -1,7 +1,8 @@
 """The schedule-time engine: parse a cron spec and compute fire instants in UTC. Pure code.
 
 - `cron_expression`: the expression grammar and matching in naive wall time.
-- `fire_times`: time zones, DST policies, start/end bounds, deterministic jitter, preview.
+- `fire_times`: time zones, DST policies, start/end bounds, deterministic jitter, preview;
+- `due_ticks`: lateness, catch-up window, missed-tick and overlap policies of due ticks.
 
 Why our own iteration rather than croniter (7.0.0, measured with the golden cases in
 tests/unit/test_cron_dst.py): croniter handles spring-forward gaps like RUN_AT_GAP_END, but
@@ -9,15 +10,8 @@ fires a daily tick twice in a repeated hour (America/New_York `30 1 * * *` on 20
 and 06:30Z; Europe/London `30 1 * * *` on 2024-10-27; Australia/Lord_Howe `45 1 * * *` on
 local 2024-04-07), has no skip or last-occurrence policy, and reads a 6th field as seconds LAST.
 
-What the stored schedule needs next (proto `CronTrigger`/`Schedule`, `model.Trigger`, migration),
-to be designed in one go:
-- `skipped_time_policy` (RUN_AT_GAP_END default, SKIP) and `repeated_time_policy` (FIRST default,
-  LAST) -> `SkippedTimePolicy`, `RepeatedTimePolicy`;
-- `start_time`, `end_time` (Timestamps, inclusive) and `jitter` (Duration) -> `ScheduleSpec`;
-- `catchup_window` (Duration, default 1 h) and the missed-tick policy widened to SKIP, RUN_LATEST,
-  RUN_ALL with `max_catchup_runs` (today's proto has SKIP and RUN_ONCE: RUN_ONCE becomes
-  RUN_LATEST);
-- `overlap_policy`: SKIP (default), BUFFER_ONE, ALLOW_ALL, CANCEL_OTHER.
+`due_ticks` (not re-exported: it depends on the model's policies) decides which due ticks of
+a stored schedule start runs; `server.engine.schedule_commands` stores and fires them.
 """
 
 from server.engine.schedule.cron_expression import (

@@ -1,0 +1,139 @@
+"""Which due ticks of a schedule start a run: lateness, the catch-up window, the missed-tick
+policy and the overlap policy, decided together. Pure code; the engine writes the decisions.
+
+A tick is due once its fire time (nominal + jitter) has passed. How late it is says why:
+- at most `ON_TIME_GRACE` late: on time (the timer loop was merely busy); it runs;
+- later, but its nominal instant within the catch-up window: missed while no server ran; the
+  missed-tick policy decides (SKIP: none run; RUN_LATEST: the latest runs; RUN_ALL: the latest
+  `max_catchup_runs` run);
+- nominal instant before the window: missed for good, whatever the policy. These are not
+  enumerated (a per-second schedule down for a week has 600,000): one decision, on the first
+  of them, stands for all of them up to the window.
+Then the overlap policy: with SKIP, nothing starts while the schedule's last run is active.
+Ticks decided together are one decision (RUN_ALL asks for all of them): they do not skip one
+another. Every tick that starts nothing is decided with its reason, so it is recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from server.engine.model import MissedTickPolicy, OverlapPolicy
+from server.engine.schedule.fire_times import ScheduleSpec, Tick, ticks_after
+
+ON_TIME_GRACE = timedelta(seconds=2)
+"""How late a tick may fire and still count as on time rather than missed: above the timer
+loop's worst lateness under load (the benchmark's target is 1 s at p99)."""
+
+MAX_TICKS_PER_PLAN = 1000
+"""Due ticks decided per schedule per claim; the rest stay due for the next claim."""
+
+
+class TickOutcome(StrEnum):
+    STARTED = "started"
+    SKIPPED_OVERLAP = "skipped_overlap"
+    SKIPPED_MISSED = "skipped_missed"
+    FAILED = "failed"
+    """It was to start a run, and could not (the engine decides this one)."""
+
+
+@dataclass(frozen=True)
+class TickPolicies:
+    catchup_window: timedelta
+    missed: MissedTickPolicy
+    max_catchup_runs: int
+    overlap: OverlapPolicy
+
+
+@dataclass(frozen=True)
+class TickDecision:
+    tick: Tick
+    outcome: TickOutcome
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class DuePlan:
+    decisions: list[TickDecision]
+    """In nominal order."""
+    next_tick: Tick | None
+    """The first tick not decided (not due yet, or beyond MAX_TICKS_PER_PLAN); None when the
+    spec has none left."""
+
+
+def plan_due_ticks(
+    spec: ScheduleSpec,
+    schedule_id: str,
+    next_nominal: datetime,
+    now: datetime,
+    policies: TickPolicies,
+    last_run_active: bool,
+) -> DuePlan:
+    """Decides the schedule's ticks due at `now`, from the one at `next_nominal` on."""
+    window_start = now - policies.catchup_window
+    decisions: list[TickDecision] = []
+    after = next_nominal - timedelta(microseconds=1)
+    first = next(ticks_after(spec, after, schedule_id), None)
+    if first is not None and first.nominal < window_start:
+        decisions.append(
+            TickDecision(
+                first,
+                TickOutcome.SKIPPED_MISSED,
+                f"missed while no server ran: this tick and any after it up to "
+                f"{window_start.isoformat()} are older than the catch-up window "
+                f"({policies.catchup_window})",
+            )
+        )
+        after = max(first.nominal, window_start - timedelta(microseconds=1))
+    on_time: list[Tick] = []
+    missed: list[Tick] = []
+    next_tick: Tick | None = None
+    for tick in ticks_after(spec, after, schedule_id):
+        if tick.fire_at > now or len(on_time) + len(missed) == MAX_TICKS_PER_PLAN:
+            next_tick = tick
+            break
+        (on_time if now - tick.fire_at <= ON_TIME_GRACE else missed).append(tick)
+    to_run = _missed_to_run(missed, policies)
+    decisions += [
+        TickDecision(tick, TickOutcome.SKIPPED_MISSED, _missed_reason(policies))
+        for tick in missed
+        if tick not in to_run
+    ]
+    for tick in sorted([*to_run, *on_time], key=lambda t: t.nominal):
+        decisions.append(_overlap(tick, policies.overlap, last_run_active))
+    decisions.sort(key=lambda d: d.tick.nominal)
+    return DuePlan(decisions, next_tick)
+
+
+def _missed_to_run(missed: list[Tick], policies: TickPolicies) -> list[Tick]:
+    if policies.missed is MissedTickPolicy.RUN_LATEST:
+        return missed[-1:]
+    if policies.missed is MissedTickPolicy.RUN_ALL:
+        return missed[-policies.max_catchup_runs :] if policies.max_catchup_runs else []
+    return []
+
+
+def _missed_reason(policies: TickPolicies) -> str:
+    if policies.missed is MissedTickPolicy.SKIP:
+        return "missed while no server ran (missed-tick policy SKIP)"
+    if policies.missed is MissedTickPolicy.RUN_LATEST:
+        return "missed while no server ran; only the latest missed tick runs (RUN_LATEST)"
+    return (
+        f"missed while no server ran; only the latest {policies.max_catchup_runs} missed "
+        "ticks run (RUN_ALL, max_catchup_runs)"
+    )
+
+
+def _overlap(tick: Tick, overlap: OverlapPolicy, last_run_active: bool) -> TickDecision:
+    if not last_run_active or overlap is OverlapPolicy.ALLOW_ALL:
+        return TickDecision(tick, TickOutcome.STARTED)
+    if overlap is OverlapPolicy.SKIP:
+        return TickDecision(
+            tick,
+            TickOutcome.SKIPPED_OVERLAP,
+            "the schedule's previous run is still active (overlap policy SKIP)",
+        )
+    # Registration refuses them (FEATURE_UNSUPPORTED) until the engine runs them.
+    raise ValueError(f"overlap policy {overlap.value} is not implemented")

@@ -1,0 +1,206 @@
+"""Schedules: registration keeps a workflow's cron triggers as schedules, and the timer loop
+of any replica fires their due ticks, each exactly once.
+
+Firing is one transaction per claim of due schedules (FOR UPDATE SKIP LOCKED: no leader, no
+in-memory timer): the ticks' decisions are written (UNIQUE schedule + nominal instant), the runs
+of those that start are inserted through the engine's start statement with ids derived from
+their ticks, and each schedule moves to its next tick. A replica that dies mid-way rolls all of
+it back; one that comes late finds the schedule advanced or the tick taken."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from server.engine.core import log
+from server.engine.errors import DomainError
+from server.engine.model import ScheduleOrigin, ScheduleRunOrigin, Trigger, WorkflowDef
+from server.engine.run_commands import RunCommands
+from server.engine.schedule import Tick, ticks_after
+from server.engine.schedule.due_ticks import TickOutcome, plan_due_ticks
+from server.store import attempts, changes, schedules
+from server.store.changes import RunChange
+from server.store.db import Connection, retry_conflicts
+from server.store.runs import NewRun
+from server.store.schedules import DecidedTick, DueSchedule, ScheduleConfig
+
+SCHEDULE_TICK_NAMESPACE = uuid.UUID("8b0b5d0e-6a52-4c1e-9a55-5c4e0f1d7a11")
+"""The UUIDv5 namespace of tick run ids (see `tick_run_id`; documented in the proto)."""
+
+_CLAIM_BATCH = 100
+"""Due schedules decided per transaction."""
+
+
+def tick_run_id(schedule_id: str, nominal: datetime) -> uuid.UUID:
+    """The id of the run a tick starts: UUIDv5 of "<schedule id>\\n<nominal instant as
+    YYYY-MM-DDTHH:MM:SSZ>", so that a client can predict it (ticks are whole seconds)."""
+    instant = nominal.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return uuid.uuid5(SCHEDULE_TICK_NAMESPACE, f"{schedule_id}\n{instant}")
+
+
+def definition_schedule_id(workflow: str, trigger: str) -> str:
+    return f"{workflow}/{trigger}"
+
+
+def definition_schedule(workflow: str, trigger: Trigger) -> ScheduleConfig:
+    """The schedule a cron trigger of a definition makes (its runs start with an empty
+    payload, the trigger's defaults applied at each tick)."""
+    assert trigger.cron is not None
+    return ScheduleConfig(
+        id=definition_schedule_id(workflow, trigger.name),
+        workflow=workflow,
+        trigger=trigger.name,
+        payload={},
+        cron_expression=trigger.cron,
+        time_zone=trigger.time_zone,
+        start_at=_instant(trigger.start_ms),
+        end_at=_instant(trigger.end_ms),
+        jitter_ms=trigger.jitter_ms,
+        skipped_time_policy=trigger.skipped_time_policy,
+        repeated_time_policy=trigger.repeated_time_policy,
+        catchup_window_ms=trigger.catchup_window_ms,
+        missed_tick_policy=trigger.missed_tick_policy,
+        max_catchup_runs=trigger.max_catchup_runs,
+        overlap_policy=trigger.overlap_policy,
+    )
+
+
+def _instant(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(0, UTC) + timedelta(milliseconds=ms)
+
+
+def _first_tick(config: ScheduleConfig, now: datetime) -> Tick | None:
+    return next(ticks_after(config.spec(), now, config.id), None)
+
+
+class _NotLatest(Exception):
+    """A run was chosen on a version of its workflow that is no longer the latest."""
+
+    def __init__(self, workflows: set[str]) -> None:
+        self.workflows = workflows
+
+
+class ScheduleCommands(RunCommands):
+    async def _sync_schedules(self, conn: Connection, defn: WorkflowDef) -> float | None:
+        """In a new version's registration: its cron triggers' schedules are created, follow
+        changed triggers (from the next tick after now; ticks in between are not made up), and
+        stop for dropped triggers. Returns when the earliest changed one is due (ms), if any."""
+        kept = await schedules.lock_definition_schedules(conn, defn.name)
+        now = await attempts.database_now(conn)
+        earliest: datetime | None = None
+        for trigger in defn.triggers:
+            if trigger.cron is None:
+                continue
+            config = definition_schedule(defn.name, trigger)
+            existing = kept.pop(trigger.name, None)
+            if existing is not None and existing == (config, "active"):
+                continue  # unchanged, and ticking from where it is
+            first = _first_tick(config, now)
+            await schedules.put_definition_schedule(conn, config, first)
+            if first is not None and (earliest is None or first.fire_at < earliest):
+                earliest = first.fire_at
+        dropped = [config.id for config, state in kept.values() if state != "stopped"]
+        if dropped:
+            await schedules.stop_definition_schedules(conn, dropped)
+        return None if earliest is None else (earliest - now) / timedelta(milliseconds=1)
+
+    async def fire_due_schedules(self) -> int:
+        """Decides every due tick of every due schedule; returns how many were decided."""
+        total = 0
+        while True:
+            try:
+                decided, claimed, started = await self._fire_batch()
+            except _NotLatest as stale:
+                for workflow in stale.workflows:
+                    self._latest_ids.pop(workflow, None)
+                continue  # rolled back: decided again on the latest versions
+            for change in started:
+                await self._after_commit(change)
+            total += decided
+            if claimed < _CLAIM_BATCH:
+                return total
+
+    @retry_conflicts
+    async def _fire_batch(self) -> tuple[int, int, list[RunChange]]:
+        """One transaction: claims due schedules, writes their ticks' decisions and runs, and
+        advances them. Returns (ticks decided, schedules claimed, changes of runs started)."""
+        async with self._db.transaction() as conn:
+            due = await schedules.claim_due(conn, _CLAIM_BATCH)
+            decided: list[DecidedTick] = []
+            to_start: dict[tuple[str, datetime], tuple[NewRun, RunChange]] = {}
+            next_ticks: list[tuple[DueSchedule, Tick | None]] = []
+            for schedule in due:
+                plan = plan_due_ticks(
+                    schedule.config.spec(),
+                    schedule.config.id,
+                    schedule.next_nominal_at,
+                    schedule.now,
+                    schedule.config.policies(),
+                    schedule.last_run_active,
+                )
+                next_ticks.append((schedule, plan.next_tick))
+                for decision in plan.decisions:
+                    tick, outcome, reason = decision.tick, decision.outcome, decision.reason
+                    run_id = None
+                    if outcome is TickOutcome.STARTED:
+                        try:
+                            new, change = await self._tick_run(schedule, tick)
+                        except DomainError as error:  # e.g. a new trigger contract
+                            outcome, reason = TickOutcome.FAILED, error.message
+                            log.warning(
+                                "schedule_tick_failed",
+                                schedule=schedule.config.id,
+                                error=error.message,
+                            )
+                        else:
+                            run_id = new.id
+                            to_start[(schedule.config.id, tick.nominal)] = (new, change)
+                    decided.append(
+                        DecidedTick(
+                            schedule.config.id,
+                            tick.nominal,
+                            schedule.now,
+                            ScheduleRunOrigin.TICK,
+                            outcome,
+                            run_id,
+                            reason,
+                        )
+                    )
+            written = await schedules.record_ticks(conn, decided)
+            # A tick decided before (a backfill of it, say) never starts a second run.
+            runs_to_start = [item for key, item in to_start.items() if key in written]
+            results = await changes.start(conn, runs_to_start)
+            stale = {
+                new.workflow_name
+                for (new, _), result in zip(runs_to_start, results, strict=True)
+                if result is changes.NotStarted.NOT_LATEST
+            }
+            if stale:
+                raise _NotLatest(stale)  # rolls the whole claim back
+            for schedule, next_tick in next_ticks:
+                mine = [d for d in decided if d.schedule_id == schedule.config.id]
+                started = [
+                    d.run_id for d in mine if d.run_id and (d.schedule_id, d.nominal_at) in written
+                ]
+                await schedules.advance(
+                    conn,
+                    schedule.config.id,
+                    next_tick,
+                    mine[-1].nominal_at if mine else None,
+                    started[-1] if started else None,
+                )
+        if runs_to_start:
+            log.debug("schedule_runs_started", count=len(runs_to_start))
+        return len(written), len(due), [change for _, change in runs_to_start]
+
+    async def _tick_run(self, schedule: DueSchedule, tick: Tick) -> tuple[NewRun, RunChange]:
+        origin = ScheduleOrigin(
+            schedule.config.id, tick.nominal, schedule.now, ScheduleRunOrigin.TICK
+        )
+        return await self._new_run(
+            schedule.config.workflow,
+            schedule.config.trigger,
+            schedule.config.payload,
+            "",
+            scheduled=(tick_run_id(schedule.config.id, tick.nominal), origin),
+        )

@@ -1,0 +1,281 @@
+"""Schedules and their ticks: the rows the timer loop claims and the history it writes.
+
+A due schedule is claimed with FOR UPDATE SKIP LOCKED, so each is decided by one replica at a
+time; the tick rows (UNIQUE schedule + nominal instant) make a decided tick final even across
+claims."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from server.engine.model import (
+    ACTIVE_RUN_STATUSES,
+    JSON,
+    MissedTickPolicy,
+    OverlapPolicy,
+    ScheduleRunOrigin,
+)
+from server.engine.schedule import (
+    RepeatedTimePolicy,
+    ScheduleSpec,
+    SkippedTimePolicy,
+    Tick,
+    parse_cron,
+    parse_time_zone,
+)
+from server.engine.schedule.due_ticks import TickOutcome, TickPolicies
+from server.store.db import Connection, dumps
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """What a schedule is: what it starts, when, and its policies (the columns a definition's
+    cron trigger or CreateSchedule sets)."""
+
+    id: str
+    workflow: str
+    trigger: str
+    payload: dict[str, JSON]
+    cron_expression: str
+    time_zone: str
+    start_at: datetime | None
+    end_at: datetime | None
+    jitter_ms: int
+    skipped_time_policy: SkippedTimePolicy
+    repeated_time_policy: RepeatedTimePolicy
+    catchup_window_ms: int
+    missed_tick_policy: MissedTickPolicy
+    max_catchup_runs: int
+    overlap_policy: OverlapPolicy
+
+    def spec(self) -> ScheduleSpec:
+        """The spec (expression and zone were validated when the schedule was written)."""
+        return ScheduleSpec(
+            expression=parse_cron(self.cron_expression),
+            zone=parse_time_zone(self.time_zone),
+            start=self.start_at,
+            end=self.end_at,
+            jitter=timedelta(milliseconds=self.jitter_ms),
+            skipped_time=self.skipped_time_policy,
+            repeated_time=self.repeated_time_policy,
+        )
+
+    def policies(self) -> TickPolicies:
+        return TickPolicies(
+            catchup_window=timedelta(milliseconds=self.catchup_window_ms),
+            missed=self.missed_tick_policy,
+            max_catchup_runs=self.max_catchup_runs,
+            overlap=self.overlap_policy,
+        )
+
+    def columns(self) -> dict[str, Any]:
+        """As statement parameters (enums as their values, the payload as JSON)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in values.items():
+            if isinstance(value, StrEnum):
+                values[name] = value.value
+        values["payload"] = dumps(self.payload)
+        return values
+
+
+_CONFIG_COLUMNS = [f.name for f in fields(ScheduleConfig)]
+
+
+def _config(row: Any) -> ScheduleConfig:
+    return ScheduleConfig(
+        id=row.id,
+        workflow=row.workflow,
+        trigger=row.trigger,
+        payload=row.payload,
+        cron_expression=row.cron_expression,
+        time_zone=row.time_zone,
+        start_at=row.start_at,
+        end_at=row.end_at,
+        jitter_ms=row.jitter_ms,
+        skipped_time_policy=SkippedTimePolicy(row.skipped_time_policy),
+        repeated_time_policy=RepeatedTimePolicy(row.repeated_time_policy),
+        catchup_window_ms=row.catchup_window_ms,
+        missed_tick_policy=MissedTickPolicy(row.missed_tick_policy),
+        max_catchup_runs=row.max_catchup_runs,
+        overlap_policy=OverlapPolicy(row.overlap_policy),
+    )
+
+
+@dataclass(frozen=True)
+class DueSchedule:
+    config: ScheduleConfig
+    next_nominal_at: datetime
+    last_run_active: bool
+    """The last run a tick started is still active (the overlap policy's question)."""
+    now: datetime
+    """Postgres' clock at the claim (the transaction's start): the instant the ticks are
+    decided at, the same for every replica."""
+
+
+async def claim_due(conn: Connection, limit: int) -> list[DueSchedule]:
+    """Active schedules whose next tick is due, locked for this transaction; those another
+    replica is deciding are skipped."""
+    rows = await conn.execute(
+        f"SELECT {', '.join('s.' + c for c in _CONFIG_COLUMNS)}, s.next_nominal_at, now() AS now, "
+        "  EXISTS (SELECT 1 FROM runs r WHERE r.id = s.last_run_id AND r.status = ANY(:active))"
+        "  AS last_run_active "
+        "FROM schedules s "
+        "WHERE s.state = 'active' AND s.next_due_at <= now() "
+        "ORDER BY s.next_due_at LIMIT :limit "
+        "FOR UPDATE OF s SKIP LOCKED",
+        {"limit": limit, "active": [s.value for s in ACTIVE_RUN_STATUSES]},
+    )
+    return [DueSchedule(_config(r), r.next_nominal_at, r.last_run_active, r.now) for r in rows]
+
+
+@dataclass(frozen=True)
+class DecidedTick:
+    schedule_id: str
+    nominal_at: datetime
+    fired_at: datetime
+    origin: ScheduleRunOrigin
+    outcome: TickOutcome
+    run_id: uuid.UUID | None = None
+    reason: str = ""
+
+
+async def record_ticks(conn: Connection, ticks: list[DecidedTick]) -> set[tuple[str, datetime]]:
+    """Inserts the decided ticks in one statement; returns the (schedule, nominal instant) of
+    those written: a tick decided before (by a backfill, say) is not written again."""
+    if not ticks:
+        return set()
+    rows = await conn.execute(
+        "INSERT INTO schedule_ticks (schedule_id, nominal_at, fired_at, run_id, origin, "
+        "  outcome, reason) "
+        "SELECT x.schedule_id, x.nominal_at, x.fired_at, x.run_id, x.origin, x.outcome, x.reason "
+        "FROM jsonb_to_recordset(CAST(:ticks AS jsonb)) AS x(schedule_id text, "
+        "  nominal_at timestamptz, fired_at timestamptz, run_id uuid, origin text, "
+        "  outcome text, reason text) "
+        "ON CONFLICT (schedule_id, nominal_at) DO NOTHING "
+        "RETURNING schedule_id, nominal_at",
+        {
+            "ticks": dumps(
+                [
+                    {
+                        "schedule_id": t.schedule_id,
+                        "nominal_at": t.nominal_at.isoformat(),
+                        "fired_at": t.fired_at.isoformat(),
+                        "run_id": str(t.run_id) if t.run_id else None,
+                        "origin": t.origin.value,
+                        "outcome": t.outcome.value,
+                        "reason": t.reason,
+                    }
+                    for t in ticks
+                ]
+            )
+        },
+    )
+    return {(r.schedule_id, r.nominal_at.astimezone(UTC)) for r in rows}
+
+
+async def advance(
+    conn: Connection,
+    schedule_id: str,
+    next_tick: Tick | None,
+    last_tick_at: datetime | None,
+    last_run_id: uuid.UUID | None,
+) -> None:
+    """Moves a claimed schedule to its next tick (None: the spec has none left)."""
+    await conn.execute(
+        "UPDATE schedules SET next_nominal_at = :nominal, next_due_at = :due, "
+        "  last_tick_at = coalesce(:last_tick, last_tick_at), "
+        "  last_run_id = coalesce(:last_run, last_run_id) "
+        "WHERE id = :id",
+        {
+            "id": schedule_id,
+            "nominal": next_tick.nominal if next_tick else None,
+            "due": next_tick.fire_at if next_tick else None,
+            "last_tick": last_tick_at,
+            "last_run": last_run_id,
+        },
+    )
+
+
+async def lock_definition_schedules(
+    conn: Connection, workflow: str
+) -> dict[str, tuple[ScheduleConfig, str]]:
+    """The schedules registration keeps for `workflow`'s cron triggers, by trigger, with their
+    state; locked until the registration commits."""
+    rows = await conn.execute(
+        f"SELECT {', '.join(_CONFIG_COLUMNS)}, state FROM schedules "
+        "WHERE workflow = :workflow AND origin = 'definition' FOR UPDATE",
+        {"workflow": workflow},
+    )
+    return {r.trigger: (_config(r), r.state) for r in rows}
+
+
+async def put_definition_schedule(
+    conn: Connection, config: ScheduleConfig, first_tick: Tick | None
+) -> None:
+    """Creates a definition's schedule, or makes an existing one follow a changed trigger:
+    active again (unless paused), from `first_tick` on. A schedule created through the API
+    with the same id is left alone."""
+    columns = config.columns()
+    names = ", ".join(_CONFIG_COLUMNS)
+    values = ", ".join(
+        "CAST(:payload AS jsonb)" if c == "payload" else f":{c}" for c in _CONFIG_COLUMNS
+    )
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _CONFIG_COLUMNS if c != "id")
+    await conn.execute(
+        f"INSERT INTO schedules ({names}, state, origin, next_nominal_at, next_due_at) "
+        f"VALUES ({values}, 'active', 'definition', :nominal, :due) "
+        f"ON CONFLICT (id) DO UPDATE SET {updates}, "
+        "  state = CASE WHEN schedules.state = 'paused' THEN 'paused' ELSE 'active' END, "
+        "  next_nominal_at = excluded.next_nominal_at, next_due_at = excluded.next_due_at, "
+        "  revision = schedules.revision + 1, updated_at = now() "
+        "WHERE schedules.origin = 'definition'",
+        {
+            **columns,
+            "nominal": first_tick.nominal if first_tick else None,
+            "due": first_tick.fire_at if first_tick else None,
+        },
+    )
+
+
+async def stop_definition_schedules(conn: Connection, ids: list[str]) -> None:
+    """Stops the schedules of triggers the latest version dropped (their history stays)."""
+    await conn.execute(
+        "UPDATE schedules SET state = 'stopped', next_nominal_at = NULL, next_due_at = NULL, "
+        "  revision = revision + 1, updated_at = now() "
+        "WHERE id = ANY(:ids) AND origin = 'definition'",
+        {"ids": ids},
+    )
+
+
+@dataclass(frozen=True)
+class TickRecord:
+    nominal_at: datetime
+    fired_at: datetime
+    run_id: uuid.UUID | None
+    origin: ScheduleRunOrigin
+    outcome: TickOutcome
+    reason: str
+
+
+async def recent_ticks(conn: Connection, schedule_id: str, limit: int) -> list[TickRecord]:
+    """The schedule's latest decided ticks, newest first."""
+    rows = await conn.execute(
+        "SELECT nominal_at, fired_at, run_id, origin, outcome, reason FROM schedule_ticks "
+        "WHERE schedule_id = :id ORDER BY nominal_at DESC LIMIT :limit",
+        {"id": schedule_id, "limit": limit},
+    )
+    return [
+        TickRecord(
+            r.nominal_at,
+            r.fired_at,
+            r.run_id,
+            ScheduleRunOrigin(r.origin),
+            TickOutcome(r.outcome),
+            r.reason,
+        )
+        for r in rows
+    ]
