@@ -60,6 +60,7 @@ def upgrade() -> None:
         sa.Column("next_due_at", _TIME),
         sa.Column("last_tick_at", _TIME),
         sa.Column("last_run_id", UUID(as_uuid=True)),
+        sa.Column("buffered_nominal_at", _TIME),
         sa.Column("created_at", _TIME, nullable=False, server_default=_NOW),
         sa.Column("updated_at", _TIME, nullable=False, server_default=_NOW),
     )
@@ -70,6 +71,12 @@ def upgrade() -> None:
         postgresql_where=sa.text("state = 'active' AND next_due_at IS NOT NULL"),
     )
     op.create_index("schedules_workflow", "schedules", ["workflow", "id"])
+    op.create_index(
+        "schedules_buffered",
+        "schedules",
+        ["buffered_nominal_at"],
+        postgresql_where=sa.text("buffered_nominal_at IS NOT NULL"),
+    )
 
     op.create_table(
         "schedule_ticks",

@@ -350,8 +350,16 @@ schedules = Table(
     # started (the overlap policy looks at it).
     Column("last_tick_at", DateTime(timezone=True)),
     Column("last_run_id", UUID(as_uuid=True)),
+    # With overlap policy "buffer_one": the nominal instant of the tick held until the last
+    # run ends (the timer loop starts it then).
+    Column("buffered_nominal_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=NOW),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=NOW),
+    Index(
+        "schedules_buffered",
+        "buffered_nominal_at",
+        postgresql_where=text("buffered_nominal_at IS NOT NULL"),
+    ),
     Index(
         "schedules_due",
         "next_due_at",
@@ -373,7 +381,7 @@ schedule_ticks = Table(
     Column("run_id", UUID(as_uuid=True)),
     # "tick", "manual" or "backfill".
     Column("origin", String(16), nullable=False),
-    # "started", "skipped_overlap", "skipped_missed", "skipped_dst", "buffered", "failed".
+    # "started", "skipped_overlap", "skipped_missed" or "failed".
     Column("outcome", String(24), nullable=False),
     Column("reason", Text, nullable=False, server_default=text("''")),
     PrimaryKeyConstraint("schedule_id", "nominal_at", name="schedule_ticks_pkey"),

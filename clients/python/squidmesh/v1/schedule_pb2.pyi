@@ -160,6 +160,7 @@ class Schedule(_message.Message):
     NEXT_TICKS_FIELD_NUMBER: _builtins.int
     RECENT_TICKS_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
+    BUFFERED_TICK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The schedule's id: "<workflow>/<trigger>" for a cron trigger of a workflow definition."""
     workflow: _builtins.str
@@ -212,6 +213,12 @@ class Schedule(_message.Message):
     def recent_ticks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tick]:
         """Its latest decided ticks, newest first (GetSchedule only; up to ten)."""
 
+    @_builtins.property
+    def buffered_tick(self) -> Global___Tick:
+        """With OVERLAP_POLICY_BUFFER_ONE: the tick held while the previous run is active; it starts
+        when that run ends (decided then). Unset when none is held.
+        """
+
     def __init__(
         self,
         *,
@@ -234,10 +241,11 @@ class Schedule(_message.Message):
         next_ticks: _abc.Iterable[Global___Tick] | None = ...,
         recent_ticks: _abc.Iterable[Global___Tick] | None = ...,
         health: Global___ScheduleHealth.ValueType = ...,
+        buffered_tick: Global___Tick | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["catchup_window", b"catchup_window", "create_time", b"create_time", "payload", b"payload", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["buffered_tick", b"buffered_tick", "catchup_window", b"catchup_window", "create_time", b"create_time", "payload", b"payload", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catchup_window", b"catchup_window", "create_time", b"create_time", "etag", b"etag", "health", b"health", "id", b"id", "max_catchup_runs", b"max_catchup_runs", "missed_tick_policy", b"missed_tick_policy", "next_ticks", b"next_ticks", "overlap_policy", b"overlap_policy", "pause_note", b"pause_note", "paused_by", b"paused_by", "payload", b"payload", "recent_ticks", b"recent_ticks", "source", b"source", "spec", b"spec", "state", b"state", "trigger", b"trigger", "update_time", b"update_time", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffered_tick", b"buffered_tick", "catchup_window", b"catchup_window", "create_time", b"create_time", "etag", b"etag", "health", b"health", "id", b"id", "max_catchup_runs", b"max_catchup_runs", "missed_tick_policy", b"missed_tick_policy", "next_ticks", b"next_ticks", "overlap_policy", b"overlap_policy", "pause_note", b"pause_note", "paused_by", b"paused_by", "payload", b"payload", "recent_ticks", b"recent_ticks", "source", b"source", "spec", b"spec", "state", b"state", "trigger", b"trigger", "update_time", b"update_time", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
