@@ -180,6 +180,7 @@ class _build:  # noqa: N801 - a namespace of request builders shared by both cli
         created_before: datetime | None,
         view: RunViewLike,
         parent_run_id: str = "",
+        schedule_id: str = "",
     ) -> run_service_pb2.ListRunsRequest:
         if isinstance(statuses, str | int):
             statuses = [statuses]
@@ -193,6 +194,7 @@ class _build:  # noqa: N801 - a namespace of request builders shared by both cli
             create_time_before=_timestamp("created_before", created_before),
             view=run_view(view),
             parent_run_id=parent_run_id,
+            schedule_id=schedule_id,
         )
 
     @staticmethod
