@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from server.engine.model import (
-    ACTIVE_RUN_STATUSES,
+    TERMINAL_RUN_STATUSES,
     JSON,
     MissedTickPolicy,
     OverlapPolicy,
@@ -126,10 +126,11 @@ _CLAIM_COLUMNS = (
     f"{', '.join('s.' + c for c in _CONFIG_COLUMNS)}, s.next_nominal_at, s.next_due_at, "
     "s.buffered_nominal_at, "
     "s.last_run_id, now() AS now, "
-    "EXISTS (SELECT 1 FROM runs r WHERE r.id = s.last_run_id AND r.status = ANY(:active)) "
+    "EXISTS (SELECT 1 FROM runs r WHERE r.id = s.last_run_id AND r.status <> ALL(:ended)) "
     "AS last_run_active"
 )
-_ACTIVE_RUN_STATUSES = [s.value for s in ACTIVE_RUN_STATUSES]
+# A run not ended yet is active for the overlap policy: paused or waiting at a gate included.
+_ENDED = [s.value for s in TERMINAL_RUN_STATUSES]
 
 
 async def claim_due(conn: Connection, limit: int) -> list[DueSchedule]:
@@ -141,7 +142,7 @@ async def claim_due(conn: Connection, limit: int) -> list[DueSchedule]:
         "WHERE s.state = 'active' AND s.next_due_at <= now() "
         "ORDER BY s.next_due_at LIMIT :limit "
         "FOR UPDATE OF s SKIP LOCKED",
-        {"limit": limit, "active": _ACTIVE_RUN_STATUSES},
+        {"limit": limit, "ended": _ENDED},
     )
     claimed = {r.id: r for r in due}
     if len(claimed) < limit:
@@ -149,9 +150,9 @@ async def claim_due(conn: Connection, limit: int) -> list[DueSchedule]:
             f"SELECT {_CLAIM_COLUMNS} FROM schedules s "
             "WHERE s.buffered_nominal_at IS NOT NULL AND s.state = 'active' "
             "  AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = s.last_run_id "
-            "    AND r.status = ANY(:active)) "
+            "    AND r.status <> ALL(:ended)) "
             "LIMIT :limit FOR UPDATE OF s SKIP LOCKED",
-            {"limit": limit - len(claimed), "active": _ACTIVE_RUN_STATUSES},
+            {"limit": limit - len(claimed), "ended": _ENDED},
         )
         for r in released:
             claimed.setdefault(r.id, r)

@@ -40,7 +40,8 @@ def greeter() -> workflow_pb2.WorkflowDefinition:
     """A manual trigger with a required `name`, and one log step."""
     d = workflow_pb2.WorkflowDefinition(name="greeter")
     manual(
-        d, workflow_pb2.PayloadField(name="name", type=workflow_pb2.FIELD_TYPE_STRING, required=True)
+        d,
+        workflow_pb2.PayloadField(name="name", type=workflow_pb2.FIELD_TYPE_STRING, required=True),
     )
     d.steps.add(name="hello", log=workflow_pb2.LogStep(message="hello {name}"))
     return d
@@ -197,7 +198,9 @@ async def test_create_tick_get_list_and_update_with_an_etag(
     first = instant(updated.next_ticks[0].nominal_time)
     assert first.astimezone(ZoneInfo("Europe/Paris")).time() == time(3)
 
-    await schedules.DeleteSchedule(spb.DeleteScheduleRequest(schedule_id="greet", etag=updated.etag))
+    await schedules.DeleteSchedule(
+        spb.DeleteScheduleRequest(schedule_id="greet", etag=updated.etag)
+    )
     await refused(
         schedules.GetSchedule(spb.GetScheduleRequest(schedule_id="greet")),
         StatusCode.NOT_FOUND,
@@ -251,7 +254,9 @@ async def test_pause_stops_ticks_and_resume_starts_again_without_a_burst(
     after = (await decided(schedules, "greet"))[len(before) :]
     # No burst: nothing for the paused interval, the first tick is after the resume.
     assert all(instant(t.nominal_time) > resumed_at - timedelta(seconds=1) for t in after)
-    assert not [t for t in after if paused_at < instant(t.nominal_time) < resumed_at - timedelta(seconds=1)]
+    assert not [
+        t for t in after if paused_at < instant(t.nominal_time) < resumed_at - timedelta(seconds=1)
+    ]
     assert {t.outcome for t in after} == {schedule_pb2.TICK_OUTCOME_STARTED}
 
 
@@ -377,7 +382,9 @@ async def test_buffer_one_starts_one_held_tick_after_the_active_run(
     assert got.HasField("buffered_tick")
     held_nominal = instant(got.buffered_tick.nominal_time)
     assert held_nominal > instant(started[0].nominal_time)
-    skipped = [t for t in got.recent_ticks if t.outcome == schedule_pb2.TICK_OUTCOME_SKIPPED_OVERLAP]
+    skipped = [
+        t for t in got.recent_ticks if t.outcome == schedule_pb2.TICK_OUTCOME_SKIPPED_OVERLAP
+    ]
     assert all("already buffered" in t.reason for t in skipped)
 
     await resume_all(runs, started[0].run_id)
