@@ -136,7 +136,7 @@ class ScheduleResourceCommands(ScheduleCommands):
         async with self._db.connect() as conn:
             now = await attempts.database_now(conn)
             stored = await schedules.list_page(conn, workflow, states, after_id, limit)
-        return [_view(s, now, []) for s in stored]
+        return [schedule_view(s, now, []) for s in stored]
 
     async def update_schedule(
         self, schedule_id: str, changed: ScheduleConfig, paths: list[str], etag: str
@@ -399,7 +399,7 @@ class ScheduleResourceCommands(ScheduleCommands):
     ) -> ScheduleView:
         stored = await self._stored(conn, schedule_id)
         ticks = await schedules.recent_ticks(conn, schedule_id, RECENT_TICKS) if recent else []
-        return _view(stored, now, ticks)
+        return schedule_view(stored, now, ticks)
 
 
 class _KeyTaken(Exception):
@@ -411,7 +411,7 @@ class _NotLatestVersion(Exception):
     """A newer version of the workflow was registered while its run was being started."""
 
 
-def _view(stored: StoredSchedule, now: datetime, recent: list[TickRecord]) -> ScheduleView:
+def schedule_view(stored: StoredSchedule, now: datetime, recent: list[TickRecord]) -> ScheduleView:
     spec = stored.config.spec()
     upcoming: list[Tick] = []
     if stored.state is ScheduleState.ACTIVE and stored.next_nominal_at is not None:

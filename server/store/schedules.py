@@ -13,8 +13,8 @@ from enum import StrEnum
 from typing import Any
 
 from server.engine.model import (
-    TERMINAL_RUN_STATUSES,
     JSON,
+    TERMINAL_RUN_STATUSES,
     MissedTickPolicy,
     OverlapPolicy,
     ScheduleRunOrigin,
