@@ -119,6 +119,7 @@ async def test_reflection_lists_services_and_health_is_serving(channel: aio.Chan
         "squidmesh.v1.WorkflowService",
         "squidmesh.v1.RunService",
         "squidmesh.v1.WorkerService",
+        "squidmesh.v1.ScheduleService",
     } <= names
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "squidmesh.v1.RunService"):
