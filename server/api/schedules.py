@@ -43,6 +43,7 @@ _OUTCOMES: dict[TickOutcome, schedule_pb2.TickOutcome.ValueType] = {
     TickOutcome.SKIPPED_OVERLAP: schedule_pb2.TICK_OUTCOME_SKIPPED_OVERLAP,
     TickOutcome.SKIPPED_MISSED: schedule_pb2.TICK_OUTCOME_SKIPPED_MISSED,
     TickOutcome.FAILED: schedule_pb2.TICK_OUTCOME_FAILED,
+    TickOutcome.SKIPPED_PAUSED: schedule_pb2.TICK_OUTCOME_SKIPPED_PAUSED,
 }
 _HEALTH = {
     ScheduleHealth.OK: schedule_pb2.SCHEDULE_HEALTH_OK,

@@ -202,11 +202,39 @@ class ScheduleResourceCommands(ScheduleCommands):
             if stored.state is ScheduleState.PAUSED:
                 first = next(ticks_after(stored.config.spec(), now, schedule_id), None)
                 await schedules.set_resumed(conn, schedule_id, first)
+                await self._record_paused_ticks(conn, stored, now, actor)
                 log.info("schedule_resumed", schedule=schedule_id, actor=actor, note=note)
             view = await self._view(conn, schedule_id, now, recent=True)
         if first is not None:
             self._wakeups.timers_changed((first.fire_at - now) / timedelta(milliseconds=1))
         return view
+
+    async def _record_paused_ticks(
+        self, conn: Connection, stored: StoredSchedule, now: datetime, actor: str
+    ) -> None:
+        """One decision for every tick that fell due while paused (a per-second schedule
+        paused for a week has 600,000): on the first of them, which the schedule still points
+        at."""
+        due = stored.next_nominal_at
+        if due is None or due > now:
+            return
+        paused_by = f"paused by {stored.paused_by}" + (
+            f" ({stored.pause_note})" if stored.pause_note else ""
+        )
+        reason = (
+            f"{paused_by}: this tick and any after it up to the resume by {actor} at "
+            f"{now.isoformat()} did not run"
+        )
+        tick = DecidedTick(
+            stored.config.id,
+            due,
+            now,
+            ScheduleRunOrigin.TICK,
+            TickOutcome.SKIPPED_PAUSED,
+            None,
+            reason,
+        )
+        await schedules.record_ticks(conn, [tick])
 
     # --- trigger, backfill -------------------------------------------------------------------
 

@@ -248,16 +248,20 @@ async def test_pause_stops_ticks_and_resume_starts_again_without_a_burst(
     resumed_at = datetime.now(UTC)
 
     async def ticked_again() -> bool:
-        return len(await decided(schedules, "greet")) > len(before)
+        return len(await decided(schedules, "greet")) > len(before) + 1
 
     await wait_for_async(ticked_again, 30, "a tick after resume")
     after = (await decided(schedules, "greet"))[len(before) :]
-    # No burst: nothing for the paused interval, the first tick is after the resume.
-    assert all(instant(t.nominal_time) > resumed_at - timedelta(seconds=1) for t in after)
-    assert not [
-        t for t in after if paused_at < instant(t.nominal_time) < resumed_at - timedelta(seconds=1)
-    ]
-    assert {t.outcome for t in after} == {schedule_pb2.TICK_OUTCOME_STARTED}
+    # The paused interval is one recorded decision, on its first tick; nothing ran for it.
+    skipped, ran = after[0], after[1:]
+    assert skipped.outcome == schedule_pb2.TICK_OUTCOME_SKIPPED_PAUSED
+    assert paused_at < instant(skipped.nominal_time) < resumed_at
+    assert skipped.run_id == ""
+    assert "paused by ops (maintenance)" in skipped.reason
+    # No burst: the first tick that runs is after the resume.
+    assert ran, after
+    assert all(instant(t.nominal_time) > resumed_at - timedelta(seconds=1) for t in ran)
+    assert {t.outcome for t in ran} == {schedule_pb2.TICK_OUTCOME_STARTED}
 
 
 async def test_trigger_now_and_backfill_decide_each_tick_once(

@@ -40,6 +40,8 @@ class TickOutcome(StrEnum):
     SKIPPED_MISSED = "skipped_missed"
     FAILED = "failed"
     """It was to start a run, and could not (the engine decides this one)."""
+    SKIPPED_PAUSED = "skipped_paused"
+    """Due while the schedule was paused (recorded on resume, for all of them)."""
 
 
 @dataclass(frozen=True)
