@@ -152,14 +152,12 @@ class ScheduleResourceCommands(ScheduleCommands):
                 ],
             )
         taken = set(paths or UPDATABLE)
-        async with self._db.connect() as conn:
-            current = await self._stored(conn, schedule_id)
-        _check_api_origin(current, "updated")
-        merged = _merge(current.config, changed, taken)
-        merged = await self._checked(merged, [])
         async with self._db.transaction() as conn:
             locked = await self._stored(conn, schedule_id, lock=True)
+            _check_api_origin(locked, "updated")
             _check_etag(locked, etag)
+            # Merged with what is stored now: fields outside the mask keep their values.
+            merged = await self._checked(_merge(locked.config, changed, taken), [])
             now = await attempts.database_now(conn)
             move = merged.spec() != locked.config.spec()
             first = next(ticks_after(merged.spec(), now, merged.id), None) if move else None
