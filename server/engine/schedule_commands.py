@@ -70,7 +70,8 @@ def _instant(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(0, UTC) + timedelta(milliseconds=ms)
 
 
-def _first_tick(config: ScheduleConfig, now: datetime) -> Tick | None:
+def first_tick_after(config: ScheduleConfig, now: datetime) -> Tick | None:
+    """The schedule's first tick after `now` (None: its spec has none left)."""
     return next(ticks_after(config.spec(), now, config.id), None)
 
 
@@ -114,7 +115,7 @@ class ScheduleCommands(RunCommands):
             existing = kept.pop(trigger.name, None)
             if existing is not None and existing == (config, "active"):
                 continue  # unchanged, and ticking from where it is
-            first = _first_tick(config, now)
+            first = first_tick_after(config, now)
             await schedules.put_definition_schedule(conn, config, first)
             if first is not None and (earliest is None or first.fire_at < earliest):
                 earliest = first.fire_at

@@ -28,7 +28,12 @@ from server.engine.model import ScheduleOrigin, ScheduleRunOrigin
 from server.engine.payload import validate_payload
 from server.engine.schedule import Tick, next_ticks, ticks_after
 from server.engine.schedule.due_ticks import ON_TIME_GRACE, TickOutcome
-from server.engine.schedule_commands import ScheduleCommands, tick_at, tick_run_id
+from server.engine.schedule_commands import (
+    ScheduleCommands,
+    first_tick_after,
+    tick_at,
+    tick_run_id,
+)
 from server.engine.validation import check_cron_spec
 from server.engine.views import RunView
 from server.store import attempts, changes, schedules
@@ -112,7 +117,7 @@ class ScheduleResourceCommands(ScheduleCommands):
         config = await self._checked(config, problems)
         async with self._db.transaction() as conn:
             now = await attempts.database_now(conn)
-            first = next(ticks_after(config.spec(), now, config.id), None)
+            first = first_tick_after(config, now)
             if not await schedules.insert(conn, config, first, paused_by):
                 raise AlreadyExists(
                     f"schedule '{config.id}' already exists",
@@ -160,7 +165,7 @@ class ScheduleResourceCommands(ScheduleCommands):
             merged = await self._checked(_merge(locked.config, changed, taken), [])
             now = await attempts.database_now(conn)
             move = merged.spec() != locked.config.spec()
-            first = next(ticks_after(merged.spec(), now, merged.id), None) if move else None
+            first = first_tick_after(merged, now) if move else None
             await schedules.update_config(conn, merged, first, move=move)
             view = await self._view(conn, schedule_id, now, recent=True)
         if first is not None and locked.state is ScheduleState.ACTIVE:
@@ -198,7 +203,7 @@ class ScheduleResourceCommands(ScheduleCommands):
             _check_not_stopped(stored, "resumed")
             now = await attempts.database_now(conn)
             if stored.state is ScheduleState.PAUSED:
-                first = next(ticks_after(stored.config.spec(), now, schedule_id), None)
+                first = first_tick_after(stored.config, now)
                 await schedules.set_resumed(conn, schedule_id, first)
                 await self._record_paused_ticks(conn, stored, now, actor)
                 log.info("schedule_resumed", schedule=schedule_id, actor=actor, note=note)
