@@ -200,7 +200,7 @@ def _schedule_commands(commands: Any) -> None:
     p = _command(schedules, "get", "schedules", "get", "show a schedule, its next and recent ticks")
     p.add_argument("schedule_id")
     p = _command(schedules, "create", "schedules", "create", "create a schedule")
-    p.add_argument("schedule_id", help='letters, digits and "-_.:/", e.g. "reports-daily"')
+    p.add_argument("schedule_id", help='letters, digits and "-_.:", e.g. "reports-daily"')
     p.add_argument("--workflow", required=True, help="the workflow each tick starts")
     p.add_argument("--trigger", default="", help="default: the workflow's first trigger")
     p.add_argument("--payload", default="{}", help="a JSON object, the payload of every run")

@@ -23,6 +23,7 @@ _OUTCOME_STYLES = {
     "started": "green",
     "skipped_overlap": "yellow",
     "skipped_missed": "yellow",
+    "skipped_paused": "magenta",
     "failed": "red",
 }
 _SOURCES = {
