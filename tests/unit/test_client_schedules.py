@@ -20,7 +20,7 @@ from squidmesh.client import AsyncClient, Client, schedule_spec, schedule_state
 from squidmesh.requests import _build
 from squidmesh.retries import CHANNEL_OPTIONS
 from squidmesh.schedule_requests import _build_schedules
-from squidmesh.v1 import schedule_pb2, workflow_pb2
+from squidmesh.v1 import schedule_pb2, schedule_service_pb2, workflow_pb2
 
 from tests.support import free_port
 
@@ -184,8 +184,15 @@ def test_commands_on_a_schedule_need_an_actor(client: Client) -> None:
     day = datetime(2026, 1, 1, tzinfo=UTC)
     with pytest.raises(ValueError, match=r"^actor is required$"):
         client.backfill_schedule("s", day, day, actor="")
-    pause = _build_schedules.pause_schedule("s", "ada", "maintenance")
+    pause = _build_schedules.pause_or_resume(
+        schedule_service_pb2.PauseScheduleRequest, "s", "ada", "maintenance"
+    )
     assert (pause.schedule_id, pause.actor, pause.note) == ("s", "ada", "maintenance")
+    resume = _build_schedules.pause_or_resume(
+        schedule_service_pb2.ResumeScheduleRequest, "s", "bob", ""
+    )
+    assert isinstance(resume, schedule_service_pb2.ResumeScheduleRequest)
+    assert (resume.schedule_id, resume.actor, resume.note) == ("s", "bob", "")
     trigger = _build_schedules.trigger_schedule("s", "ada", "k-1")
     assert (trigger.actor, trigger.idempotency_key) == ("ada", "k-1")
 

@@ -410,14 +410,18 @@ class AsyncClient:
         self, schedule_id: str, *, actor: str, note: str = ""
     ) -> schedule_pb2.Schedule:
         """See `Client.pause_schedule`."""
-        request = _build_schedules.pause_schedule(schedule_id, actor, note)
+        request = _build_schedules.pause_or_resume(
+            schedule_service_pb2.PauseScheduleRequest, schedule_id, actor, note
+        )
         return (await self._schedules.PauseSchedule(request, **self._opts())).schedule
 
     async def resume_schedule(
         self, schedule_id: str, *, actor: str, note: str = ""
     ) -> schedule_pb2.Schedule:
         """See `Client.resume_schedule`."""
-        request = _build_schedules.resume_schedule(schedule_id, actor, note)
+        request = _build_schedules.pause_or_resume(
+            schedule_service_pb2.ResumeScheduleRequest, schedule_id, actor, note
+        )
         return (await self._schedules.ResumeSchedule(request, **self._opts())).schedule
 
     async def trigger_schedule(

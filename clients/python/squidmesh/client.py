@@ -464,14 +464,18 @@ class Client:
         self, schedule_id: str, *, actor: str, note: str = ""
     ) -> schedule_pb2.Schedule:
         """No tick until resumed; `note` says why (shown while it is paused)."""
-        request = _build_schedules.pause_schedule(schedule_id, actor, note)
+        request = _build_schedules.pause_or_resume(
+            schedule_service_pb2.PauseScheduleRequest, schedule_id, actor, note
+        )
         return self._schedules.PauseSchedule(request, **self._opts()).schedule
 
     def resume_schedule(
         self, schedule_id: str, *, actor: str, note: str = ""
     ) -> schedule_pb2.Schedule:
         """Ticks again from the first tick after now (those due while paused are not made up)."""
-        request = _build_schedules.resume_schedule(schedule_id, actor, note)
+        request = _build_schedules.pause_or_resume(
+            schedule_service_pb2.ResumeScheduleRequest, schedule_id, actor, note
+        )
         return self._schedules.ResumeSchedule(request, **self._opts()).schedule
 
     def trigger_schedule(

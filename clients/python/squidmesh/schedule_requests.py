@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
-from squidmesh.requests import DurationLike, _duration, _enum_value, _required, _timestamp
+from squidmesh.requests import (
+    DurationLike,
+    _duration,
+    _each,
+    _enum_value,
+    _required,
+    _timestamp,
+)
 from squidmesh.v1 import schedule_pb2, schedule_service_pb2, workflow_pb2
 from squidmesh.values import to_struct
 
@@ -49,6 +56,11 @@ SCHEDULE_UPDATE_FIELDS = (
 )
 """The fields UpdateSchedule changes (its update mask names some of them; none: all)."""
 MAX_PREVIEW = 100  # PreviewSchedule's limit
+PauseOrResume = TypeVar(
+    "PauseOrResume",
+    schedule_service_pb2.PauseScheduleRequest,
+    schedule_service_pb2.ResumeScheduleRequest,
+)
 
 
 def schedule_state(state: ScheduleStateLike) -> schedule_pb2.ScheduleState.ValueType:
@@ -219,11 +231,9 @@ class _build_schedules:  # noqa: N801 - a namespace of request builders shared b
         page_size: int,
         page_token: str,
     ) -> schedule_service_pb2.ListSchedulesRequest:
-        if isinstance(states, str | int):
-            states = [states]
         return schedule_service_pb2.ListSchedulesRequest(
             workflow=workflow,
-            states=[schedule_state(s) for s in states],
+            states=_each(states, schedule_state),
             page_size=page_size,
             page_token=page_token,
         )
@@ -248,20 +258,11 @@ class _build_schedules:  # noqa: N801 - a namespace of request builders shared b
         )
 
     @staticmethod
-    def pause_schedule(
-        schedule_id: str, actor: str, note: str
-    ) -> schedule_service_pb2.PauseScheduleRequest:
-        return schedule_service_pb2.PauseScheduleRequest(
-            schedule_id=schedule_id, actor=_required("actor", actor), note=note
-        )
-
-    @staticmethod
-    def resume_schedule(
-        schedule_id: str, actor: str, note: str
-    ) -> schedule_service_pb2.ResumeScheduleRequest:
-        return schedule_service_pb2.ResumeScheduleRequest(
-            schedule_id=schedule_id, actor=_required("actor", actor), note=note
-        )
+    def pause_or_resume(
+        request: type[PauseOrResume], schedule_id: str, actor: str, note: str
+    ) -> PauseOrResume:
+        """PauseSchedule's or ResumeSchedule's request: they have the same fields."""
+        return request(schedule_id=schedule_id, actor=_required("actor", actor), note=note)
 
     @staticmethod
     def trigger_schedule(

@@ -50,9 +50,7 @@ def server_address(args: argparse.Namespace) -> str:
 def add_client_commands(commands: Any) -> None:
     """Adds `workflows ...`, `runs ...`, `events ...`, `schedules ...` and `workers ...` to the
     subparsers `commands`."""
-    workflows = commands.add_parser("workflows", help="workflow definitions").add_subparsers(
-        title="commands", metavar="COMMAND"
-    )
+    workflows = _group(commands, "workflows", "workflow definitions")
     p = _command(
         workflows, "list", "workflows", "list_workflows", "list workflows (latest versions)"
     )
@@ -65,9 +63,7 @@ def add_client_commands(commands: Any) -> None:
     )
     p.add_argument("file", type=Path, help="a WorkflowDefinition in protobuf JSON form")
 
-    runs = commands.add_parser("runs", help="runs").add_subparsers(
-        title="commands", metavar="COMMAND"
-    )
+    runs = _group(commands, "runs", "runs")
     p = _command(runs, "start", "runs", "start", "start a run")
     p.add_argument("workflow")
     p.add_argument("--payload", default="{}", help="a JSON object (default {})")
@@ -143,9 +139,7 @@ def add_client_commands(commands: Any) -> None:
     )
     p.add_argument("--page-token", default="", help="the token a previous page printed")
 
-    events = commands.add_parser("events", help="events for wait_event steps").add_subparsers(
-        title="commands", metavar="COMMAND"
-    )
+    events = _group(commands, "events", "events for wait_event steps")
     p = _command(
         events, "publish", "events", "publish", "publish an event to the runs waiting for it"
     )
@@ -168,9 +162,7 @@ def add_client_commands(commands: Any) -> None:
 
     _schedule_commands(commands)
 
-    workers = commands.add_parser("workers", help="worker processes").add_subparsers(
-        title="commands", metavar="COMMAND"
-    )
+    workers = _group(commands, "workers", "worker processes")
     p = _command(workers, "list", "workers", "list_workers", "list live and recently gone workers")
     p.add_argument("--queue", default="", help="only workers consuming this queue")
     p.add_argument(
@@ -184,9 +176,7 @@ def add_client_commands(commands: Any) -> None:
 
 def _schedule_commands(commands: Any) -> None:
     """`schedules list|get|create|delete|pause|resume|trigger|backfill|preview`."""
-    schedules = commands.add_parser("schedules", help="cron schedules").add_subparsers(
-        title="commands", metavar="COMMAND"
-    )
+    schedules = _group(commands, "schedules", "cron schedules")
     p = _command(schedules, "list", "schedules", "list_schedules", "list schedules by id")
     p.add_argument("--workflow", default="", help="only the schedules of this workflow")
     p.add_argument(
@@ -244,14 +234,7 @@ def _schedule_commands(commands: Any) -> None:
     p = _command(schedules, "trigger", "schedules", "trigger", "start a run of a schedule now")
     p.add_argument("schedule_id")
     _actor(p)
-    p.add_argument(
-        "--key",
-        "--idempotency-key",
-        dest="idempotency_key",
-        metavar="KEY",
-        default="",
-        help="the same key returns the same run",
-    )
+    _key(p, "the same key returns the same run")
     p.add_argument("--watch", action="store_true", help="print its events until the run ends")
     p = _command(
         schedules,
@@ -316,6 +299,13 @@ def _actor(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _key(p: argparse.ArgumentParser, help: str) -> None:
+    """--key (or --idempotency-key): what makes a repeat of the command harmless."""
+    p.add_argument(
+        "--key", "--idempotency-key", dest="idempotency_key", metavar="KEY", default="", help=help
+    )
+
+
 def _decision_commands(runs: Any) -> None:
     """`runs resume`, `runs approve` and `runs reject`: a person's decision on a stopped run."""
     for name, function, help in (
@@ -332,14 +322,12 @@ def _decision_commands(runs: Any) -> None:
             p.add_argument(
                 "--payload", default=None, help="a JSON object, checked against the step's fields"
             )
-        p.add_argument(
-            "--key",
-            "--idempotency-key",
-            dest="idempotency_key",
-            metavar="KEY",
-            default="",
-            help="repeating the command with the same key changes nothing",
-        )
+        _key(p, "repeating the command with the same key changes nothing")
+
+
+def _group(commands: Any, name: str, help: str) -> Any:
+    """A group of client commands (`runs`, `schedules`...): the subparsers of its commands."""
+    return commands.add_parser(name, help=help).add_subparsers(title="commands", metavar="COMMAND")
 
 
 def _command(
