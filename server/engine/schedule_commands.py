@@ -113,8 +113,8 @@ class ScheduleCommands(RunCommands):
                 continue
             config = definition_schedule(defn.name, trigger)
             existing = kept.pop(trigger.name, None)
-            if existing is not None and existing == (config, "active"):
-                continue  # unchanged, and ticking from where it is
+            if existing is not None and existing[0] == config and existing[1] != "stopped":
+                continue  # unchanged: ticking (or paused) from where it is
             first = first_tick_after(config, now)
             await schedules.put_definition_schedule(conn, config, first)
             if first is not None and (earliest is None or first.fire_at < earliest):
