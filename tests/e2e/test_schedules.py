@@ -13,14 +13,17 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, cast
 
+import grpc
 import psycopg
 from google.protobuf import duration_pb2
-from squidmesh.v1 import workflow_pb2
+from squidmesh.v1 import schedule_pb2, schedule_service_pb2, workflow_pb2
+from squidmesh.v1.schedule_service_pb2_grpc import ScheduleServiceStub
 
 from server.engine.model import ACTIVE_RUN_STATUSES
 from server.engine.schedule.due_ticks import ON_TIME_GRACE
@@ -302,8 +305,13 @@ def test_ticks_missed_while_no_server_ran_follow_the_missed_tick_policy(cluster:
 # --- 3. overlap: a run still active when the next ticks come ------------------------------------
 
 
-def run_status(cluster: Cluster, run_id: uuid.UUID) -> str:
-    return cast(str, rows(cluster, "SELECT status FROM runs WHERE id = %(id)s", id=run_id)[0][0])
+def run_ended(cluster: Cluster, run_id: uuid.UUID | None) -> datetime | None:
+    """When the run ended (None: it is still active)."""
+    [(status, ended)] = rows(
+        cluster, "SELECT status, ended_at FROM runs WHERE id = %(id)s", id=run_id
+    )
+    assert (status in ACTIVE) == (ended is None), (status, ended)
+    return cast(datetime | None, ended)
 
 
 def ticks_decided_after(
@@ -318,77 +326,138 @@ def ticks_decided_after(
     return wait_for(decided, WAIT_S, f"{schedule}: {what}", every=0.1)
 
 
-def test_overlap_skip_records_the_ticks_of_an_active_run(cluster: Cluster, tmp_path: Path) -> None:
-    """An every-second schedule with overlap SKIP whose first run holds in a worker step: every
-    tick decided while it is active starts nothing and is recorded as skipped_overlap with its
-    reason; once the run is released and has ended, ticks start runs again."""
-    schedule = "e2e_sched_held/skip"
+def test_overlap_skip_and_buffer_one_while_a_worker_holds_the_run(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Two every-second schedules whose first runs hold in a worker step until released.
+    SKIP: every tick decided while its run is active starts nothing and is recorded as
+    skipped_overlap with its reason; once the run has ended, ticks start runs again.
+    BUFFER_ONE: while its run is active one tick is held on the schedule (not decided yet) and
+    the others are skipped_overlap; once the run has ended exactly one run starts, for a tick
+    that came while it was active, and while that one holds nothing else starts."""
+    skip, buffer = "e2e_sched_held/skip", "e2e_sched_held/buffer"
     cluster.start_server()
-    cluster.start_worker("tests.e2e.schedule_flows", concurrency=2, args=["--drain-timeout", "2"])
+    cluster.start_worker("tests.e2e.schedule_flows", concurrency=4, args=["--drain-timeout", "2"])
     with cluster.client() as client:
         cluster.wait_registered(client, held.name)
         client.register_workflow(
-            held_definition(tmp_path, skip=cron(overlap=workflow_pb2.OVERLAP_POLICY_SKIP))
+            held_definition(
+                tmp_path,
+                skip=cron(overlap=workflow_pb2.OVERLAP_POLICY_SKIP),
+                buffer=cron(overlap=workflow_pb2.OVERLAP_POLICY_BUFFER_ONE),
+            )
         )
-    first = ticks_until(cluster, schedule, None, "a first tick")[0]
-    assert first.outcome == "started" and first.run_id is not None
-    # Ticks decided together with the first start together (none is active before).
-    held_since = [t for t in ticks(cluster, schedule) if t.fired == first.fired]
-    decided = ticks_decided_after(cluster, schedule, first.fired, 3, "ticks while a run holds")
-    # Read after those ticks were committed: still active now, so active when they were decided.
-    assert run_status(cluster, first.run_id) in ACTIVE, run_status(cluster, first.run_id)
-    overlapped = decided[len(held_since) :]
-    assert {t.outcome for t in held_since} == {"started"}
-    assert len(overlapped) >= 3
-    for tick in overlapped:
-        assert (tick.outcome, tick.run_id) == ("skipped_overlap", None), tick
-        assert "previous run is still active (overlap policy SKIP)" in tick.reason, tick
-
-    release(tmp_path, str(first.run_id))
-    ended = wait_for(
-        lambda: rows(
-            cluster,
-            "SELECT ended_at FROM runs WHERE id = %(id)s AND status = 'completed'",
-            id=first.run_id,
-        ),
-        WAIT_S,
-        "the released run to end",
-    )[0][0]
-    resumed = wait_for(
-        lambda: [t for t in ticks(cluster, schedule) if t.fired > ended and t.outcome == "started"],
-        WAIT_S,
-        "a tick to start a run once the held one ended",
+    firsts = {s: ticks_until(cluster, s, None, "a first tick")[0] for s in (skip, buffer)}
+    # Ticks decided together with the first start together (no run is active before).
+    together = {
+        s: [t for t in ticks(cluster, s) if t.fired == first.fired] for s, first in firsts.items()
+    }
+    decided = {
+        skip: ticks_decided_after(cluster, skip, firsts[skip].fired, 3, "ticks while held"),
+        buffer: ticks_decided_after(cluster, buffer, firsts[buffer].fired, 2, "ticks while held"),
+    }
+    [(buffered,)] = rows(
+        cluster, "SELECT buffered_nominal_at FROM schedules WHERE id = %(id)s", id=buffer
     )
+    # Read after those ticks were committed: active now, so active when they were decided.
+    assert [run_ended(cluster, first.run_id) for first in firsts.values()] == [None, None]
+    reasons = {skip: "overlap policy SKIP", buffer: "overlap policy BUFFER_ONE"}
+    for schedule in firsts:
+        assert {t.outcome for t in together[schedule]} == {"started"}
+        for tick in decided[schedule][len(together[schedule]) :]:
+            assert (tick.outcome, tick.run_id) == ("skipped_overlap", None), tick
+            assert reasons[schedule] in tick.reason, tick
+    assert buffered is not None and buffered > firsts[buffer].nominal, buffered
+    assert buffered not in [t.nominal for t in decided[buffer]]  # held, not decided yet
+
+    for first in firsts.values():
+        release(tmp_path, str(first.run_id))
+    ended = {
+        s: wait_for(partial(run_ended, cluster, first.run_id), WAIT_S, f"{s}: run end")
+        for s, first in firsts.items()
+    }
+    resumed = wait_for(
+        lambda: [t for t in ticks(cluster, skip) if t.fired > ended[skip] and t.run_id],
+        WAIT_S,
+        f"{skip}: a tick to start a run once the held one ended",
+    )
+    [second] = wait_for(
+        lambda: [t for t in ticks(cluster, buffer) if t.run_id][len(together[buffer]) :],
+        WAIT_S,
+        f"{buffer}: the held tick to start a run",
+    )
+    assert firsts[buffer].nominal < second.nominal < ended[buffer] < second.fired, second
+    # The second run holds too: the ticks that come meanwhile start nothing.
+    ticks_decided_after(cluster, buffer, second.fired, 2, "ticks while the second run holds")
+    started = [(t.run_id, t.nominal) for t in [*together[buffer], second]]
+    assert scheduled_runs(cluster, buffer) == started
     release_all(tmp_path)
     stop_servers(cluster)
-    assert_one_run_per_started_tick(cluster, schedule)
+    assert_one_run_per_started_tick(cluster, skip)
+    assert_one_run_per_started_tick(cluster, buffer)
     print(
-        f"measured: {len(overlapped)} ticks skipped while the run held; the next run started "
-        f"{resumed[0].fired - ended} after it ended"
+        f"measured: SKIP: {len(decided[skip]) - len(together[skip])} ticks skipped while held, "
+        f"a run started {resumed[0].fired - ended[skip]} after it ended; BUFFER_ONE: held "
+        f"{buffered}, started {second.nominal} {second.fired - ended[buffer]} after it ended"
     )
 
 
 # --- 4. new versions, pause and resume ------------------------------------------------------
 
 
-def test_new_versions_move_and_stop_a_schedule(cluster: Cluster) -> None:
-    """`moved` ticks every second, then a new version makes it tick every other second: it
-    follows the new expression from the registration on; then a version without it stops it:
-    no tick after that registration committed. `steady`, in every version, ticks every second
-    throughout (and shows the timer loop kept running while `moved` had nothing to do)."""
-    moved, steady = "e2e_moved/moved", "e2e_moved/steady"
+def test_versions_pause_and_resume_move_and_stop_schedules(cluster: Cluster) -> None:
+    """Three every-second schedules of one workflow.
+    `moved`: a new version makes it tick every other second: it follows the new expression
+    from that registration on; a later version without it stops it: no tick is decided after
+    that registration committed.
+    `paused`: PauseSchedule, then (while paused) a new version that leaves it unchanged, then
+    ResumeSchedule: no tick decided while paused, ticks again from the first one after the
+    resume, none of the paused interval started (no burst), which one skipped_paused decision
+    on its first tick accounts for (who paused, why).
+    `steady`, the same in every version, ticks every second throughout: the timer loop ran."""
+    moved, paused, steady = "e2e_moved/moved", "e2e_moved/paused", "e2e_moved/steady"
     cluster.start_server()
-    with cluster.client() as client:
-        client.register_workflow(beat("e2e_moved", moved=cron(), steady=cron()))
+    assert cluster.server is not None
+    with cluster.client() as client, grpc.insecure_channel(cluster.server.address) as channel:
+        schedules = ScheduleServiceStub(channel)
+        client.register_workflow(beat("e2e_moved", moved=cron(), paused=cron(), steady=cron()))
         start = ticks_until(cluster, moved, None, "a first tick")[0].nominal
-        ticks_until(cluster, moved, start + 2 * SECOND, "ticks on the first expression")
+        ticks_until(cluster, paused, start + SECOND, "ticks before the pause")
+
+        pausing = db_now(cluster)
+        paused_schedule = schedules.PauseSchedule(
+            schedule_service_pb2.PauseScheduleRequest(
+                schedule_id=paused, actor="e2e-ops", note="maintenance"
+            )
+        ).schedule
+        paused_at = db_now(cluster)  # the pause committed before this
+        assert paused_schedule.state == schedule_pb2.SCHEDULE_STATE_PAUSED
+        assert (paused_schedule.paused_by, paused_schedule.pause_note) == (
+            "e2e-ops",
+            "maintenance",
+        )
+        # Paused ticks fall due before the next version: it must not move the paused schedule.
+        ticks_until(cluster, steady, paused_at + 2 * SECOND, "ticks while paused")
+
         changing = db_now(cluster)
-        client.register_workflow(beat("e2e_moved", moved=cron("*/2 * * * * *"), steady=cron()))
+        client.register_workflow(
+            beat("e2e_moved", moved=cron("*/2 * * * * *"), paused=cron(), steady=cron())
+        )
         changed = db_now(cluster)  # the registration committed before this
         ticks_until(cluster, moved, changed + 4 * SECOND, "ticks on the new expression")
-        client.register_workflow(beat("e2e_moved", steady=cron()))
+
+        resuming = db_now(cluster)
+        resumed_schedule = schedules.ResumeSchedule(
+            schedule_service_pb2.ResumeScheduleRequest(schedule_id=paused, actor="e2e-ops")
+        ).schedule
+        resumed = db_now(cluster)
+        assert resumed_schedule.state == schedule_pb2.SCHEDULE_STATE_ACTIVE
+        assert resumed_schedule.next_ticks[0].nominal_time.ToDatetime(UTC) > resuming
+
+        client.register_workflow(beat("e2e_moved", paused=cron(), steady=cron()))
         stopped = db_now(cluster)
         ticks_until(cluster, steady, stopped + 2 * SECOND, "the timer loop to go on")
+        ticks_until(cluster, paused, resumed + 2 * SECOND, "ticks after the resume")
         state = rows(
             cluster, "SELECT state, next_due_at FROM schedules WHERE id = %(id)s", id=moved
         )
@@ -406,6 +475,26 @@ def test_new_versions_move_and_stop_a_schedule(cluster: Cluster) -> None:
     assert [t for t in decided if t.fired > stopped] == []
     assert state == [("stopped", None)]
     assert_one_run_per_started_tick(cluster, moved)
+
+    decided = ticks(cluster, paused)
+    [skipped] = [t for t in decided if t.outcome != "started"]
+    started = [t for t in decided if t.outcome == "started"]
+    before = [t for t in started if t.fired < pausing]
+    after = [t for t in started if t.fired > resuming]
+    assert before and after and len(before) + len(after) == len(started), started
+    assert_every_second(before)
+    assert_every_second(after)
+    # Nothing decided while paused, no tick of the paused interval started: one decision on
+    # its first tick, when resumed, stands for all of them.
+    assert [t for t in decided if paused_at < t.fired < resuming] == []
+    assert [t for t in started if paused_at < t.nominal <= resuming] == [], "a burst"
+    assert (skipped.outcome, skipped.run_id) == ("skipped_paused", None)
+    assert skipped.nominal == before[-1].nominal + SECOND, (skipped, before[-1])
+    assert resuming <= skipped.fired <= resumed
+    assert "paused by e2e-ops (maintenance)" in skipped.reason, skipped
+    assert after[0].nominal - resumed <= SECOND  # the first tick after the resume: none lost
+    assert_one_run_per_started_tick(cluster, paused)
+
     always = ticks(cluster, steady)
     assert_every_second(always)
     assert always[0].nominal == start and always[-1].nominal >= stopped + 2 * SECOND
