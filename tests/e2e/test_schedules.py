@@ -359,8 +359,11 @@ def test_overlap_skip_and_buffer_one_while_a_worker_holds_the_run(
     [(buffered,)] = rows(
         cluster, "SELECT buffered_nominal_at FROM schedules WHERE id = %(id)s", id=buffer
     )
-    # Read after those ticks were committed: active now, so active when they were decided.
+    runs_while_held = {s: scheduled_runs(cluster, s) for s in firsts}
+    # Read after all of the above: active now, so active when those ticks were decided.
     assert [run_ended(cluster, first.run_id) for first in firsts.values()] == [None, None]
+    for schedule in firsts:
+        assert runs_while_held[schedule] == [(t.run_id, t.nominal) for t in together[schedule]]
     reasons = {skip: "overlap policy SKIP", buffer: "overlap policy BUFFER_ONE"}
     for schedule in firsts:
         assert {t.outcome for t in together[schedule]} == {"started"}
@@ -386,7 +389,8 @@ def test_overlap_skip_and_buffer_one_while_a_worker_holds_the_run(
         WAIT_S,
         f"{buffer}: the held tick to start a run",
     )
-    assert firsts[buffer].nominal < second.nominal < ended[buffer] < second.fired, second
+    # A tick that came while the first run was active; no run started before it ended.
+    assert firsts[buffer].nominal < second.nominal < ended[buffer], (second, ended)
     # The second run holds too: the ticks that come meanwhile start nothing.
     ticks_decided_after(cluster, buffer, second.fired, 2, "ticks while the second run holds")
     started = [(t.run_id, t.nominal) for t in [*together[buffer], second]]
@@ -424,7 +428,6 @@ def test_versions_pause_and_resume_move_and_stop_schedules(cluster: Cluster) -> 
         start = ticks_until(cluster, moved, None, "a first tick")[0].nominal
         ticks_until(cluster, paused, start + SECOND, "ticks before the pause")
 
-        pausing = db_now(cluster)
         paused_schedule = schedules.PauseSchedule(
             schedule_service_pb2.PauseScheduleRequest(
                 schedule_id=paused, actor="e2e-ops", note="maintenance"
@@ -479,7 +482,7 @@ def test_versions_pause_and_resume_move_and_stop_schedules(cluster: Cluster) -> 
     decided = ticks(cluster, paused)
     [skipped] = [t for t in decided if t.outcome != "started"]
     started = [t for t in decided if t.outcome == "started"]
-    before = [t for t in started if t.fired < pausing]
+    before = [t for t in started if t.fired <= paused_at]
     after = [t for t in started if t.fired > resuming]
     assert before and after and len(before) + len(after) == len(started), started
     assert_every_second(before)
