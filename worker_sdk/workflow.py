@@ -138,9 +138,9 @@ class Workflow:
           latest `max_catchup_runs` of them; 0: the server's default, 10); ticks older than
           `catchup_window` (default one hour) are dropped whatever the policy;
         - `overlap`: a tick while the schedule's previous run is still active starts nothing
-          ("skip", the default), waits for that run to end, replacing any tick already
-          waiting ("buffer_one"), starts anyway ("allow_all"), or cancels that run first
-          ("cancel_other")."""
+          ("skip", the default), is held until that run ends, and further ticks are skipped
+          while one is held ("buffer_one"), starts anyway ("allow_all"), or starts and then
+          cancels that run ("cancel_other")."""
         if not name:
             raise ValueError("a trigger needs a name")
         if any(t.name == name for t in self._triggers):
