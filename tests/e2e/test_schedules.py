@@ -20,6 +20,7 @@ from squidmesh.v1.schedule_service_pb2_grpc import ScheduleServiceStub
 
 from server.engine.schedule.due_ticks import ON_TIME_GRACE
 from tests.e2e.conftest import Cluster
+from tests.e2e.marks import read_marks
 from tests.e2e.schedule_flows import held, held_definition, release, release_all
 from tests.e2e.schedule_support import (
     SECOND,
@@ -242,6 +243,8 @@ def test_overlap_skip_and_buffer_one_while_a_worker_holds_the_run(
     stop_servers(cluster)
     assert_one_run_per_started_tick(cluster, skip)
     assert_one_run_per_started_tick(cluster, buffer)
+    for first in firsts.values():  # each held handler ran once, on its first attempt
+        assert read_marks(tmp_path, "hold", str(first.run_id)) == ["1"]
     print(
         f"measured: SKIP: {len(decided[skip]) - len(together[skip])} ticks skipped while held, "
         f"a run started {resumed[0].fired - ended[skip]} after it ended; BUFFER_ONE: held "
