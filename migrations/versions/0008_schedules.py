@@ -91,7 +91,11 @@ def upgrade() -> None:
     )
 
 
+    op.create_table("timer_alive", sa.Column("second", sa.BigInteger(), primary_key=True))
+
+
 def downgrade() -> None:
+    op.drop_table("timer_alive")
     op.drop_table("schedule_ticks")
     op.drop_table("schedules")
     op.drop_index("runs_schedule_created", table_name="runs")

@@ -9,6 +9,7 @@ it back; one that comes late finds the schedule advanced or the tick taken."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,10 @@ from server.store.schedules import DecidedTick, DueSchedule, ScheduleConfig, Sto
 
 SCHEDULE_TICK_NAMESPACE = uuid.UUID("8b0b5d0e-6a52-4c1e-9a55-5c4e0f1d7a11")
 """The UUIDv5 namespace of tick run ids (see `tick_run_id`; documented in the proto)."""
+
+ALIVE_KEPT = timedelta(days=7)
+"""How long the seconds a timer loop ran in are kept: a tick due earlier and never decided
+counts as missed (no loop falls that far behind while it runs)."""
 
 _CLAIM_BATCH = 100
 """Due schedules decided per transaction."""
@@ -100,7 +105,21 @@ class _NotLatest(Exception):
         self.workflows = workflows
 
 
+def _earliest_due(due: list[DueSchedule]) -> datetime:
+    """From when the claim's ticks may need to know whether a loop ran: the earliest due tick
+    not older than its schedule's catch-up window."""
+    if not due:
+        return datetime.now(UTC)
+    return min(
+        max(s.next_nominal_at or s.now, s.now - timedelta(milliseconds=s.config.catchup_window_ms))
+        for s in due
+    )
+
+
 class ScheduleCommands(RunCommands):
+    _prune_alive_at = 0.0
+    """When (monotonic) this replica next forgets old seconds of `timer_alive`."""
+
     async def _sync_schedules(self, conn: Connection, defn: WorkflowDef) -> float | None:
         """In a new version's registration: its cron triggers' schedules are created, follow
         changed triggers (from the next tick after now; ticks in between are not made up), and
@@ -140,6 +159,11 @@ class ScheduleCommands(RunCommands):
         """Decides every due tick of every due schedule; returns how many were decided."""
         total = 0
         while True:
+            async with self._db.connect() as conn:
+                await schedules.mark_alive(conn)
+                if time.monotonic() >= self._prune_alive_at:
+                    await schedules.prune_alive(conn, ALIVE_KEPT)
+                    self._prune_alive_at = time.monotonic() + 60
             try:
                 decided, claimed, started, cancels = await self._fire_batch()
             except _NotLatest as stale:
@@ -161,6 +185,7 @@ class ScheduleCommands(RunCommands):
         runs to cancel for CANCEL_OTHER)."""
         async with self._db.transaction() as conn:
             due = await schedules.claim_due(conn, _CLAIM_BATCH)
+            alive = await schedules.alive_seconds(conn, _earliest_due(due))
             decided: list[DecidedTick] = []
             to_start: dict[tuple[str, datetime], tuple[NewRun, RunChange]] = {}
             moves: list[tuple[DueSchedule, Tick | None, Tick | None]] = []
@@ -175,6 +200,7 @@ class ScheduleCommands(RunCommands):
                     schedule.now,
                     config.policies(),
                     schedule.last_run_active,
+                    alive,
                     tick_at(config, buffered) if buffered else None,
                 )
                 next_tick = plan.next_tick

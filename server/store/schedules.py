@@ -6,6 +6,7 @@ claims."""
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,7 @@ from server.engine.schedule import (
     parse_cron,
     parse_time_zone,
 )
-from server.engine.schedule.due_ticks import TickOutcome, TickPolicies
+from server.engine.schedule.due_ticks import AliveSeconds, TickOutcome, TickPolicies
 from server.store.db import Connection, dumps
 
 
@@ -131,6 +132,32 @@ _CLAIM_COLUMNS = (
 )
 # A run not ended yet is active for the overlap policy: paused or waiting at a gate included.
 _ENDED = [s.value for s in TERMINAL_RUN_STATUSES]
+
+
+async def mark_alive(conn: Connection) -> None:
+    """Records that a timer loop runs in this second (before each claim, in a statement of its
+    own: replicas that insert the same second wait for each other's commit)."""
+    await conn.execute(
+        "INSERT INTO timer_alive (second) VALUES (floor(extract(epoch FROM now()))) "
+        "ON CONFLICT DO NOTHING"
+    )
+
+
+async def alive_seconds(conn: Connection, since: datetime) -> AliveSeconds:
+    rows = await conn.execute(
+        "SELECT second FROM timer_alive WHERE second >= :since",
+        {"since": math.floor(since.timestamp())},
+    )
+    return AliveSeconds(frozenset(r.second for r in rows))
+
+
+async def prune_alive(conn: Connection, kept: timedelta) -> None:
+    """Forgets the seconds older than `kept`: a tick due before them is missed if it was not
+    decided then."""
+    await conn.execute(
+        "DELETE FROM timer_alive WHERE second < extract(epoch FROM now()) - :kept",
+        {"kept": kept.total_seconds()},
+    )
 
 
 async def claim_due(conn: Connection, limit: int) -> list[DueSchedule]:

@@ -368,6 +368,10 @@ schedules = Table(
     Index("schedules_workflow", "workflow", "id"),
 )
 
+# The seconds in which some replica's timer loop ran: a tick is missed (no server ran when it fell
+# due) only if none did within a moment of its fire time, however late it is decided.
+timer_alive = Table("timer_alive", metadata, Column("second", BigInteger, primary_key=True))
+
 # Every tick decided, started or not: the row (schedule, nominal instant) is unique and written
 # in the transaction that starts the tick's run, so no replica or restart starts a tick twice.
 # No foreign key: the history outlives a deleted schedule, so that one created again with the

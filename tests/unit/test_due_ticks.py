@@ -3,20 +3,23 @@ the run id a tick names. Pure: instants are written out, no clock."""
 
 from __future__ import annotations
 
+import math
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from server.engine.model import MissedTickPolicy, OverlapPolicy
+from server.engine.schedule import ScheduleSpec, Tick
 from server.engine.schedule.due_ticks import (
     MAX_TICKS_PER_PLAN,
+    AliveSeconds,
     DuePlan,
     TickOutcome,
     TickPolicies,
-    plan_due_ticks,
 )
+from server.engine.schedule.due_ticks import plan_due_ticks as plan_with
 from server.engine.schedule_commands import SCHEDULE_TICK_NAMESPACE, tick_run_id
 from tests.unit.cron_helpers import iso, spec, utc
 
@@ -31,6 +34,29 @@ def policies(
     overlap: OverlapPolicy = OverlapPolicy.SKIP,
 ) -> TickPolicies:
     return TickPolicies(window, missed, max_runs, overlap)
+
+
+def loop_ran(start: datetime, end: datetime) -> AliveSeconds:
+    """A timer loop ran in every second from `start` to `end`."""
+    return AliveSeconds(
+        frozenset(range(math.floor(start.timestamp()), math.floor(end.timestamp()) + 1))
+    )
+
+
+def plan_due_ticks(
+    spec: ScheduleSpec,
+    schedule_id: str,
+    next_nominal: datetime | None,
+    now: datetime,
+    policies: TickPolicies,
+    last_run_active: bool,
+    buffered: Tick | None = None,
+    alive: AliveSeconds | None = None,
+) -> DuePlan:
+    """The plan of a loop that just started at `now` (none ran before), unless `alive` says
+    otherwise."""
+    ran = alive if alive is not None else loop_ran(now, now)
+    return plan_with(spec, schedule_id, next_nominal, now, policies, last_run_active, ran, buffered)
 
 
 def outcomes(plan: DuePlan) -> list[tuple[str, TickOutcome]]:
@@ -94,6 +120,39 @@ def test_missed_ticks_follow_the_policy_and_every_one_is_decided(
     assert len(skipped) == len(MISSED) - len(started)
     assert all("missed while no server ran" in d.reason for d in skipped)
     assert plan.next_tick is not None and iso(plan.next_tick.nominal) == "2026-01-01T10:01:00Z"
+
+
+def test_ticks_decided_late_by_a_loop_that_ran_are_on_time_not_missed() -> None:
+    """A herd: 10,000 ticks due at once take seconds to decide. The loop ran all along, so
+    the ones it reaches 30 s late start (under SKIP too); only ticks that fell due while no
+    loop ran are missed."""
+    late = plan_due_ticks(
+        spec("* * * * * *"),
+        "s",
+        utc("2026-01-01T10:00:00Z"),
+        utc("2026-01-01T10:00:30Z"),
+        policies(),
+        last_run_active=False,
+        alive=loop_ran(utc("2026-01-01T09:59:00Z"), utc("2026-01-01T10:00:30Z")),
+    )
+    assert {o for _, o in outcomes(late)} == {TickOutcome.STARTED}
+    assert len(late.decisions) == 31
+    # Down from 10:00:05 to 10:00:20: 10:00:06..10:00:17 had no loop within 2 s of them.
+    gap = AliveSeconds(
+        loop_ran(utc("2026-01-01T09:59:00Z"), utc("2026-01-01T10:00:05Z")).seconds
+        | loop_ran(utc("2026-01-01T10:00:20Z"), utc("2026-01-01T10:00:30Z")).seconds
+    )
+    down = plan_due_ticks(
+        spec("* * * * * *"),
+        "s",
+        utc("2026-01-01T10:00:00Z"),
+        utc("2026-01-01T10:00:30Z"),
+        policies(),
+        last_run_active=False,
+        alive=gap,
+    )
+    missed = [n for n, o in outcomes(down) if o is TickOutcome.SKIPPED_MISSED]
+    assert missed == [f"2026-01-01T10:00:{s:02}Z" for s in range(6, 18)]
 
 
 def test_ticks_older_than_the_catch_up_window_are_one_decision() -> None:
