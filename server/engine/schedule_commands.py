@@ -114,8 +114,9 @@ class ScheduleCommands(RunCommands):
                 for workflow in stale.workflows:
                     self._latest_ids.pop(workflow, None)
                 continue  # rolled back: decided again on the latest versions
-            for change in started:
-                await self._after_commit(change)
+            with self.tick_runs_usage:  # their log lines and wake-ups
+                for change in started:
+                    await self._after_commit(change)
             total += decided
             if claimed < _CLAIM_BATCH:
                 return total
@@ -144,7 +145,8 @@ class ScheduleCommands(RunCommands):
                     run_id = None
                     if outcome is TickOutcome.STARTED:
                         try:
-                            new, change = await self._tick_run(schedule, tick)
+                            with self.tick_runs_usage:  # the run's rows, its log steps run
+                                new, change = await self._tick_run(schedule, tick)
                         except DomainError as error:  # e.g. a new trigger contract
                             outcome, reason = TickOutcome.FAILED, error.message
                             log.warning(
