@@ -13,6 +13,8 @@ from grpc_reflection.v1alpha import reflection
 from squidmesh.v1 import (
     run_service_pb2,
     run_service_pb2_grpc,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
     worker_service_pb2,
     worker_service_pb2_grpc,
     workflow_service_pb2,
@@ -21,6 +23,7 @@ from squidmesh.v1 import (
 
 from server.api.decoding import DecodeErrors
 from server.api.run_service import RunService
+from server.api.schedule_service import ScheduleService
 from server.api.worker_service import WorkerService
 from server.api.workflow_service import WorkflowService
 from server.dispatch.loss import RedisLossWatch
@@ -41,6 +44,7 @@ SERVICE_NAMES = (
     workflow_service_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
     run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
 )
 
 
@@ -131,6 +135,9 @@ class App:
         )
         run_service_pb2_grpc.add_RunServiceServicer_to_server(
             RunService(engine, self._db, self._hub, settings.watch_keepalive_ms / 1000), server
+        )
+        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
+            ScheduleService(engine), server
         )
         worker_service = WorkerService(
             engine,

@@ -3,6 +3,7 @@ worker processes on free ports. Everything here is real: no mocks."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -66,6 +67,20 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
+
+
+async def wait_for_async(
+    predicate: Callable[[], Awaitable[T | None]], timeout_s: float, what: str, every: float = 0.02
+) -> T:
+    """`wait_for` for a coroutine predicate, without blocking the event loop."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(every)
 
 
 def child_env(extra: Mapping[str, str], repo_on_path: bool = True) -> dict[str, str]:

@@ -134,7 +134,7 @@ def run(view: RunView, *, full: bool = True) -> run_pb2.Run:
     )
 
 
-_SCHEDULE_RUN_ORIGIN = {
+SCHEDULE_RUN_ORIGIN = {
     ScheduleRunOrigin.TICK: run_pb2.SCHEDULE_RUN_ORIGIN_TICK,
     ScheduleRunOrigin.MANUAL: run_pb2.SCHEDULE_RUN_ORIGIN_MANUAL,
     ScheduleRunOrigin.BACKFILL: run_pb2.SCHEDULE_RUN_ORIGIN_BACKFILL,
@@ -148,7 +148,7 @@ def schedule_origin(origin: ScheduleOrigin | None) -> run_pb2.ScheduleOrigin | N
         schedule_id=origin.schedule_id,
         nominal_time=timestamp(origin.nominal_at),
         fire_time=timestamp(origin.fired_at),
-        origin=_SCHEDULE_RUN_ORIGIN[origin.origin],
+        origin=SCHEDULE_RUN_ORIGIN[origin.origin],
     )
 
 

@@ -57,16 +57,16 @@ _BACKOFFS: dict[workflow_pb2.BackoffType.ValueType, Backoff] = {
 _DEADLINE_ACTIONS: dict[workflow_pb2.DeadlineAction.ValueType, DeadlineAction] = {
     getattr(workflow_pb2, f"DEADLINE_ACTION_{a.name}"): a for a in DeadlineAction
 }
-_MISSED_TICK_POLICIES: dict[workflow_pb2.MissedTickPolicy.ValueType, MissedTickPolicy] = {
+MISSED_TICK_POLICIES: dict[workflow_pb2.MissedTickPolicy.ValueType, MissedTickPolicy] = {
     getattr(workflow_pb2, f"MISSED_TICK_POLICY_{p.name}"): p for p in MissedTickPolicy
 }
-_OVERLAP_POLICIES: dict[workflow_pb2.OverlapPolicy.ValueType, OverlapPolicy] = {
+OVERLAP_POLICIES: dict[workflow_pb2.OverlapPolicy.ValueType, OverlapPolicy] = {
     getattr(workflow_pb2, f"OVERLAP_POLICY_{p.name}"): p for p in OverlapPolicy
 }
-_SKIPPED_TIME_POLICIES: dict[workflow_pb2.SkippedTimePolicy.ValueType, SkippedTimePolicy] = {
+SKIPPED_TIME_POLICIES: dict[workflow_pb2.SkippedTimePolicy.ValueType, SkippedTimePolicy] = {
     getattr(workflow_pb2, f"SKIPPED_TIME_POLICY_{p.name}"): p for p in SkippedTimePolicy
 }
-_REPEATED_TIME_POLICIES: dict[workflow_pb2.RepeatedTimePolicy.ValueType, RepeatedTimePolicy] = {
+REPEATED_TIME_POLICIES: dict[workflow_pb2.RepeatedTimePolicy.ValueType, RepeatedTimePolicy] = {
     getattr(workflow_pb2, f"REPEATED_TIME_POLICY_{p.name}"): p for p in RepeatedTimePolicy
 }
 
@@ -141,8 +141,8 @@ def _trigger(pb: workflow_pb2.Trigger, where: str, problems: list[FieldViolation
         payload=payload,
         cron=cron.expression,
         time_zone=cron.time_zone or DEFAULT_TIME_ZONE,
-        missed_tick_policy=_enum(
-            _MISSED_TICK_POLICIES,
+        missed_tick_policy=enum_value(
+            MISSED_TICK_POLICIES,
             cron.missed_tick_policy,
             MissedTickPolicy.SKIP,
             f"{where}.missed_tick_policy",
@@ -151,29 +151,31 @@ def _trigger(pb: workflow_pb2.Trigger, where: str, problems: list[FieldViolation
         start_ms=cron.start_time.ToMilliseconds() if cron.HasField("start_time") else None,
         end_ms=cron.end_time.ToMilliseconds() if cron.HasField("end_time") else None,
         # Jitter stays short of the next tick anyway; the bound is a sanity limit.
-        jitter_ms=_ms(cron.jitter, f"{where}.jitter", problems) if cron.HasField("jitter") else 0,
-        skipped_time_policy=_enum(
-            _SKIPPED_TIME_POLICIES,
+        jitter_ms=duration_ms(cron.jitter, f"{where}.jitter", problems)
+        if cron.HasField("jitter")
+        else 0,
+        skipped_time_policy=enum_value(
+            SKIPPED_TIME_POLICIES,
             cron.skipped_time_policy,
             SkippedTimePolicy.RUN_AT_GAP_END,
             f"{where}.skipped_time_policy",
             problems,
         ),
-        repeated_time_policy=_enum(
-            _REPEATED_TIME_POLICIES,
+        repeated_time_policy=enum_value(
+            REPEATED_TIME_POLICIES,
             cron.repeated_time_policy,
             RepeatedTimePolicy.FIRST,
             f"{where}.repeated_time_policy",
             problems,
         ),
         catchup_window_ms=(
-            _ms(cron.catchup_window, f"{where}.catchup_window", problems)
+            duration_ms(cron.catchup_window, f"{where}.catchup_window", problems)
             if cron.HasField("catchup_window")
             else DEFAULT_CATCHUP_WINDOW_MS
         ),
         max_catchup_runs=cron.max_catchup_runs or DEFAULT_MAX_CATCHUP_RUNS,
-        overlap_policy=_enum(
-            _OVERLAP_POLICIES,
+        overlap_policy=enum_value(
+            OVERLAP_POLICIES,
             cron.overlap_policy,
             OverlapPolicy.SKIP,
             f"{where}.overlap_policy",
@@ -210,7 +212,7 @@ def _step(pb: workflow_pb2.Step, where: str, workflow: str, problems: list[Field
     wait_ms = 0
     if kind == "wait":
         if pb.wait.HasField("duration"):
-            wait_ms = _ms(pb.wait.duration, f"{where}.wait.duration", problems)
+            wait_ms = duration_ms(pb.wait.duration, f"{where}.wait.duration", problems)
         else:
             problems.append(FieldViolation(f"{where}.wait.duration", "is required"))
     step = Step(
@@ -224,12 +226,14 @@ def _step(pb: workflow_pb2.Step, where: str, workflow: str, problems: list[Field
         log_message=pb.log.message,
         retry=_retry(pb.retry, f"{where}.retry", problems) if pb.HasField("retry") else None,
         attempt_timeout_ms=(
-            _ms(pb.attempt_timeout, f"{where}.attempt_timeout", problems, MAX_TIMEOUT_MS)
+            duration_ms(pb.attempt_timeout, f"{where}.attempt_timeout", problems, MAX_TIMEOUT_MS)
             if pb.HasField("attempt_timeout")
             else None
         ),
         heartbeat_timeout_ms=(
-            _ms(pb.heartbeat_timeout, f"{where}.heartbeat_timeout", problems, MAX_TIMEOUT_MS)
+            duration_ms(
+                pb.heartbeat_timeout, f"{where}.heartbeat_timeout", problems, MAX_TIMEOUT_MS
+            )
             if pb.HasField("heartbeat_timeout")
             else None
         ),
@@ -273,7 +277,7 @@ def _gate_options(
                 _payload_field(f, f"{where}.approval.fields[{j}]", problems)
                 for j, f in enumerate(approval.fields)
             ),
-            "on_deadline": _enum(
+            "on_deadline": enum_value(
                 _DEADLINE_ACTIONS,
                 approval.on_deadline,
                 DeadlineAction.REJECT,
@@ -305,20 +309,24 @@ def _optional_ms(
     if not message.HasField(name):  # type: ignore[arg-type]
         return None
     duration: duration_pb2.Duration = getattr(message, name)
-    return _ms(duration, f"{where}.{name}", problems)
+    return duration_ms(duration, f"{where}.{name}", problems)
 
 
 def _retry(pb: workflow_pb2.RetryPolicy, where: str, problems: list[FieldViolation]) -> RetryPolicy:
     return RetryPolicy(
         max_attempts=pb.max_attempts,
-        backoff=_enum(_BACKOFFS, pb.backoff, Backoff.EXPONENTIAL, f"{where}.backoff", problems),
+        backoff=enum_value(
+            _BACKOFFS, pb.backoff, Backoff.EXPONENTIAL, f"{where}.backoff", problems
+        ),
         initial_delay_ms=(
-            _ms(pb.initial_delay, f"{where}.initial_delay", problems)
+            duration_ms(pb.initial_delay, f"{where}.initial_delay", problems)
             if pb.HasField("initial_delay")
             else DEFAULT_RETRY_POLICY.initial_delay_ms
         ),
         max_delay_ms=(
-            _ms(pb.max_delay, f"{where}.max_delay", problems) if pb.HasField("max_delay") else None
+            duration_ms(pb.max_delay, f"{where}.max_delay", problems)
+            if pb.HasField("max_delay")
+            else None
         ),
         multiplier=pb.multiplier or DEFAULT_MULTIPLIER,
         jitter=pb.jitter,
@@ -342,7 +350,7 @@ def _transition(
         )
     return Transition(
         from_step=pb.from_step,
-        on=_enum(_OUTCOMES, pb.on, Outcome.OK, f"{where}.on", problems),
+        on=enum_value(_OUTCOMES, pb.on, Outcome.OK, f"{where}.on", problems),
         to=pb.to,
         condition=condition,
     )
@@ -352,7 +360,7 @@ MAX_TIMEOUT_MS = 2**31 - 1
 """The longest attempt or heartbeat timeout (about 24.8 days: they are 32-bit columns)."""
 
 
-def _ms(
+def duration_ms(
     duration: duration_pb2.Duration,
     where: str,
     problems: list[FieldViolation],
@@ -371,7 +379,7 @@ def _ms(
     return ms
 
 
-def _enum(
+def enum_value(
     mapping: Mapping[K, E],
     number: K,
     unspecified: E,
@@ -420,17 +428,17 @@ def _trigger_to_proto(trigger: Trigger) -> workflow_pb2.Trigger:
             workflow_pb2.CronTrigger(
                 expression=trigger.cron,
                 time_zone=trigger.time_zone,
-                missed_tick_policy=_to_proto(_MISSED_TICK_POLICIES, trigger.missed_tick_policy),
+                missed_tick_policy=enum_number(MISSED_TICK_POLICIES, trigger.missed_tick_policy),
                 start_time=_timestamp(trigger.start_ms),
                 end_time=_timestamp(trigger.end_ms),
-                jitter=_duration(trigger.jitter_ms or None),
-                skipped_time_policy=_to_proto(_SKIPPED_TIME_POLICIES, trigger.skipped_time_policy),
-                repeated_time_policy=_to_proto(
-                    _REPEATED_TIME_POLICIES, trigger.repeated_time_policy
+                jitter=to_duration(trigger.jitter_ms or None),
+                skipped_time_policy=enum_number(SKIPPED_TIME_POLICIES, trigger.skipped_time_policy),
+                repeated_time_policy=enum_number(
+                    REPEATED_TIME_POLICIES, trigger.repeated_time_policy
                 ),
-                catchup_window=_duration(trigger.catchup_window_ms),
+                catchup_window=to_duration(trigger.catchup_window_ms),
                 max_catchup_runs=trigger.max_catchup_runs,
-                overlap_policy=_to_proto(_OVERLAP_POLICIES, trigger.overlap_policy),
+                overlap_policy=enum_number(OVERLAP_POLICIES, trigger.overlap_policy),
             )
         )
     return pb
@@ -439,7 +447,7 @@ def _trigger_to_proto(trigger: Trigger) -> workflow_pb2.Trigger:
 def _payload_field_to_proto(f: PayloadField) -> workflow_pb2.PayloadField:
     return workflow_pb2.PayloadField(
         name=f.name,
-        type=_to_proto(_FIELD_TYPES, f.type),
+        type=enum_number(_FIELD_TYPES, f.type),
         required=f.required,
         default_value=None if f.default is None else to_value(f.default, strict=False),
         description=f.description,
@@ -450,8 +458,8 @@ def _step_to_proto(step: Step) -> workflow_pb2.Step:
     pb = workflow_pb2.Step(
         name=step.name,
         retry=None if step.retry is None else _retry_to_proto(step.retry),
-        attempt_timeout=_duration(step.attempt_timeout_ms),
-        heartbeat_timeout=_duration(step.heartbeat_timeout_ms),
+        attempt_timeout=to_duration(step.attempt_timeout_ms),
+        heartbeat_timeout=to_duration(step.heartbeat_timeout_ms),
         input=(
             None
             if step.input is None
@@ -466,7 +474,7 @@ def _step_to_proto(step: Step) -> workflow_pb2.Step:
         case StepKind.TASK:
             pb.task.CopyFrom(workflow_pb2.TaskStep(handler=step.handler, queue=step.queue))
         case StepKind.WAIT:
-            pb.wait.CopyFrom(workflow_pb2.WaitStep(duration=_duration(step.wait_ms)))
+            pb.wait.CopyFrom(workflow_pb2.WaitStep(duration=to_duration(step.wait_ms)))
         case StepKind.LOG:
             pb.log.CopyFrom(workflow_pb2.LogStep(message=step.log_message))
         case StepKind.PAUSE:
@@ -479,11 +487,11 @@ def _step_to_proto(step: Step) -> workflow_pb2.Step:
                     if step.required_approvals == 1
                     else step.required_approvals,
                     fields=[_payload_field_to_proto(f) for f in step.decision_fields],
-                    deadline=_duration(step.deadline_ms),
+                    deadline=to_duration(step.deadline_ms),
                     on_deadline=(
                         workflow_pb2.DEADLINE_ACTION_UNSPECIFIED
                         if step.on_deadline is DeadlineAction.REJECT
-                        else _to_proto(_DEADLINE_ACTIONS, step.on_deadline)
+                        else enum_number(_DEADLINE_ACTIONS, step.on_deadline)
                     ),
                     on_deadline_step=step.on_deadline_step,
                 )
@@ -493,13 +501,13 @@ def _step_to_proto(step: Step) -> workflow_pb2.Step:
                 workflow_pb2.WaitEventStep(
                     event=step.event,
                     correlation_key=step.correlation_key,
-                    deadline=_duration(step.deadline_ms),
+                    deadline=to_duration(step.deadline_ms),
                 )
             )
         case StepKind.WAIT_CHILD:
             pb.wait_child.CopyFrom(
                 workflow_pb2.WaitChildStep(
-                    key=step.correlation_key, deadline=_duration(step.deadline_ms)
+                    key=step.correlation_key, deadline=to_duration(step.deadline_ms)
                 )
             )
     return pb
@@ -508,9 +516,9 @@ def _step_to_proto(step: Step) -> workflow_pb2.Step:
 def _retry_to_proto(policy: RetryPolicy) -> workflow_pb2.RetryPolicy:
     return workflow_pb2.RetryPolicy(
         max_attempts=policy.max_attempts,
-        backoff=_to_proto(_BACKOFFS, policy.backoff),
-        initial_delay=_duration(policy.initial_delay_ms),
-        max_delay=_duration(policy.max_delay_ms),
+        backoff=enum_number(_BACKOFFS, policy.backoff),
+        initial_delay=to_duration(policy.initial_delay_ms),
+        max_delay=to_duration(policy.max_delay_ms),
         multiplier=policy.multiplier,
         jitter=policy.jitter,
         non_retryable_error_types=policy.non_retryable_error_types,
@@ -522,15 +530,15 @@ def _transition_to_proto(t: Transition) -> workflow_pb2.Transition:
     if t.condition is not None:
         condition = workflow_pb2.Condition(
             path=t.condition.path,
-            operator=_to_proto(_OPERATORS, t.condition.operator),
+            operator=enum_number(_OPERATORS, t.condition.operator),
             value=None if t.condition.value is None else to_value(t.condition.value, strict=False),
         )
     return workflow_pb2.Transition(
-        from_step=t.from_step, on=_to_proto(_OUTCOMES, t.on), to=t.to, condition=condition
+        from_step=t.from_step, on=enum_number(_OUTCOMES, t.on), to=t.to, condition=condition
     )
 
 
-def _duration(ms: int | None) -> duration_pb2.Duration | None:
+def to_duration(ms: int | None) -> duration_pb2.Duration | None:
     if ms is None:
         return None
     duration = duration_pb2.Duration()
@@ -546,5 +554,5 @@ def _timestamp(ms: int | None) -> timestamp_pb2.Timestamp | None:
     return timestamp
 
 
-def _to_proto(mapping: Mapping[K, E], value: E) -> K:
+def enum_number(mapping: Mapping[K, E], value: E) -> K:
     return next(number for number, v in mapping.items() if v == value)

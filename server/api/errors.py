@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 
 from server.api import sanity
 from server.engine.errors import (
+    Aborted,
     AlreadyExists,
     DomainError,
     FailedPrecondition,
@@ -35,6 +36,7 @@ _CODES: list[tuple[type[DomainError], int]] = [
     (NotFound, code_pb2.NOT_FOUND),
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
     (AlreadyExists, code_pb2.ALREADY_EXISTS),
+    (Aborted, code_pb2.ABORTED),
     (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (Unavailable, code_pb2.UNAVAILABLE),
 ]

@@ -11,11 +11,13 @@ from server.engine.child_runs import ChildRunCommands
 from server.engine.core import EngineConfig, Publish, Wakeups
 from server.engine.diagnosis_commands import DiagnosisCommands
 from server.engine.event_commands import EventCommands
-from server.engine.schedule_commands import ScheduleCommands
+from server.engine.schedule_resources import ScheduleResourceCommands
 
 __all__ = ["Engine", "EngineConfig", "Publish", "Wakeups"]
 
 
-class Engine(ChildRunCommands, ScheduleCommands, AttemptCommands, EventCommands, DiagnosisCommands):
+class Engine(
+    ChildRunCommands, ScheduleResourceCommands, AttemptCommands, EventCommands, DiagnosisCommands
+):
     """Workflow and run commands (child runs included), schedules and their ticks, the worker
     protocol's, the gates', and diagnosis (workers, ExplainRun)."""

@@ -72,6 +72,14 @@ class AlreadyExists(DomainError):
         self.reason = reason
 
 
+class Aborted(DomainError):
+    """A concurrent change won: e.g. an update's etag is no longer the resource's."""
+
+    def __init__(self, message: str, *, reason: str, metadata: dict[str, str] | None = None):
+        super().__init__(message, metadata=metadata)
+        self.reason = reason
+
+
 class ResourceExhausted(DomainError):
     """A size limit was exceeded."""
 

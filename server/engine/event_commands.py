@@ -17,11 +17,13 @@ from server.engine.model import (
     TERMINAL_RUN_STATUSES,
     Failure,
     FailureReason,
+    WorkflowDef,
 )
 from server.store import changes, commands, runs, waits
 from server.store.changes import RunChange
 from server.store.commands import CommandRecord
 from server.store.db import Connection, retry_conflicts
+from server.store.runs import LockedRun
 
 
 @dataclass(frozen=True)
@@ -101,18 +103,31 @@ class EventCommands(GateCommands):
         if wait is None:
             return None
         defn = await self._definition(conn, run.workflow_id)
-        change = await self._resolve(conn, run, defn, wait.step_name, event.payload)
+        change = await self._resolve_by_event(conn, run, defn, wait, event)
         await changes.apply(conn, change)
+        return change
+
+    async def _resolve_by_event(
+        self,
+        conn: Connection,
+        run: LockedRun,
+        defn: WorkflowDef,
+        wait: waits.Wait,
+        event: waits.PublishedEvent,
+    ) -> RunChange:
+        """The change that resolves an event wait with the event's payload, and the event
+        recorded in the run's history (which is also what marks it consumed by the run)."""
+        change = await self._resolve(conn, run, defn, wait.step_name, event.payload)
         await commands.record(
             conn,
             CommandRecord(
-                run_id,
+                run.id,
                 "event",
                 event.actor,
                 idempotency_key=event.event_id,
                 step=wait.step_name,
                 data={
-                    "event": name,
+                    "event": wait.event_name or "",
                     "correlation_key": wait.correlation_key or "",
                     "payload": event.payload,
                 },
@@ -150,23 +165,7 @@ class EventCommands(GateCommands):
                 event = await waits.unconsumed_event(conn, wait, since)
                 if event is None:
                     return None
-                assert wait.event_name is not None
-                change = await self._resolve(conn, run, defn, wait.step_name, event.payload)
-                await commands.record(
-                    conn,
-                    CommandRecord(
-                        run.id,
-                        "event",
-                        event.actor,
-                        idempotency_key=event.event_id,
-                        step=wait.step_name,
-                        data={
-                            "event": wait.event_name,
-                            "correlation_key": wait.correlation_key or "",
-                            "payload": event.payload,
-                        },
-                    ),
-                )
+                change = await self._resolve_by_event(conn, run, defn, wait, event)
             else:
                 child = await runs.child(conn, run.id, wait.correlation_key or "")
                 if child is None or not child.status.terminal:

@@ -27,7 +27,6 @@ from server.engine.model import (
     TERMINAL_RUN_STATUSES,
     AttemptStatus,
     Failure,
-    OverlapPolicy,
     RunStatus,
     ScheduleOrigin,
     StepStatus,
@@ -54,33 +53,10 @@ _STOPPED_AT_ONCE = LIVE_STEP_STATUSES - {StepStatus.RUNNING}
 """Step statuses a cancel ends at once (a running step ends when its worker stops)."""
 
 
-_UNSUPPORTED_OVERLAP = (OverlapPolicy.BUFFER_ONE, OverlapPolicy.CANCEL_OTHER)
-
-
-def unsupported_features(defn: WorkflowDef) -> list[FieldViolation]:
-    """Parts of the contract this server accepts but does not run yet: refused at registration
-    rather than stored and silently ignored."""
-    return [
-        FieldViolation(
-            f"definition.triggers[{i}].cron.overlap_policy",
-            f"overlap policy {t.overlap_policy.value} is not supported yet",
-        )
-        for i, t in enumerate(defn.triggers)
-        if t.cron is not None and t.overlap_policy in _UNSUPPORTED_OVERLAP
-    ]
-
-
 class RunCommands(CommandLog):
     # --- workflows ---------------------------------------------------------------------------
 
     async def register_workflow(self, defn: WorkflowDef) -> tuple[WorkflowVersion, bool]:
-        unsupported = unsupported_features(defn)
-        if unsupported:
-            raise InvalidArgument(
-                f"the definition uses {len(unsupported)} feature(s) this server does not run yet",
-                unsupported,
-                reason="FEATURE_UNSUPPORTED",
-            )
         due_ms = None
         async with self._db.transaction() as conn:
             version, created = await workflows.register(conn, defn)

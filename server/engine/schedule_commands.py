@@ -10,6 +10,7 @@ it back; one that comes late finds the schedule advanced or the tick taken."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from server.engine.core import log
@@ -69,8 +70,27 @@ def _instant(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(0, UTC) + timedelta(milliseconds=ms)
 
 
-def _first_tick(config: ScheduleConfig, now: datetime) -> Tick | None:
+def first_tick_after(config: ScheduleConfig, now: datetime) -> Tick | None:
+    """The schedule's first tick after `now` (None: its spec has none left)."""
     return next(ticks_after(config.spec(), now, config.id), None)
+
+
+def tick_at(config: ScheduleConfig, nominal: datetime) -> Tick:
+    """The tick of the spec at `nominal` (a tick held or kept since), with its jitter."""
+    tick = next(ticks_after(config.spec(), nominal - timedelta(microseconds=1), config.id), None)
+    if tick is not None and tick.nominal == nominal:
+        return tick
+    # The spec changed since (UpdateSchedule): the instant stays the tick's identity.
+    return Tick(nominal=nominal, fire_at=nominal, wall_time=nominal.replace(tzinfo=None))
+
+
+@dataclass(frozen=True)
+class _Cancel:
+    """CANCEL_OTHER: a run to cancel once the tick that replaces it has committed."""
+
+    run_id: uuid.UUID
+    schedule_id: str
+    replaced_by: uuid.UUID
 
 
 class _NotLatest(Exception):
@@ -95,7 +115,7 @@ class ScheduleCommands(RunCommands):
             existing = kept.pop(trigger.name, None)
             if existing is not None and existing == (config, "active"):
                 continue  # unchanged, and ticking from where it is
-            first = _first_tick(config, now)
+            first = first_tick_after(config, now)
             await schedules.put_definition_schedule(conn, config, first)
             if first is not None and (earliest is None or first.fire_at < earliest):
                 earliest = first.fire_at
@@ -109,7 +129,7 @@ class ScheduleCommands(RunCommands):
         total = 0
         while True:
             try:
-                decided, claimed, started = await self._fire_batch()
+                decided, claimed, started, cancels = await self._fire_batch()
             except _NotLatest as stale:
                 for workflow in stale.workflows:
                     self._latest_ids.pop(workflow, None)
@@ -117,29 +137,40 @@ class ScheduleCommands(RunCommands):
             with self.tick_runs_usage:  # their log lines and wake-ups
                 for change in started:
                     await self._after_commit(change)
+            for cancel in cancels:
+                await self._cancel_overlapping(cancel)
             total += decided
             if claimed < _CLAIM_BATCH:
                 return total
 
     @retry_conflicts
-    async def _fire_batch(self) -> tuple[int, int, list[RunChange]]:
+    async def _fire_batch(self) -> tuple[int, int, list[RunChange], list[_Cancel]]:
         """One transaction: claims due schedules, writes their ticks' decisions and runs, and
-        advances them. Returns (ticks decided, schedules claimed, changes of runs started)."""
+        advances them. Returns (ticks decided, schedules claimed, changes of runs started,
+        runs to cancel for CANCEL_OTHER)."""
         async with self._db.transaction() as conn:
             due = await schedules.claim_due(conn, _CLAIM_BATCH)
             decided: list[DecidedTick] = []
             to_start: dict[tuple[str, datetime], tuple[NewRun, RunChange]] = {}
-            next_ticks: list[tuple[DueSchedule, Tick | None]] = []
+            moves: list[tuple[DueSchedule, Tick | None, Tick | None]] = []
+            cancels: list[_Cancel] = []
             for schedule in due:
+                config = schedule.config
+                buffered = schedule.buffered_nominal_at
                 plan = plan_due_ticks(
-                    schedule.config.spec(),
-                    schedule.config.id,
-                    schedule.next_nominal_at,
+                    config.spec(),
+                    config.id,
+                    schedule.next_nominal_at if schedule.due else None,
                     schedule.now,
-                    schedule.config.policies(),
+                    config.policies(),
                     schedule.last_run_active,
+                    tick_at(config, buffered) if buffered else None,
                 )
-                next_ticks.append((schedule, plan.next_tick))
+                next_tick = plan.next_tick
+                if not schedule.due:  # claimed for its buffered tick: the next one stays
+                    kept = schedule.next_nominal_at
+                    next_tick = tick_at(config, kept) if kept else None
+                moves.append((schedule, next_tick, plan.buffered))
                 for decision in plan.decisions:
                     tick, outcome, reason = decision.tick, decision.outcome, decision.reason
                     run_id = None
@@ -150,16 +181,16 @@ class ScheduleCommands(RunCommands):
                         except DomainError as error:  # e.g. a new trigger contract
                             outcome, reason = TickOutcome.FAILED, error.message
                             log.warning(
-                                "schedule_tick_failed",
-                                schedule=schedule.config.id,
-                                error=error.message,
+                                "schedule_tick_failed", schedule=config.id, error=error.message
                             )
                         else:
                             run_id = new.id
-                            to_start[(schedule.config.id, tick.nominal)] = (new, change)
+                            to_start[(config.id, tick.nominal)] = (new, change)
+                            if decision.cancels_last_run and schedule.last_run_id:
+                                cancels.append(_Cancel(schedule.last_run_id, config.id, new.id))
                     decided.append(
                         DecidedTick(
-                            schedule.config.id,
+                            config.id,
                             tick.nominal,
                             schedule.now,
                             ScheduleRunOrigin.TICK,
@@ -179,21 +210,36 @@ class ScheduleCommands(RunCommands):
             }
             if stale:
                 raise _NotLatest(stale)  # rolls the whole claim back
-            for schedule, next_tick in next_ticks:
+            started_ids = {new.id for new, _ in runs_to_start}
+            for schedule, next_tick, held in moves:
                 mine = [d for d in decided if d.schedule_id == schedule.config.id]
-                started = [
-                    d.run_id for d in mine if d.run_id and (d.schedule_id, d.nominal_at) in written
-                ]
+                started = [d.run_id for d in mine if d.run_id in started_ids]
                 await schedules.advance(
                     conn,
                     schedule.config.id,
                     next_tick,
                     mine[-1].nominal_at if mine else None,
                     started[-1] if started else None,
+                    held.nominal if held else None,
                 )
         if runs_to_start:
             log.debug("schedule_runs_started", count=len(runs_to_start))
-        return len(written), len(due), [change for _, change in runs_to_start]
+        cancels = [c for c in cancels if c.replaced_by in started_ids]
+        return len(written), len(due), [change for _, change in runs_to_start], cancels
+
+    async def _cancel_overlapping(self, cancel: _Cancel) -> None:
+        """CANCEL_OTHER, after the tick's run committed. A crash before this leaves the old run
+        running (nothing is lost; the overlap is not prevented)."""
+        try:
+            await self.cancel_run(
+                cancel.run_id,
+                f"squidmesh:schedule:{cancel.schedule_id}",
+                f"overlap policy CANCEL_OTHER: run {cancel.replaced_by} replaces it",
+            )
+        except DomainError as error:  # ended meanwhile: nothing to cancel
+            log.info(
+                "schedule_cancel_other_skipped", run_id=str(cancel.run_id), error=error.message
+            )
 
     async def _tick_run(self, schedule: DueSchedule, tick: Tick) -> tuple[NewRun, RunChange]:
         origin = ScheduleOrigin(

@@ -122,22 +122,33 @@ def _check_schedule_options(trigger: Trigger, where: str, out: list[FieldViolati
 
 
 def _check_cron(cron: str, time_zone: str, where: str, out: list[FieldViolation]) -> None:
-    # The schedule engine's own parser, so registration and schedules report the same errors.
-    if not cron:
-        out.append(FieldViolation(f"{where}.cron.expression", "is required"))
+    check_cron_spec(cron, time_zone, f"{where}.cron.expression", f"{where}.cron.time_zone", out)
+
+
+def check_cron_spec(
+    expression: str,
+    time_zone: str,
+    expression_field: str,
+    zone_field: str,
+    out: list[FieldViolation],
+) -> None:
+    """A cron expression and time zone, checked by the schedule engine's own parser, so that
+    registration and the schedule API report the same errors."""
+    if not expression:
+        out.append(FieldViolation(expression_field, "is required"))
     else:
         try:
-            parse_cron(cron)
+            parse_cron(expression)
         except InvalidCronExpression as error:
             out.append(
                 FieldViolation(
-                    f"{where}.cron.expression", f"{cron!r} is not a valid cron expression: {error}"
+                    expression_field, f"{expression!r} is not a valid cron expression: {error}"
                 )
             )
     try:
         parse_time_zone(time_zone)
     except InvalidTimeZone as error:
-        out.append(FieldViolation(f"{where}.cron.time_zone", str(error)))
+        out.append(FieldViolation(zone_field, str(error)))
 
 
 # --- steps -------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from enum import StrEnum
 from typing import Any
 
 from server.engine.model import (
-    ACTIVE_RUN_STATUSES,
     JSON,
+    TERMINAL_RUN_STATUSES,
     MissedTickPolicy,
     OverlapPolicy,
     ScheduleRunOrigin,
@@ -108,7 +108,13 @@ def _config(row: Any) -> ScheduleConfig:
 @dataclass(frozen=True)
 class DueSchedule:
     config: ScheduleConfig
-    next_nominal_at: datetime
+    next_nominal_at: datetime | None
+    """None: the spec has no tick left."""
+    due: bool
+    """Its next tick is due (else it was claimed for its buffered tick only)."""
+    buffered_nominal_at: datetime | None
+    """BUFFER_ONE: the tick held until the last run ends."""
+    last_run_id: uuid.UUID | None
     last_run_active: bool
     """The last run a tick started is still active (the overlap policy's question)."""
     now: datetime
@@ -116,20 +122,52 @@ class DueSchedule:
     decided at, the same for every replica."""
 
 
+_CLAIM_COLUMNS = (
+    f"{', '.join('s.' + c for c in _CONFIG_COLUMNS)}, s.next_nominal_at, s.next_due_at, "
+    "s.buffered_nominal_at, "
+    "s.last_run_id, now() AS now, "
+    "EXISTS (SELECT 1 FROM runs r WHERE r.id = s.last_run_id AND r.status <> ALL(:ended)) "
+    "AS last_run_active"
+)
+# A run not ended yet is active for the overlap policy: paused or waiting at a gate included.
+_ENDED = [s.value for s in TERMINAL_RUN_STATUSES]
+
+
 async def claim_due(conn: Connection, limit: int) -> list[DueSchedule]:
-    """Active schedules whose next tick is due, locked for this transaction; those another
-    replica is deciding are skipped."""
-    rows = await conn.execute(
-        f"SELECT {', '.join('s.' + c for c in _CONFIG_COLUMNS)}, s.next_nominal_at, now() AS now, "
-        "  EXISTS (SELECT 1 FROM runs r WHERE r.id = s.last_run_id AND r.status = ANY(:active))"
-        "  AS last_run_active "
-        "FROM schedules s "
+    """Active schedules whose next tick is due, then those holding a buffered tick whose last
+    run has ended, locked for this transaction; those another replica is deciding are
+    skipped."""
+    due = await conn.execute(
+        f"SELECT {_CLAIM_COLUMNS} FROM schedules s "
         "WHERE s.state = 'active' AND s.next_due_at <= now() "
         "ORDER BY s.next_due_at LIMIT :limit "
         "FOR UPDATE OF s SKIP LOCKED",
-        {"limit": limit, "active": [s.value for s in ACTIVE_RUN_STATUSES]},
+        {"limit": limit, "ended": _ENDED},
     )
-    return [DueSchedule(_config(r), r.next_nominal_at, r.last_run_active, r.now) for r in rows]
+    claimed = {r.id: r for r in due}
+    if len(claimed) < limit:
+        released = await conn.execute(
+            f"SELECT {_CLAIM_COLUMNS} FROM schedules s "
+            "WHERE s.buffered_nominal_at IS NOT NULL AND s.state = 'active' "
+            "  AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = s.last_run_id "
+            "    AND r.status <> ALL(:ended)) "
+            "LIMIT :limit FOR UPDATE OF s SKIP LOCKED",
+            {"limit": limit - len(claimed), "ended": _ENDED},
+        )
+        for r in released:
+            claimed.setdefault(r.id, r)
+    return [
+        DueSchedule(
+            _config(r),
+            r.next_nominal_at,
+            r.next_due_at is not None and r.next_due_at <= r.now,
+            r.buffered_nominal_at,
+            r.last_run_id,
+            r.last_run_active,
+            r.now,
+        )
+        for r in claimed.values()
+    ]
 
 
 @dataclass(frozen=True)
@@ -183,12 +221,14 @@ async def advance(
     next_tick: Tick | None,
     last_tick_at: datetime | None,
     last_run_id: uuid.UUID | None,
+    buffered_nominal_at: datetime | None,
 ) -> None:
-    """Moves a claimed schedule to its next tick (None: the spec has none left)."""
+    """Moves a claimed schedule to its next tick (None: the spec has none left), and sets the
+    tick it holds (BUFFER_ONE)."""
     await conn.execute(
         "UPDATE schedules SET next_nominal_at = :nominal, next_due_at = :due, "
         "  last_tick_at = coalesce(:last_tick, last_tick_at), "
-        "  last_run_id = coalesce(:last_run, last_run_id) "
+        "  last_run_id = coalesce(:last_run, last_run_id), buffered_nominal_at = :buffered "
         "WHERE id = :id",
         {
             "id": schedule_id,
@@ -196,6 +236,7 @@ async def advance(
             "due": next_tick.fire_at if next_tick else None,
             "last_tick": last_tick_at,
             "last_run": last_run_id,
+            "buffered": buffered_nominal_at,
         },
     )
 
@@ -268,14 +309,187 @@ async def recent_ticks(conn: Connection, schedule_id: str, limit: int) -> list[T
         "WHERE schedule_id = :id ORDER BY nominal_at DESC LIMIT :limit",
         {"id": schedule_id, "limit": limit},
     )
-    return [
-        TickRecord(
-            r.nominal_at,
-            r.fired_at,
-            r.run_id,
-            ScheduleRunOrigin(r.origin),
-            TickOutcome(r.outcome),
-            r.reason,
-        )
-        for r in rows
-    ]
+    return [_tick_record(r) for r in rows]
+
+
+def _tick_record(row: Any) -> TickRecord:
+    return TickRecord(
+        row.nominal_at.astimezone(UTC),
+        row.fired_at,
+        row.run_id,
+        ScheduleRunOrigin(row.origin),
+        TickOutcome(row.outcome),
+        row.reason,
+    )
+
+
+# --- the resource (ScheduleService) ------------------------------------------------------------
+
+
+class ScheduleState(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    """The latest version of its workflow no longer declares its trigger."""
+
+
+@dataclass(frozen=True)
+class StoredSchedule:
+    config: ScheduleConfig
+    state: ScheduleState
+    pause_note: str
+    paused_by: str
+    origin: str
+    """"definition" (a workflow's cron trigger) or "api" (CreateSchedule)."""
+    revision: int
+    next_nominal_at: datetime | None
+    next_due_at: datetime | None
+    buffered_nominal_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+_STORED_COLUMNS = (
+    f"{', '.join(_CONFIG_COLUMNS)}, state, pause_note, paused_by, origin, revision, "
+    "next_nominal_at, next_due_at, buffered_nominal_at, created_at, updated_at"
+)
+
+
+def _stored(row: Any) -> StoredSchedule:
+    return StoredSchedule(
+        _config(row),
+        ScheduleState(row.state),
+        row.pause_note,
+        row.paused_by,
+        row.origin,
+        row.revision,
+        row.next_nominal_at,
+        row.next_due_at,
+        row.buffered_nominal_at,
+        row.created_at,
+        row.updated_at,
+    )
+
+
+async def get(conn: Connection, schedule_id: str, *, lock: bool = False) -> StoredSchedule | None:
+    """The schedule, locked until the transaction ends with `lock` (a command on it)."""
+    rows = await conn.execute(
+        f"SELECT {_STORED_COLUMNS} FROM schedules WHERE id = :id" + (" FOR UPDATE" if lock else ""),
+        {"id": schedule_id},
+    )
+    row = rows.first()
+    return _stored(row) if row else None
+
+
+async def list_page(
+    conn: Connection, workflow: str, states: list[ScheduleState], after_id: str, limit: int
+) -> list[StoredSchedule]:
+    """Schedules by id after `after_id`, optionally of one workflow and in some states."""
+    rows = await conn.execute(
+        f"SELECT {_STORED_COLUMNS} FROM schedules "
+        "WHERE id > :after AND (:workflow = '' OR workflow = :workflow) "
+        "  AND (cardinality(CAST(:states AS text[])) = 0 OR state = ANY(:states)) "
+        "ORDER BY id LIMIT :limit",
+        {
+            "after": after_id,
+            "workflow": workflow,
+            "states": [s.value for s in states],
+            "limit": limit,
+        },
+    )
+    return [_stored(r) for r in rows]
+
+
+async def insert(
+    conn: Connection, config: ScheduleConfig, first_tick: Tick | None, paused_by: str | None
+) -> bool:
+    """Creates an API schedule (paused when `paused_by` is set); False if the id is taken."""
+    names = ", ".join(_CONFIG_COLUMNS)
+    values = ", ".join(
+        "CAST(:payload AS jsonb)" if c == "payload" else f":{c}" for c in _CONFIG_COLUMNS
+    )
+    rows = await conn.execute(
+        f"INSERT INTO schedules ({names}, state, paused_by, origin, next_nominal_at, "
+        "  next_due_at) "
+        f"VALUES ({values}, :state, :paused_by, 'api', :nominal, :due) "
+        "ON CONFLICT (id) DO NOTHING RETURNING id",
+        {
+            **config.columns(),
+            "state": (ScheduleState.ACTIVE if paused_by is None else ScheduleState.PAUSED).value,
+            "paused_by": paused_by or "",
+            "nominal": first_tick.nominal if first_tick else None,
+            "due": first_tick.fire_at if first_tick else None,
+        },
+    )
+    return rows.first() is not None
+
+
+async def update_config(
+    conn: Connection, config: ScheduleConfig, next_tick: Tick | None, *, move: bool
+) -> None:
+    """Writes an API schedule's new config; with `move` (its spec changed) it ticks from
+    `next_tick` on."""
+    updates = ", ".join(
+        "payload = CAST(:payload AS jsonb)" if c == "payload" else f"{c} = :{c}"
+        for c in _CONFIG_COLUMNS
+        if c != "id"
+    )
+    moved = ", next_nominal_at = :nominal, next_due_at = :due" if move else ""
+    await conn.execute(
+        f"UPDATE schedules SET {updates}{moved}, revision = revision + 1, updated_at = now() "
+        "WHERE id = :id",
+        {
+            **config.columns(),
+            "nominal": next_tick.nominal if next_tick else None,
+            "due": next_tick.fire_at if next_tick else None,
+        },
+    )
+
+
+async def delete(conn: Connection, schedule_id: str) -> None:
+    await conn.execute("DELETE FROM schedules WHERE id = :id", {"id": schedule_id})
+
+
+async def set_paused(conn: Connection, schedule_id: str, actor: str, note: str) -> None:
+    await conn.execute(
+        "UPDATE schedules SET state = 'paused', paused_by = :actor, pause_note = :note, "
+        "  revision = revision + 1, updated_at = now() WHERE id = :id",
+        {"id": schedule_id, "actor": actor, "note": note},
+    )
+
+
+async def set_resumed(conn: Connection, schedule_id: str, next_tick: Tick | None) -> None:
+    """Active again from `next_tick` (the first after now): the paused interval is not made
+    up."""
+    await conn.execute(
+        "UPDATE schedules SET state = 'active', paused_by = '', pause_note = '', "
+        "  next_nominal_at = :nominal, next_due_at = :due, "
+        "  revision = revision + 1, updated_at = now() WHERE id = :id",
+        {
+            "id": schedule_id,
+            "nominal": next_tick.nominal if next_tick else None,
+            "due": next_tick.fire_at if next_tick else None,
+        },
+    )
+
+
+async def decided_between(
+    conn: Connection, schedule_id: str, start: datetime, end: datetime
+) -> dict[datetime, TickRecord]:
+    """The schedule's decided ticks with nominal instants in [start, end], by instant."""
+    rows = await conn.execute(
+        "SELECT nominal_at, fired_at, run_id, origin, outcome, reason FROM schedule_ticks "
+        "WHERE schedule_id = :id AND nominal_at BETWEEN :start AND :end",
+        {"id": schedule_id, "start": start, "end": end},
+    )
+    return {r.nominal_at.astimezone(UTC): _tick_record(r) for r in rows}
+
+
+async def tick_of_run(conn: Connection, schedule_id: str, run_id: uuid.UUID) -> TickRecord | None:
+    rows = await conn.execute(
+        "SELECT nominal_at, fired_at, run_id, origin, outcome, reason FROM schedule_ticks "
+        "WHERE schedule_id = :id AND run_id = :run_id",
+        {"id": schedule_id, "run_id": run_id},
+    )
+    row = rows.first()
+    return _tick_record(row) if row else None

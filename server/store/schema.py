@@ -381,7 +381,7 @@ schedule_ticks = Table(
     Column("run_id", UUID(as_uuid=True)),
     # "tick", "manual" or "backfill".
     Column("origin", String(16), nullable=False),
-    # "started", "skipped_overlap", "skipped_missed" or "failed".
+    # "started", "skipped_overlap", "skipped_missed", "skipped_paused" or "failed".
     Column("outcome", String(24), nullable=False),
     Column("reason", Text, nullable=False, server_default=text("''")),
     PrimaryKeyConstraint("schedule_id", "nominal_at", name="schedule_ticks_pkey"),

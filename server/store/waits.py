@@ -157,6 +157,14 @@ async def waiting_for(conn: Connection, name: str, correlation_key: str) -> list
     return [row.run_id for row in rows]
 
 
+_UNCONSUMED = (
+    "NOT EXISTS (SELECT 1 FROM run_commands c WHERE c.run_id = {run} AND c.type = 'event' "
+    "AND c.outcome = 'applied' AND c.idempotency_key = e.event_id AND c.data ->> 'event' = e.name)"
+)
+"""The published event `e` resolved no wait of the run `{run}` yet (its history records each
+event that did)."""
+
+
 async def unconsumed_event(conn: Connection, wait: Wait, since: datetime) -> PublishedEvent | None:
     """The oldest event for the wait published since `since` that resolved no other wait of
     its run (one event resolves one wait per run)."""
@@ -164,10 +172,7 @@ async def unconsumed_event(conn: Connection, wait: Wait, since: datetime) -> Pub
         await conn.execute(
             "SELECT e.event_id, e.payload, e.published_at, e.actor FROM published_events e "
             "WHERE e.name = :name AND e.correlation_key = :key AND e.published_at >= :since "
-            "AND NOT EXISTS (SELECT 1 FROM run_commands c WHERE c.run_id = :run "
-            "  AND c.type = 'event' AND c.outcome = 'applied' "
-            "  AND c.idempotency_key = e.event_id AND c.data ->> 'event' = e.name) "
-            "ORDER BY e.published_at, e.id LIMIT 1",
+            f"AND {_UNCONSUMED.format(run=':run')} ORDER BY e.published_at, e.id LIMIT 1",
             {
                 "name": wait.event_name,
                 "key": wait.correlation_key,
@@ -191,9 +196,7 @@ async def runs_with_open_lookups(conn: Connection, limit: int = 200) -> list[uui
         "  (w.kind = 'event' AND EXISTS (SELECT 1 FROM published_events e "
         "     WHERE e.name = w.event_name AND e.correlation_key = w.correlation_key "
         "     AND e.published_at >= r.created_at "
-        "     AND NOT EXISTS (SELECT 1 FROM run_commands c WHERE c.run_id = w.run_id "
-        "       AND c.type = 'event' AND c.outcome = 'applied' "
-        "       AND c.idempotency_key = e.event_id AND c.data ->> 'event' = e.name)))"
+        f"    AND {_UNCONSUMED.format(run='w.run_id')}))"
         "  OR (w.kind = 'child' AND EXISTS (SELECT 1 FROM runs c "
         "     WHERE c.parent_run_id = w.run_id AND c.idempotency_key = :prefix || "
         "       w.run_id::text || '/' || w.correlation_key "

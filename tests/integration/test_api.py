@@ -119,6 +119,7 @@ async def test_reflection_lists_services_and_health_is_serving(channel: aio.Chan
         "squidmesh.v1.WorkflowService",
         "squidmesh.v1.RunService",
         "squidmesh.v1.WorkerService",
+        "squidmesh.v1.ScheduleService",
     } <= names
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "squidmesh.v1.RunService"):
@@ -693,29 +694,6 @@ async def test_server_side_steps_at_start_and_features_still_refused(
     assert got.status == run_pb2.RUN_STATUS_WAITING
     assert list(got.current_steps) == ["nap"]
 
-    # Overlap policies the schedules do not run yet are refused rather than stored and ignored.
-    held = workflow_pb2.WorkflowDefinition(name="held")
-    held.triggers.add(
-        name="nightly",
-        cron=workflow_pb2.CronTrigger(
-            expression="0 3 * * *", overlap_policy=workflow_pb2.OVERLAP_POLICY_BUFFER_ONE
-        ),
-    )
-    held.steps.add(name="hold", pause=workflow_pb2.PauseStep())
-    with pytest.raises(aio.AioRpcError) as raised:
-        await workflows.RegisterWorkflow(
-            workflow_service_pb2.RegisterWorkflowRequest(definition=held)
-        )
-    assert raised.value.code() == StatusCode.INVALID_ARGUMENT
-    assert details(raised.value) == (
-        "FEATURE_UNSUPPORTED",
-        [
-            (
-                "definition.triggers[0].cron.overlap_policy",
-                "overlap policy buffer_one is not supported yet",
-            )
-        ],
-    )
     assert await count_rows(database_url, "workflows") == 2
 
 

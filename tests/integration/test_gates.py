@@ -20,6 +20,7 @@ from squidmesh.v1.workflow_service_pb2_grpc import WorkflowServiceStub
 from server.embedded import EmbeddedUrls
 from tests.integration.servers import running_app
 from tests.integration.test_api import count_rows, details, payload
+from tests.support import wait_for_async
 from worker_sdk import struct_to_dict
 
 if TYPE_CHECKING:
@@ -123,16 +124,6 @@ async def refused(call: Any, code: StatusCode, reason: str) -> None:
 async def commands(runs: RunServiceAsyncStub, run_id: str) -> list[history_pb2.Command]:
     history = await runs.GetRunHistory(run_service_pb2.GetRunHistoryRequest(run_id=run_id))
     return [e.command for e in history.entries if e.WhichOneof("entry") == "command"]
-
-
-async def until(check: Any, timeout_s: float = 30.0) -> Any:
-    """Polls `check` (a coroutine function) until it returns something truthy."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.02)
 
 
 # --- pause ---------------------------------------------------------------------------------------
@@ -370,9 +361,8 @@ async def test_an_approval_deadline_rejects_it_on_time(channel: aio.Channel) -> 
         current = await get(runs, run.id)
         return current if current.status == run_pb2.RUN_STATUS_COMPLETED else None
 
-    final = await until(ended)
+    final = await wait_for_async(ended, 30, "the deadline to fire")
     elapsed = time.monotonic() - began
-    assert final is not None, "the deadline never fired"
     assert elapsed >= 0.3
     review = step_of(final, "review")
     assert review.error.reason == "approval_rejected"
@@ -400,10 +390,10 @@ async def test_approval_deadline_can_fail_the_run_or_route_elsewhere(channel: ai
         current = await get(runs, run_id)
         return current if current.status >= run_pb2.RUN_STATUS_COMPLETED else None
 
-    final = await until(lambda: terminal(failed.id))
+    final = await wait_for_async(lambda: terminal(failed.id), 30, "the failing deadline")
     assert final.status == run_pb2.RUN_STATUS_FAILED
     assert final.error.reason == "deadline_exceeded" and final.error.step == "review"
-    final = await until(lambda: terminal(escalated.id))
+    final = await wait_for_async(lambda: terminal(escalated.id), 30, "the routing deadline")
     assert final.status == run_pb2.RUN_STATUS_COMPLETED
     assert [s.name for s in final.steps] == ["review", "escalate"]
 
@@ -532,8 +522,7 @@ async def test_a_wait_event_deadline_follows_the_error_route(channel: aio.Channe
         current = await get(runs, run.id)
         return current if current.status == run_pb2.RUN_STATUS_COMPLETED else None
 
-    final = await until(ended)
-    assert final is not None
+    final = await wait_for_async(ended, 30, "the event deadline")
     assert step_of(final, "paid").error.reason == "deadline_exceeded"
     assert step_of(final, "chase").status == run_pb2.STEP_STATUS_COMPLETED
 

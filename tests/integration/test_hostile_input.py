@@ -7,6 +7,7 @@ wedging the stream, the worker or the run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from typing import Any
 
@@ -291,10 +292,13 @@ async def test_the_attempt_stream_belongs_to_one_worker(channel: aio.Channel) ->
     """A stream says whose it is (metadata squidmesh-worker-id): without it the stream is
     refused, and a claim in another worker's name on it is refused too."""
     anonymous = WorkerServiceStub(channel).StreamAttempts()
-    await anonymous.write(wpb.StreamAttemptsRequest(request_id=1, heartbeat=wpb.WorkerHeartbeat()))
-    with pytest.raises(aio.AioRpcError) as raised:
-        await anonymous.read()
-    assert raised.value.code() == StatusCode.INVALID_ARGUMENT
+    # The server refuses the stream as it opens: on a busy machine that may be before this
+    # write, which then finds the call over (InvalidStateError) rather than sending.
+    with contextlib.suppress(asyncio.InvalidStateError, aio.AioRpcError):
+        await anonymous.write(
+            wpb.StreamAttemptsRequest(request_id=1, heartbeat=wpb.WorkerHeartbeat())
+        )
+    assert await anonymous.code() == StatusCode.INVALID_ARGUMENT
     posing = await Protocol(channel, "w1").send(
         started=wpb.AttemptStarted(
             attempt_id="00000000-0000-0000-0000-000000000000", token="t", worker_id="w2"

@@ -5,8 +5,6 @@ used slots, and is listed as gone, for a while, once its stream closes or it fal
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 from google.protobuf import duration_pb2
@@ -20,9 +18,12 @@ from server.store import workers
 from server.store.db import Database
 from tests.integration.servers import running_app
 from tests.integration.test_api import Protocol, details, start_and_claim
+from tests.support import wait_for_async
 
 ORDERS_HANDLERS = ["orders.reserve", "orders.ship"]
 EVENTUALLY_S = 30.0
+"""How long a worker may take to be seen gone: on a slow machine a closing stream may be
+noticed late."""
 
 
 async def connect_worker(
@@ -58,16 +59,6 @@ async def list_workers(
     return list((await WorkerServiceStub(channel).ListWorkers(request)).workers)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Polls `check` until it holds (30 s at most: on a slow machine a closing stream may be
-    noticed late)."""
-    deadline = time.monotonic() + EVENTUALLY_S
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {EVENTUALLY_S}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 def by_id(workers: list[wpb.WorkerInfo]) -> dict[str, wpb.WorkerInfo]:
     return {w.worker_id: w for w in workers}
 
@@ -100,7 +91,7 @@ async def test_live_busy_and_gone_workers_are_listed_live_first(
     async def mail_gone() -> bool:
         return not by_id(await list_workers(channel))["w-a-mail"].live
 
-    await eventually(mail_gone, "the closed worker to be gone")
+    await wait_for_async(mail_gone, EVENTUALLY_S, "the closed worker to be gone")
     listed = await list_workers(channel)
     assert [(w.worker_id, w.live) for w in listed] == [("w-busy", True), ("w-a-mail", False)]
     gone = listed[1]
@@ -144,7 +135,7 @@ async def test_an_idle_worker_that_heartbeats_stays_live_and_a_silent_one_is_gon
         async def silent() -> bool:
             return not by_id(await list_workers(channel))["w-idle"].live
 
-        await eventually(silent, "the silent worker to be gone")
+        await wait_for_async(silent, EVENTUALLY_S, "the silent worker to be gone")
         gone = by_id(await list_workers(channel))["w-idle"]
         assert gone.disconnect_time == second.last_heartbeat_time
         # It speaks again on the same stream: live again.

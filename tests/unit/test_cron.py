@@ -190,3 +190,13 @@ def test_jitter_of_the_last_tick_is_bounded_by_the_jitter_alone() -> None:
     assert timedelta(0) <= delay < timedelta(seconds=5)
     assert jitter_offset("wf/a", nominal, timedelta(0), None) == timedelta(0)
     assert jitter_offset("wf/a", nominal, timedelta(seconds=5), timedelta(0)) == timedelta(0)
+
+
+def test_ticks_stay_within_the_representable_years() -> None:
+    """Instants near datetime's limits (a hostile start time, a zone's offset, jitter) end the
+    ticks rather than overflow: no tick after year 9000, none before 1900."""
+    far = spec("0 3 1 1 *", "Pacific/Kiritimati", start="9999-12-31T23:00:00Z")
+    assert fires(far, "2026-01-01T00:00:00Z", 3) == []
+    assert fires(spec("0 3 1 1 *"), "8998-06-01T00:00:00Z", 5) == ["8999-01-01T03:00:00Z"]
+    early = spec("0 0 1 1 *", "Pacific/Kiritimati")
+    assert fires(early, "0001-01-01T00:00:00Z", 1)[0].startswith("1900-")

@@ -158,16 +158,110 @@ def test_overlap_with_the_last_run(
         assert "still active" in plan.decisions[0].reason
 
 
-def test_overlap_policies_not_run_yet_are_refused_not_ignored() -> None:
-    with pytest.raises(ValueError, match="buffer_one"):
-        plan_due_ticks(
-            EVERY_MINUTE,
-            "s",
-            utc("2026-01-01T10:00:00Z"),
-            utc("2026-01-01T10:00:01Z"),
-            policies(overlap=OverlapPolicy.BUFFER_ONE),
-            last_run_active=True,
-        )
+def test_buffer_one_holds_the_first_overlapping_tick_and_skips_the_rest() -> None:
+    plan = plan_due_ticks(
+        EVERY_MINUTE,
+        "s",
+        utc("2026-01-01T10:00:00Z"),
+        utc("2026-01-01T10:00:01Z"),
+        policies(overlap=OverlapPolicy.BUFFER_ONE),
+        last_run_active=True,
+    )
+    assert plan.decisions == []  # held: decided (and recorded) when it starts
+    assert plan.buffered is not None and iso(plan.buffered.nominal) == "2026-01-01T10:00:00Z"
+    later = plan_due_ticks(
+        EVERY_MINUTE,
+        "s",
+        utc("2026-01-01T10:01:00Z"),
+        utc("2026-01-01T10:01:01Z"),
+        policies(overlap=OverlapPolicy.BUFFER_ONE),
+        last_run_active=True,
+        buffered=plan.buffered,
+    )
+    assert outcomes(later) == [("2026-01-01T10:01:00Z", TickOutcome.SKIPPED_OVERLAP)]
+    assert "already buffered" in later.decisions[0].reason
+    assert later.buffered == plan.buffered
+
+
+def test_a_buffered_tick_starts_once_the_run_has_ended_before_the_due_ones() -> None:
+    held = plan_due_ticks(
+        EVERY_MINUTE,
+        "s",
+        utc("2026-01-01T10:00:00Z"),
+        utc("2026-01-01T10:00:01Z"),
+        policies(overlap=OverlapPolicy.BUFFER_ONE),
+        last_run_active=True,
+    ).buffered
+    # The run ended between ticks: nothing due, the held tick starts alone.
+    released = plan_due_ticks(
+        EVERY_MINUTE,
+        "s",
+        utc("2026-01-01T10:01:00Z"),
+        utc("2026-01-01T10:00:30Z"),
+        policies(overlap=OverlapPolicy.BUFFER_ONE),
+        last_run_active=False,
+        buffered=held,
+    )
+    assert outcomes(released) == [("2026-01-01T10:00:00Z", TickOutcome.STARTED)]
+    assert released.buffered is None
+    # It ended just as the next tick fell due: the held tick starts, the due one is held.
+    both = plan_due_ticks(
+        EVERY_MINUTE,
+        "s",
+        utc("2026-01-01T10:01:00Z"),
+        utc("2026-01-01T10:01:01Z"),
+        policies(overlap=OverlapPolicy.BUFFER_ONE),
+        last_run_active=False,
+        buffered=held,
+    )
+    assert outcomes(both) == [("2026-01-01T10:00:00Z", TickOutcome.STARTED)]
+    assert both.buffered is not None and iso(both.buffered.nominal) == "2026-01-01T10:01:00Z"
+    # A stopped schedule (no next tick) still starts its held tick.
+    alone = plan_due_ticks(
+        EVERY_MINUTE,
+        "s",
+        None,
+        utc("2026-01-01T10:01:01Z"),
+        policies(overlap=OverlapPolicy.BUFFER_ONE),
+        last_run_active=False,
+        buffered=held,
+    )
+    assert outcomes(alone) == [("2026-01-01T10:00:00Z", TickOutcome.STARTED)]
+    assert alone.next_tick is None
+
+
+def test_cancel_other_starts_the_tick_and_cancels_the_active_run() -> None:
+    plan = plan_due_ticks(
+        EVERY_MINUTE,
+        "s",
+        utc("2026-01-01T10:00:00Z"),
+        utc("2026-01-01T10:00:01Z"),
+        policies(overlap=OverlapPolicy.CANCEL_OTHER),
+        last_run_active=True,
+    )
+    assert outcomes(plan) == [("2026-01-01T10:00:00Z", TickOutcome.STARTED)]
+    assert plan.decisions[0].cancels_last_run
+    idle = plan_due_ticks(
+        EVERY_MINUTE,
+        "s",
+        utc("2026-01-01T10:00:00Z"),
+        utc("2026-01-01T10:00:01Z"),
+        policies(overlap=OverlapPolicy.CANCEL_OTHER),
+        last_run_active=False,
+    )
+    assert not idle.decisions[0].cancels_last_run
+
+
+def test_ticks_decided_together_do_not_skip_one_another() -> None:
+    plan = plan_due_ticks(
+        EVERY_MINUTE,
+        "s",
+        utc("2026-01-01T10:00:00Z"),
+        utc("2026-01-01T10:02:30Z"),
+        policies(MissedTickPolicy.RUN_ALL),
+        last_run_active=False,
+    )
+    assert [o for _, o in outcomes(plan)] == [TickOutcome.STARTED] * 3
 
 
 def test_a_jittered_tick_is_due_at_its_fire_time() -> None:

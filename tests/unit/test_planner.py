@@ -9,7 +9,6 @@ from server.engine.model import (
     Failure,
     Operator,
     Outcome,
-    OverlapPolicy,
     Step,
     StepKind,
     StepStatus,
@@ -94,33 +93,6 @@ def test_dependencies_run_as_soon_as_own_prerequisites_completed() -> None:
     assert after_c.schedule == ("d",)
     done = {n: StepStatus.COMPLETED for n in "abcd"}
     assert planner.after_success(wf, "d", {}, done).complete
-
-
-def test_features_not_run_yet_are_refused_with_field_violations() -> None:
-    from server.engine.run_commands import unsupported_features
-
-    wf = WorkflowDef(
-        name="wf",
-        triggers=(
-            Trigger("manual"),
-            Trigger("nightly", cron="0 3 * * *"),
-            Trigger("buffered", cron="0 3 * * *", overlap_policy=OverlapPolicy.BUFFER_ONE),
-            Trigger("cancelling", cron="0 3 * * *", overlap_policy=OverlapPolicy.CANCEL_OTHER),
-            # Only a cron trigger has an overlap policy.
-            Trigger("by_hand", overlap_policy=OverlapPolicy.BUFFER_ONE),
-        ),
-        steps=(
-            Step(name="a", kind=StepKind.TASK, handler="h.a", attempt_timeout_ms=5, compensate="u"),
-            Step(name="w", kind=StepKind.WAIT, wait_ms=10),
-            Step(name="p", kind=StepKind.PAUSE),
-        ),
-    )
-    # Pause steps run now (gates), and cron triggers (schedules); two overlap policies wait.
-    assert [v.field for v in unsupported_features(wf)] == [
-        "definition.triggers[2].cron.overlap_policy",
-        "definition.triggers[3].cron.overlap_policy",
-    ]
-    assert unsupported_features(flow(Transition("a", Outcome.OK, "b"))) == []
 
 
 def test_compensations_run_newest_first_skipping_irreversible_and_started() -> None:

@@ -9,7 +9,10 @@ A tick is due once its fire time (nominal + jitter) has passed. How late it is s
 - nominal instant before the window: missed for good, whatever the policy. These are not
   enumerated (a per-second schedule down for a week has 600,000): one decision, on the first
   of them, stands for all of them up to the window.
-Then the overlap policy: with SKIP, nothing starts while the schedule's last run is active.
+Then the overlap policy, while the schedule's last run is active: SKIP starts nothing;
+BUFFER_ONE holds the first such tick (the plan's `buffered`, kept on the schedule) until that run
+has ended, and skips the others while one is held; ALLOW_ALL starts them; CANCEL_OTHER starts
+them and asks the engine to cancel the active run. A held tick whose run has ended starts first.
 Ticks decided together are one decision (RUN_ALL asks for all of them): they do not skip one
 another. Every tick that starts nothing is decided with its reason, so it is recorded.
 """
@@ -37,6 +40,8 @@ class TickOutcome(StrEnum):
     SKIPPED_MISSED = "skipped_missed"
     FAILED = "failed"
     """It was to start a run, and could not (the engine decides this one)."""
+    SKIPPED_PAUSED = "skipped_paused"
+    """Due while the schedule was paused (recorded on resume, for all of them)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class TickDecision:
     tick: Tick
     outcome: TickOutcome
     reason: str = ""
+    cancels_last_run: bool = False
+    """CANCEL_OTHER: the schedule's active last run is to be cancelled for this one."""
 
 
 @dataclass(frozen=True)
@@ -61,17 +68,24 @@ class DuePlan:
     next_tick: Tick | None
     """The first tick not decided (not due yet, or beyond MAX_TICKS_PER_PLAN); None when the
     spec has none left."""
+    buffered: Tick | None = None
+    """BUFFER_ONE: the tick held until the active run ends (None: none held)."""
 
 
 def plan_due_ticks(
     spec: ScheduleSpec,
     schedule_id: str,
-    next_nominal: datetime,
+    next_nominal: datetime | None,
     now: datetime,
     policies: TickPolicies,
     last_run_active: bool,
+    buffered: Tick | None = None,
 ) -> DuePlan:
-    """Decides the schedule's ticks due at `now`, from the one at `next_nominal` on."""
+    """Decides the schedule's ticks due at `now`, from the one at `next_nominal` on
+    (`next_nominal` None: none; only a held `buffered` tick may start)."""
+    overlap = _Overlap(policies.overlap, last_run_active, buffered)
+    if next_nominal is None:
+        return DuePlan(overlap.release(), None, overlap.buffered)
     window_start = now - policies.catchup_window
     decisions: list[TickDecision] = []
     after = next_nominal - timedelta(microseconds=1)
@@ -101,10 +115,13 @@ def plan_due_ticks(
         for tick in missed
         if tick not in to_run
     ]
+    decisions += overlap.release()
     for tick in sorted([*to_run, *on_time], key=lambda t: t.nominal):
-        decisions.append(_overlap(tick, policies.overlap, last_run_active))
+        decision = overlap.decide(tick)
+        if decision is not None:
+            decisions.append(decision)
     decisions.sort(key=lambda d: d.tick.nominal)
-    return DuePlan(decisions, next_tick)
+    return DuePlan(decisions, next_tick, overlap.buffered)
 
 
 def _missed_to_run(missed: list[Tick], policies: TickPolicies) -> list[Tick]:
@@ -126,14 +143,42 @@ def _missed_reason(policies: TickPolicies) -> str:
     )
 
 
-def _overlap(tick: Tick, overlap: OverlapPolicy, last_run_active: bool) -> TickDecision:
-    if not last_run_active or overlap is OverlapPolicy.ALLOW_ALL:
-        return TickDecision(tick, TickOutcome.STARTED)
-    if overlap is OverlapPolicy.SKIP:
+class _Overlap:
+    """The overlap policy over one plan: whether a run the schedule started before is active
+    (runs the plan starts do not count: ticks decided together do not skip one another), and
+    the tick held (BUFFER_ONE)."""
+
+    def __init__(self, policy: OverlapPolicy, active: bool, buffered: Tick | None) -> None:
+        self._policy = policy
+        self._active = active
+        self.buffered = buffered
+
+    def release(self) -> list[TickDecision]:
+        """The held tick starts once the run it waited for has ended."""
+        if self.buffered is None or self._active:
+            return []
+        tick, self.buffered, self._active = self.buffered, None, True
+        return [TickDecision(tick, TickOutcome.STARTED)]
+
+    def decide(self, tick: Tick) -> TickDecision | None:
+        """The tick's decision; None when it is held (BUFFER_ONE)."""
+        policy = self._policy
+        if not self._active or policy is OverlapPolicy.ALLOW_ALL:
+            return TickDecision(tick, TickOutcome.STARTED)
+        if policy is OverlapPolicy.CANCEL_OTHER:
+            return TickDecision(tick, TickOutcome.STARTED, cancels_last_run=True)
+        if policy is OverlapPolicy.BUFFER_ONE:
+            if self.buffered is None:
+                self.buffered = tick
+                return None
+            return TickDecision(
+                tick,
+                TickOutcome.SKIPPED_OVERLAP,
+                "the schedule's previous run is still active and a tick is already buffered "
+                "(overlap policy BUFFER_ONE)",
+            )
         return TickDecision(
             tick,
             TickOutcome.SKIPPED_OVERLAP,
             "the schedule's previous run is still active (overlap policy SKIP)",
         )
-    # Registration refuses them (FEATURE_UNSUPPORTED) until the engine runs them.
-    raise ValueError(f"overlap policy {overlap.value} is not implemented")

@@ -27,6 +27,11 @@ from server.engine.schedule.cron_expression import CronExpression
 # Wide enough to see both sides of any transition around an instant (Apia moved by a day).
 _OFFSET_WINDOW = timedelta(days=2)
 
+# Ticks lie between these: far enough for any schedule, and clear of the limits of datetime
+# (years 1 and 9999), which offsets, the search horizon and jitter would otherwise cross.
+FIRST_INSTANT = datetime(1900, 1, 1, tzinfo=UTC)
+LAST_INSTANT = datetime(9000, 1, 1, tzinfo=UTC)
+
 
 class SkippedTimePolicy(StrEnum):
     RUN_AT_GAP_END = "run_at_gap_end"
@@ -134,7 +139,9 @@ def next_ticks(spec: ScheduleSpec, after: datetime, count: int, schedule_id: str
 def _nominal_instants(spec: ScheduleSpec, after: datetime) -> Iterator[tuple[datetime, datetime]]:
     if spec.start is not None and spec.start > after:
         after = spec.start - timedelta(microseconds=1)
-    after = after.astimezone(UTC)
+    after = max(after.astimezone(UTC), FIRST_INSTANT)
+    if after >= LAST_INSTANT:
+        return
     # Resolution is monotonic in wall time, so start from a wall time that resolves no later
     # than `after`: shifting by the smallest nearby offset guarantees it, even in a repeated
     # hour under LAST or just before a gap.
@@ -151,7 +158,7 @@ def _nominal_instants(spec: ScheduleSpec, after: datetime) -> Iterator[tuple[dat
         wall_matched, wall = wall, wall + timedelta(seconds=1)
         if nominal is None or nominal <= after or nominal == previous:
             continue
-        if spec.end is not None and nominal > spec.end:
+        if (spec.end is not None and nominal > spec.end) or nominal > LAST_INSTANT:
             return
         previous = nominal
         yield wall_matched, nominal

@@ -28,7 +28,13 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from squidmesh.v1 import run_pb2, run_service_pb2, workflow_pb2, workflow_service_pb2
+from squidmesh.v1 import (
+    run_pb2,
+    run_service_pb2,
+    schedule_service_pb2,
+    workflow_pb2,
+    workflow_service_pb2,
+)
 from squidmesh.v1 import worker_service_pb2 as wpb
 from squidmesh.v1.run_service_pb2_grpc import RunServiceStub
 from squidmesh.v1.workflow_service_pb2_grpc import WorkflowServiceStub
@@ -45,6 +51,7 @@ CLEAR = frozenset(
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.ABORTED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
@@ -54,6 +61,9 @@ WORKFLOW_METHODS = workflow_service_pb2.DESCRIPTOR.services_by_name[
     "WorkflowService"
 ].methods_by_name
 RUN_METHODS = run_service_pb2.DESCRIPTOR.services_by_name["RunService"].methods_by_name
+SCHEDULE_METHODS = schedule_service_pb2.DESCRIPTOR.services_by_name[
+    "ScheduleService"
+].methods_by_name
 
 CALL_TIMEOUT = 30.0
 """Seconds any one call of an example may take: past it, the server hangs on the input."""
@@ -154,7 +164,7 @@ class Rows:
     """Counts of the rows a refused request must not write."""
 
     # Not run_commands: a refused command on a run is recorded in its history, by design.
-    TABLES = ("runs", "workflows", "workers", "waits", "published_events")
+    TABLES = ("runs", "workflows", "workers", "waits", "published_events", "schedules")
 
     def __init__(self, database_url: str) -> None:
         self._url = libpq_url(database_url)

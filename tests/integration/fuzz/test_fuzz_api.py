@@ -7,8 +7,10 @@ run. The SDK clients get the same treatment through their Python arguments."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
@@ -16,12 +18,16 @@ from grpc import aio
 from hypothesis import strategies as st
 from squidmesh.v1 import (
     run_service_pb2,
+    schedule_pb2,
+    schedule_service_pb2,
+    workflow_pb2,
     workflow_service_pb2,
 )
 
 from tests.integration.fuzz import hostile
 from tests.integration.fuzz.harness import (
     RUN_METHODS,
+    SCHEDULE_METHODS,
     WORKFLOW_METHODS,
     Rows,
     assert_still_serves,
@@ -143,6 +149,77 @@ async def test_run_service_answers_hostile_requests_clearly(
     await assert_still_serves(fuzz_channel, database_url)
 
 
+async def test_schedule_service_answers_hostile_requests_clearly(
+    fuzz_channel: aio.Channel, database_url: str, rows: Rows
+) -> None:
+    """Every spec a template or `known` offers is rare (yearly), so that no tick writes rows
+    while an example checks that a refusal wrote none."""
+    yearly = definition("yearly")
+    yearly.triggers.add(name="nightly", cron=workflow_pb2.CronTrigger(expression="0 3 1 1 *"))
+    await register(fuzz_channel, definition(), yearly)
+    spec = schedule_pb2.ScheduleSpec(cron_expression="0 3 1 1 *", time_zone="Europe/Paris")
+    created = await call(
+        fuzz_channel,
+        SCHEDULE_METHODS["CreateSchedule"],
+        schedule_service_pb2.CreateScheduleRequest(
+            schedule_id="rare", workflow="orders", payload=payload(amount=1), spec=spec
+        ),
+    )
+    ids = ["rare", "yearly/nightly", "missing", "yearly/"]
+    known = {
+        "schedule_id": st.sampled_from(ids),
+        "id": st.sampled_from(ids),
+        "workflow": st.sampled_from(["orders", "yearly", ""]),
+        "trigger": st.sampled_from(["", "manual", "nightly"]),
+        "cron_expression": st.sampled_from(["0 3 1 1 *", "@yearly", "0 0 3 1 1 *", "61 * * *"]),
+        "time_zone": st.sampled_from(["", "UTC", "Europe/Paris", "Mars/Base", "../etc"]),
+        "etag": st.sampled_from(["", created.schedule.etag, "0"]),
+        "paths": st.sampled_from(["payload", "spec", "state", "overlap_policy", ""]),
+        "page_token": hostile.page_tokens(),
+    }
+    templates: list[Message] = [
+        schedule_service_pb2.CreateScheduleRequest(
+            schedule_id="fuzzed", workflow="orders", payload=payload(amount=2), spec=spec
+        ),
+        schedule_service_pb2.GetScheduleRequest(schedule_id="rare"),
+        schedule_service_pb2.ListSchedulesRequest(workflow="orders", page_size=1),
+        schedule_service_pb2.UpdateScheduleRequest(
+            schedule=schedule_pb2.Schedule(id="rare", payload=payload(amount=3), spec=spec),
+            etag=created.schedule.etag,
+        ),
+        schedule_service_pb2.DeleteScheduleRequest(schedule_id="missing"),
+        schedule_service_pb2.PauseScheduleRequest(schedule_id="rare", actor="fuzz", note="n"),
+        schedule_service_pb2.ResumeScheduleRequest(schedule_id="rare", actor="fuzz"),
+        schedule_service_pb2.TriggerScheduleRequest(schedule_id="rare", actor="fuzz"),
+        schedule_service_pb2.BackfillScheduleRequest(
+            schedule_id="yearly/nightly",
+            actor="fuzz",
+            start_time=spec_time(2020),
+            end_time=spec_time(2024),
+        ),
+        schedule_service_pb2.PreviewScheduleRequest(spec=spec, count=3),
+    ]
+    examples = st.one_of(
+        *(
+            st.tuples(st.just(name), hostile.requests(t, known))
+            for name, t in zip(SCHEDULE_METHODS, templates, strict=True)
+        )
+    )
+
+    async def check(example: tuple[str, Message]) -> None:
+        method, request = example
+        await refused_cleanly(
+            rows, lambda: call(fuzz_channel, SCHEDULE_METHODS[method], request), example
+        )
+
+    await fuzz(examples, check, examples=200)
+    await assert_still_serves(fuzz_channel, database_url)
+
+
+def spec_time(year: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=int(datetime(year, 1, 1, tzinfo=UTC).timestamp()))
+
+
 async def readable(channel: aio.Channel, run_id: str) -> None:
     """An accepted run can be sent back: by GetRun, ListRuns (full view) and WatchRun."""
     got = await call(channel, RUN_METHODS["GetRun"], run_service_pb2.GetRunRequest(run_id=run_id))
@@ -184,7 +261,10 @@ async def test_undecodable_bytes_to_every_rpc_are_invalid_argument(
     fuzz_channel: aio.Channel, database_url: str, rows: Rows
 ) -> None:
     await register(fuzz_channel, definition())
-    methods = {path(m): m for m in (*WORKFLOW_METHODS.values(), *RUN_METHODS.values())}
+    methods = {
+        path(m): m
+        for m in (*WORKFLOW_METHODS.values(), *RUN_METHODS.values(), *SCHEDULE_METHODS.values())
+    }
     examples = st.sampled_from(sorted(methods)).flatmap(
         lambda p: st.tuples(st.just(p), hostile.garbage(_valid_bytes(methods[p])))
     )

@@ -116,6 +116,10 @@ class _TickOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TickOutco
     """It was missed while no server ran, and the missed-tick policy dropped it."""
     TICK_OUTCOME_FAILED: _TickOutcome.ValueType  # 4
     """It could not start a run (e.g. the payload no longer fits the trigger's contract)."""
+    TICK_OUTCOME_SKIPPED_PAUSED: _TickOutcome.ValueType  # 5
+    """The schedule was paused when it fell due: one decision, recorded on resume, stands for
+    this tick and every one after it up to the resume (they are not made up).
+    """
 
 class TickOutcome(_TickOutcome, metaclass=_TickOutcomeEnumTypeWrapper):
     """What a decided tick did."""
@@ -130,6 +134,10 @@ TICK_OUTCOME_SKIPPED_MISSED: TickOutcome.ValueType  # 3
 """It was missed while no server ran, and the missed-tick policy dropped it."""
 TICK_OUTCOME_FAILED: TickOutcome.ValueType  # 4
 """It could not start a run (e.g. the payload no longer fits the trigger's contract)."""
+TICK_OUTCOME_SKIPPED_PAUSED: TickOutcome.ValueType  # 5
+"""The schedule was paused when it fell due: one decision, recorded on resume, stands for
+this tick and every one after it up to the resume (they are not made up).
+"""
 Global___TickOutcome: _TypeAlias = TickOutcome  # noqa: Y015
 
 @_typing.final
