@@ -6,12 +6,13 @@ measures two shapes, one after the other, on the same schedules:
   spread: schedule i fires at second i % 60 (`S * * * * *`): ~167 ticks a second;
   herd:   all of them at `* * * * *`: 10,000 ticks due at second 0 of each minute.
 Each tick starts a run of a one-step workflow (a log step: the run starts, runs and ends in the
-server, in the tick's transaction; no worker). The schedules are a workflow's cron triggers
-(--workflows workflows of schedules/workflows cron triggers each, registered over gRPC);
-the herd re-registers them with the other expression (a new version of each workflow).
+server, in the tick's transaction; no worker). The schedules are created as a user would, with
+CreateSchedule over gRPC; herd changes their spec with UpdateSchedule (each ticks from the first
+tick after now).
 
 Each shape is measured over --minutes whole minutes of nominal tick times, after a warm-up
-(spread: at least --warmup seconds of ticking first; herd: the server is warm from spread):
+(spread: at least --warmup seconds since the first schedule was created and 20 s since the
+last; herd: 20 s after the last change, the server warm from spread):
 - fire delay: schedule_ticks.fired_at - nominal_at (fired_at is Postgres' now() in the claim
   transaction; runs.created_at is the same instant, so it is not shown twice) and committed -
   nominal, the commit time of that transaction (`track_commit_timestamp`): when the tick's run
@@ -26,26 +27,32 @@ The server logs at debug level for the usage line, so its log also has each run'
 (as at the default, info). The last line is `schedules=N spread_p50_ms=.. spread_p99_ms=..
 spread_commit_p99_ms=.. spread_server_cpu_pct=.. spread_timer_cpu_pct=.. herd_p50_ms=..
 herd_p99_ms=.. herd_max_ms=.. herd_started_pct=.. herd_server_cpu_pct=.. herd_timer_cpu_pct=..`
-(the shapes measured). About 7 minutes with both shapes: the ticks follow the wall clock.
+(the shapes measured). About 7 minutes with both shapes (creating the schedules takes about
+one): the ticks follow the wall clock.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 import psycopg
+from google.protobuf import field_mask_pb2
+from grpc import aio
 from squidmesh.client import Client
-from squidmesh.v1 import workflow_pb2
+from squidmesh.v1 import schedule_pb2, schedule_service_pb2, workflow_pb2
+from squidmesh.v1.schedule_service_pb2_grpc import ScheduleServiceStub
 
 from bench.cluster import bench_cluster
 from server.embedded import EmbeddedServices
@@ -53,22 +60,70 @@ from server.store.db import libpq_url
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "sb_"
-"""Of the benchmark's workflows, and so of their schedules' ids."""
+"""Of the benchmark's workflow and schedules."""
+_IN_FLIGHT = 8
+"""CreateSchedule / UpdateSchedule calls at a time (they are CPU-bound in the server: 8 were
+faster than 32)."""
+_FULL_LOAD_S = 20
+"""Seconds of ticking with every schedule in place before a shape's first measured minute."""
 
 
-def definitions(
-    shape: str, schedules: int, per_workflow: int
-) -> list[workflow_pb2.WorkflowDefinition]:
-    """Workflows of one log step whose cron triggers are the `schedules` schedules."""
-    out = []
-    for w in range(math.ceil(schedules / per_workflow)):
-        d = workflow_pb2.WorkflowDefinition(name=f"{PREFIX}{w:04d}")
-        for i in range(w * per_workflow, min(schedules, (w + 1) * per_workflow)):
-            expression = f"{i % 60} * * * * *" if shape == "spread" else "* * * * *"
-            d.triggers.add(name=f"t{i:05d}", cron=workflow_pb2.CronTrigger(expression=expression))
-        d.steps.add(name="note", log=workflow_pb2.LogStep(message="tick"))
-        out.append(d)
-    return out
+WORKFLOW = f"{PREFIX}tick"
+
+
+def workflow() -> workflow_pb2.WorkflowDefinition:
+    """The workflow every schedule starts: one log step (its run ends in its tick's
+    transaction)."""
+    d = workflow_pb2.WorkflowDefinition(name=WORKFLOW)
+    d.triggers.add(name="manual", manual=workflow_pb2.ManualTrigger())
+    d.steps.add(name="note", log=workflow_pb2.LogStep(message="tick"))
+    return d
+
+
+def spec(shape: str, i: int) -> schedule_pb2.ScheduleSpec:
+    """Schedule i's: at second i % 60 of every minute (spread), or at second 0 (herd)."""
+    return schedule_pb2.ScheduleSpec(
+        cron_expression=f"{i % 60} * * * * *" if shape == "spread" else "* * * * *"
+    )
+
+
+async def _each_schedule(schedules: int, call: Callable[[int], Awaitable[object]]) -> None:
+    sem = asyncio.Semaphore(_IN_FLIGHT)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await call(i)
+
+    await asyncio.gather(*(one(i) for i in range(schedules)))
+
+
+async def create_schedules(address: str, shape: str, schedules: int) -> None:
+    """CreateSchedule for each, `_IN_FLIGHT` calls at a time."""
+    async with aio.insecure_channel(address) as channel:
+        stub = ScheduleServiceStub(channel)
+        await _each_schedule(
+            schedules,
+            lambda i: stub.CreateSchedule(
+                schedule_service_pb2.CreateScheduleRequest(
+                    schedule_id=f"{PREFIX}{i:05d}", workflow=WORKFLOW, spec=spec(shape, i)
+                )
+            ),
+        )
+
+
+async def respec_schedules(address: str, shape: str, schedules: int) -> None:
+    """UpdateSchedule of each one's spec (it ticks from the first tick after now)."""
+    async with aio.insecure_channel(address) as channel:
+        stub = ScheduleServiceStub(channel)
+        await _each_schedule(
+            schedules,
+            lambda i: stub.UpdateSchedule(
+                schedule_service_pb2.UpdateScheduleRequest(
+                    schedule=schedule_pb2.Schedule(id=f"{PREFIX}{i:05d}", spec=spec(shape, i)),
+                    update_mask=field_mask_pb2.FieldMask(paths=["spec"]),
+                )
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -209,14 +264,6 @@ def _next_minute(epoch_s: float) -> float:
     return math.ceil(epoch_s / 60) * 60
 
 
-def register(address: str, shape: str, schedules: int, per_workflow: int) -> float:
-    began = time.perf_counter()
-    with Client(address) as client:
-        for definition in definitions(shape, schedules, per_workflow):
-            client.register_workflow(definition)
-    return time.perf_counter() - began
-
-
 def commit_timestamps_on(data_dir: Path) -> None:
     """Turns on track_commit_timestamp in the embedded Postgres of `data_dir` (it needs a
     restart: the bench's cluster starts it again)."""
@@ -276,10 +323,13 @@ def final_line(schedules: int, figures: list[Figures]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--schedules", type=int, default=10_000)
-    parser.add_argument("--per-workflow", type=int, default=100, help="cron triggers per workflow")
     parser.add_argument("--minutes", type=int, default=2, help="measured minutes per shape")
     parser.add_argument(
-        "--warmup", type=float, default=60, help="seconds of ticking before spread is measured"
+        "--warmup",
+        type=float,
+        default=60,
+        help="seconds from the first schedule created to spread's measured minutes (at least "
+        f"{_FULL_LOAD_S} s after the last)",
     )
     parser.add_argument("--shape", choices=["spread", "herd", "both"], default="both")
     parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "bench-schedules")
@@ -291,15 +341,23 @@ def main() -> int:
     with bench_cluster(args.data_dir, SQUIDMESH_LOG_LEVEL="debug") as cluster:
         server = cluster.server
         meter = Meter(server.proc.pid, server.log_path, cluster.data_dir)
+        with Client(server.address) as client:
+            client.register_workflow(workflow())
         for n, shape in enumerate(shapes):
-            seconds = register(server.address, shape, args.schedules, args.per_workflow)
+            began = time.time()
+            if n == 0:
+                asyncio.run(create_schedules(server.address, shape, args.schedules))
+                done = "created (CreateSchedule)"
+            else:
+                asyncio.run(respec_schedules(server.address, shape, args.schedules))
+                done = "changed to it (UpdateSchedule)"
             print(
-                f"  {shape}: {args.schedules} schedules registered in {seconds:.1f} s "
-                f"({math.ceil(args.schedules / args.per_workflow)} workflows)",
+                f"  {shape}: {args.schedules} schedules {done} in {time.time() - began:.1f} s",
                 flush=True,
             )
-            warmup = args.warmup if n == 0 else 0
-            first = _next_minute(time.time() + warmup + 1)
+            # Warm-up: ticking started with the first schedule created.
+            warm = began + args.warmup if n == 0 else 0
+            first = _next_minute(max(warm, time.time() + _FULL_LOAD_S))
             figures.append(
                 measure(shape, first, args.minutes, args.schedules, meter, cluster.database_url)
             )
