@@ -211,17 +211,26 @@ class ScheduleCommands(RunCommands):
             if stale:
                 raise _NotLatest(stale)  # rolls the whole claim back
             started_ids = {new.id for new, _ in runs_to_start}
-            for schedule, next_tick, held in moves:
-                mine = [d for d in decided if d.schedule_id == schedule.config.id]
-                started = [d.run_id for d in mine if d.run_id in started_ids]
-                await schedules.advance(
-                    conn,
-                    schedule.config.id,
-                    next_tick,
-                    mine[-1].nominal_at if mine else None,
-                    started[-1] if started else None,
-                    held.nominal if held else None,
-                )
+            # Decisions are in nominal order per schedule: the last one is the latest.
+            last_tick: dict[str, datetime] = {}
+            last_run: dict[str, uuid.UUID] = {}
+            for d in decided:
+                last_tick[d.schedule_id] = d.nominal_at
+                if d.run_id is not None and d.run_id in started_ids:
+                    last_run[d.schedule_id] = d.run_id
+            await schedules.advance(
+                conn,
+                [
+                    schedules.Advance(
+                        schedule.config.id,
+                        next_tick,
+                        last_tick.get(schedule.config.id),
+                        last_run.get(schedule.config.id),
+                        held.nominal if held else None,
+                    )
+                    for schedule, next_tick, held in moves
+                ],
+            )
         if runs_to_start:
             log.debug("schedule_runs_started", count=len(runs_to_start))
         cancels = [c for c in cancels if c.replaced_by in started_ids]
