@@ -124,6 +124,12 @@ def _transition_between(zone: ZoneInfo, before: datetime, after: datetime) -> da
 def ticks_after(spec: ScheduleSpec, after: datetime, schedule_id: str) -> Iterator[Tick]:
     """Ticks whose nominal instant is strictly after `after` (aware), in order, within bounds."""
     nominals = _nominal_instants(spec, after)
+    if spec.jitter <= timedelta(0):
+        # Each tick fires at its nominal instant: the next one (the jitter's room) is not
+        # needed to yield this one. Deciding a due tick computed three ticks instead of two.
+        for wall, nominal in nominals:
+            yield Tick(nominal=nominal, fire_at=nominal, wall_time=wall)
+        return
     current = next(nominals, None)
     while current is not None:
         wall, nominal = current
