@@ -1,5 +1,5 @@
 """The `squidmesh` command: serve, migrate, worker, completion, and the client commands of
-`squidmesh.cli` (workflows, runs, events, workers).
+`squidmesh.cli` (workflows, runs, events, schedules, workers).
 
 At start it imports argparse-level things only: `serve` and `migrate` import the server, and
 `worker` the worker SDK, when they run; client commands import neither."""

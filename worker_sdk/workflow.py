@@ -19,9 +19,18 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar, overload
 
+from squidmesh.schedule_requests import (
+    MissedTicksName,
+    OverlapName,
+    RepeatedTimeName,
+    SkippedTimeName,
+    cron_expression,
+    policy_fields,
+    spec_fields,
+)
 from squidmesh.v1 import workflow_pb2
 from squidmesh.values import to_duration
 
@@ -36,17 +45,11 @@ COMPLETE = "complete"
 
 F = TypeVar("F", bound=Callable[..., Any])
 OutcomeName = Literal["ok", "error"]
-MissedTicksName = Literal["skip", "run_latest", "run_all"]
 DeadlineActionName = Literal["reject", "fail", "route"]
 
 _OUTCOMES: dict[str, workflow_pb2.Outcome.ValueType] = {
     "ok": workflow_pb2.OUTCOME_OK,
     "error": workflow_pb2.OUTCOME_ERROR,
-}
-_MISSED_TICKS: dict[str, workflow_pb2.MissedTickPolicy.ValueType] = {
-    "skip": workflow_pb2.MISSED_TICK_POLICY_SKIP,
-    "run_latest": workflow_pb2.MISSED_TICK_POLICY_RUN_LATEST,
-    "run_all": workflow_pb2.MISSED_TICK_POLICY_RUN_ALL,
 }
 _DEADLINE_ACTIONS: dict[str, workflow_pb2.DeadlineAction.ValueType] = {
     "reject": workflow_pb2.DEADLINE_ACTION_REJECT,
@@ -103,11 +106,41 @@ class Workflow:
         payload: Sequence[Field] = (),
         cron: str | None = None,
         time_zone: str = "",
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        jitter: float | timedelta | None = None,
+        skipped_time: SkippedTimeName | None = None,
+        repeated_time: RepeatedTimeName | None = None,
+        catchup_window: float | timedelta | None = None,
         missed_ticks: MissedTicksName | None = None,
+        max_catchup_runs: int = 0,
+        overlap: OverlapName | None = None,
     ) -> None:
         """Declares an entry point: manual (started through StartRun) or, with `cron`, fired
-        by the server on a five-field cron expression in `time_zone` (empty = UTC). The first
-        declared trigger is the default."""
+        by the server: registering the workflow makes it the schedule "<workflow>/<name>".
+        The first declared trigger is the default.
+
+        A cron trigger's options (durations in seconds or as a timedelta):
+        - `cron`: five fields ("0 3 * * *"), six with seconds first ("*/10 * * * * *"), or a
+          shorthand ("@hourly", "@daily", "@weekly", "@monthly", "@yearly");
+        - `time_zone`: the IANA zone the expression is read in, e.g. "Europe/Paris" (empty:
+          UTC);
+        - `start_time`, `end_time`: no tick before or after these instants (inclusive;
+          timezone-aware datetimes);
+        - `jitter`: each tick fires up to this much after its nominal time (the same delay
+          for the same tick on every server, never at or past the next tick);
+        - `skipped_time`: a tick whose local time does not exist (spring forward) fires at
+          the end of the gap ("run_at_gap_end", the default) or not at all ("skip");
+        - `repeated_time`: a tick whose local time occurs twice (fall back) fires once, at
+          the "first" (the default) or the "last" occurrence;
+        - `missed_ticks`: ticks missed while no server ran start no run ("skip", the
+          default), only the latest one does ("run_latest"), or each does ("run_all", the
+          latest `max_catchup_runs` of them; 0: the server's default, 10); ticks older than
+          `catchup_window` (default one hour) are dropped whatever the policy;
+        - `overlap`: a tick while the schedule's previous run is still active starts nothing
+          ("skip", the default), is held until that run ends, and further ticks are skipped
+          while one is held ("buffer_one"), starts anyway ("allow_all"), or starts and then
+          cancels that run ("cancel_other")."""
         if not name:
             raise ValueError("a trigger needs a name")
         if any(t.name == name for t in self._triggers):
@@ -115,17 +148,36 @@ class Workflow:
         trigger = workflow_pb2.Trigger(
             name=name, payload=_field_protos(f"trigger {name!r} payload", payload)
         )
+        options: dict[str, Any] = {
+            "time_zone": time_zone,
+            "start_time": start_time,
+            "end_time": end_time,
+            "jitter": jitter,
+            "skipped_time": skipped_time,
+            "repeated_time": repeated_time,
+        }
+        policies: dict[str, Any] = {
+            "catchup_window": catchup_window,
+            "missed_ticks": missed_ticks,
+            "max_catchup_runs": max_catchup_runs,
+            "overlap": overlap,
+        }
         if cron is None:
-            if time_zone or missed_ticks is not None:
-                raise ValueError(f"trigger {name!r}: time_zone/missed_ticks need a cron expression")
+            given = [k for k, v in {**options, **policies}.items() if v not in (None, "", 0)]
+            if given:
+                raise ValueError(f"trigger {name!r}: {', '.join(given)} without a cron expression")
             trigger.manual.SetInParent()
         else:
-            if not cron.strip():
-                raise ValueError(f"trigger {name!r}: empty cron expression")
-            trigger.cron.expression = cron
-            trigger.cron.time_zone = time_zone
-            if missed_ticks is not None:
-                trigger.cron.missed_tick_policy = _MISSED_TICKS[missed_ticks]
+            try:
+                trigger.cron.CopyFrom(
+                    workflow_pb2.CronTrigger(
+                        expression=cron_expression(cron),
+                        **spec_fields(**options),
+                        **policy_fields(**policies),
+                    )
+                )
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"trigger {name!r}: {exc}") from None
         self._triggers.append(trigger)
 
     # -- steps ---------------------------------------------------------------------------

@@ -61,6 +61,13 @@ IDENTIFIERS = frozenset(
         "page_token",
         "error_type",
         "non_retryable_error_types",
+        # Events (a published event's name and key are one btree index entry) and schedules.
+        "event",
+        "correlation_key",
+        "event_id",
+        "parent_run_id",
+        "parent_step",
+        "schedule_id",
     }
 )
 """Fields (in any message) that hold identifiers, limited to MAX_IDENTIFIER characters."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from server.engine.core import log
-from server.engine.errors import DomainError
+from server.engine.errors import DomainError, NotFound
 from server.engine.model import ScheduleOrigin, ScheduleRunOrigin, Trigger, WorkflowDef
 from server.engine.run_commands import RunCommands
 from server.engine.schedule import Tick, ticks_after
@@ -23,7 +23,7 @@ from server.store import attempts, changes, schedules
 from server.store.changes import RunChange
 from server.store.db import Connection, retry_conflicts
 from server.store.runs import NewRun
-from server.store.schedules import DecidedTick, DueSchedule, ScheduleConfig
+from server.store.schedules import DecidedTick, DueSchedule, ScheduleConfig, StoredSchedule
 
 SCHEDULE_TICK_NAMESPACE = uuid.UUID("8b0b5d0e-6a52-4c1e-9a55-5c4e0f1d7a11")
 """The UUIDv5 namespace of tick run ids (see `tick_run_id`; documented in the proto)."""
@@ -115,8 +115,8 @@ class ScheduleCommands(RunCommands):
                 continue
             config = definition_schedule(defn.name, trigger)
             existing = kept.pop(trigger.name, None)
-            if existing is not None and existing == (config, "active"):
-                continue  # unchanged, and ticking from where it is
+            if existing is not None and existing[0] == config and existing[1] != "stopped":
+                continue  # unchanged: ticking (or paused) from where it is
             first = first_tick_after(config, now)
             await schedules.put_definition_schedule(conn, config, first)
             if first is not None and (earliest is None or first.fire_at < earliest):
@@ -125,6 +125,18 @@ class ScheduleCommands(RunCommands):
         if dropped:
             await schedules.stop_definition_schedules(conn, dropped)
         return None if earliest is None else (earliest - now) / timedelta(milliseconds=1)
+
+    async def _stored_schedule(
+        self, conn: Connection, schedule_id: str, *, lock: bool = False
+    ) -> StoredSchedule:
+        stored = await schedules.get(conn, schedule_id, lock=lock) if schedule_id else None
+        if stored is None:
+            raise NotFound(
+                f"schedule '{schedule_id}' does not exist",
+                reason="SCHEDULE_NOT_FOUND",
+                metadata={"schedule_id": schedule_id},
+            )
+        return stored
 
     async def fire_due_schedules(self) -> int:
         """Decides every due tick of every due schedule; returns how many were decided."""

@@ -1,5 +1,5 @@
-"""Schedules as resources (ScheduleService): create, read, list, update, delete, pause, resume,
-trigger now, backfill and preview.
+"""Schedules as resources (ScheduleService): create, read, list, update, delete, pause, resume
+and preview (trigger now and backfill: `schedule_starts`).
 
 A schedule created here ("api") and one a workflow's cron trigger makes ("definition") tick the
 same way (`schedule_commands`). A definition's schedule changes only by registering a new version
@@ -10,7 +10,6 @@ claims with SKIP LOCKED and comes back to it)."""
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -24,22 +23,18 @@ from server.engine.errors import (
     InvalidArgument,
     NotFound,
 )
-from server.engine.model import ScheduleOrigin, ScheduleRunOrigin
+from server.engine.model import ScheduleRunOrigin
 from server.engine.payload import validate_payload
-from server.engine.schedule import Tick, next_ticks, ticks_after
+from server.engine.schedule import Tick, next_ticks
 from server.engine.schedule.due_ticks import ON_TIME_GRACE, TickOutcome
 from server.engine.schedule_commands import (
-    ScheduleCommands,
     first_tick_after,
     tick_at,
-    tick_run_id,
 )
+from server.engine.schedule_starts import ScheduleStartCommands, require_actor
 from server.engine.validation import check_cron_spec
-from server.engine.views import RunView
-from server.store import attempts, changes, schedules
-from server.store.changes import RunChange
-from server.store.db import Connection, retry_conflicts
-from server.store.runs import NewRun
+from server.store import attempts, schedules
+from server.store.db import Connection
 from server.store.schedules import (
     DecidedTick,
     ScheduleConfig,
@@ -55,7 +50,6 @@ so that the two never collide."""
 NEXT_TICKS = 5
 RECENT_TICKS = 10
 MAX_PREVIEW = 100
-MAX_BACKFILL_TICKS = 1000
 
 UPDATABLE = (
     "trigger",
@@ -94,13 +88,7 @@ class ScheduleView:
     health: ScheduleHealth
 
 
-@dataclass(frozen=True)
-class TriggeredRun:
-    run: RunView
-    tick: TickRecord
-
-
-class ScheduleResourceCommands(ScheduleCommands):
+class ScheduleResourceCommands(ScheduleStartCommands):
     # --- create, read, change ----------------------------------------------------------------
 
     async def create_schedule(self, config: ScheduleConfig, paused_by: str | None) -> ScheduleView:
@@ -158,7 +146,7 @@ class ScheduleResourceCommands(ScheduleCommands):
             )
         taken = set(paths or UPDATABLE)
         async with self._db.transaction() as conn:
-            locked = await self._stored(conn, schedule_id, lock=True)
+            locked = await self._stored_schedule(conn, schedule_id, lock=True)
             _check_api_origin(locked, "updated")
             _check_etag(locked, etag)
             # Merged with what is stored now: fields outside the mask keep their values.
@@ -175,7 +163,7 @@ class ScheduleResourceCommands(ScheduleCommands):
 
     async def delete_schedule(self, schedule_id: str, etag: str) -> None:
         async with self._db.transaction() as conn:
-            stored = await self._stored(conn, schedule_id, lock=True)
+            stored = await self._stored_schedule(conn, schedule_id, lock=True)
             _check_api_origin(stored, "deleted")
             _check_etag(stored, etag)
             await schedules.delete(conn, schedule_id)
@@ -184,9 +172,9 @@ class ScheduleResourceCommands(ScheduleCommands):
     # --- pause, resume -----------------------------------------------------------------------
 
     async def pause_schedule(self, schedule_id: str, actor: str, note: str) -> ScheduleView:
-        _require_actor(actor)
+        require_actor(actor)
         async with self._db.transaction() as conn:
-            stored = await self._stored(conn, schedule_id, lock=True)
+            stored = await self._stored_schedule(conn, schedule_id, lock=True)
             _check_not_stopped(stored, "paused")
             if stored.state is ScheduleState.ACTIVE:
                 await schedules.set_paused(conn, schedule_id, actor, note)
@@ -196,10 +184,10 @@ class ScheduleResourceCommands(ScheduleCommands):
 
     async def resume_schedule(self, schedule_id: str, actor: str, note: str) -> ScheduleView:
         """From the first tick after now: what fell due while paused is not made up."""
-        _require_actor(actor)
+        require_actor(actor)
         first = None
         async with self._db.transaction() as conn:
-            stored = await self._stored(conn, schedule_id, lock=True)
+            stored = await self._stored_schedule(conn, schedule_id, lock=True)
             _check_not_stopped(stored, "resumed")
             now = await attempts.database_now(conn)
             if stored.state is ScheduleState.PAUSED:
@@ -239,135 +227,6 @@ class ScheduleResourceCommands(ScheduleCommands):
         )
         await schedules.record_ticks(conn, [tick])
 
-    # --- trigger, backfill -------------------------------------------------------------------
-
-    async def trigger_schedule(
-        self, schedule_id: str, actor: str, idempotency_key: str
-    ) -> TriggeredRun:
-        """Starts a run now (origin MANUAL), whatever the state and overlap policy. Its tick's
-        nominal instant is the trigger's (never a whole second, which a spec's tick may be)."""
-        _require_actor(actor)
-        key = f"{schedule_id}:{idempotency_key}" if idempotency_key else ""
-        while True:
-            async with self._db.connect() as conn:
-                stored = await self._stored(conn, schedule_id)
-            try:
-                return await self._trigger(stored.config, actor, key)
-            except _NotLatestVersion:
-                self._latest_ids.pop(stored.config.workflow, None)
-            except _KeyTaken as taken:
-                async with self._db.connect() as conn:
-                    run = await self._existing_run(conn, taken.new)
-                    tick = await schedules.tick_of_run(conn, schedule_id, run.id)
-                assert tick is not None  # written with the run
-                return TriggeredRun(run, tick)
-
-    @retry_conflicts
-    async def _trigger(self, config: ScheduleConfig, actor: str, key: str) -> TriggeredRun:
-        async with self._db.transaction() as conn:
-            await self._stored(conn, config.id, lock=True)  # not deleted meanwhile
-            now = await attempts.database_now(conn)
-            nominal = now if now.microsecond else now + timedelta(microseconds=1)
-            origin = ScheduleOrigin(config.id, nominal, now, ScheduleRunOrigin.MANUAL)
-            new, change = await self._new_run(
-                config.workflow,
-                config.trigger,
-                config.payload,
-                key,
-                scheduled=(uuid.uuid4(), origin),
-            )
-            tick = DecidedTick(
-                config.id,
-                nominal,
-                now,
-                ScheduleRunOrigin.MANUAL,
-                TickOutcome.STARTED,
-                new.id,
-                f"triggered by {actor}",
-            )
-            await schedules.record_ticks(conn, [tick])
-            (result,) = await changes.start(conn, [(new, change)])
-            if result is changes.NotStarted.KEY_TAKEN:
-                raise _KeyTaken(new)  # rolls the tick back
-            if result is changes.NotStarted.NOT_LATEST:
-                raise _NotLatestVersion
-        await self._after_commit(change)
-        log.info("schedule_triggered", schedule=config.id, run_id=str(new.id), actor=actor)
-        view = await self.get_run(new.id)
-        record = TickRecord(nominal, now, new.id, tick.origin, tick.outcome, tick.reason)
-        return TriggeredRun(view, record)
-
-    async def backfill_schedule(
-        self, schedule_id: str, start: datetime, end: datetime, actor: str
-    ) -> tuple[list[TickRecord], int]:
-        """Starts a run (origin BACKFILL) for each tick of the spec in [start, end] not decided
-        yet; returns every tick of the range as it now stands, and how many this call started."""
-        _require_actor(actor)
-        problems = []
-        if end < start:
-            problems.append(FieldViolation("end_time", "must not be before start_time"))
-        while True:
-            async with self._db.connect() as conn:
-                stored = await self._stored(conn, schedule_id)
-                now = await attempts.database_now(conn)
-            if end > now:
-                problems.append(
-                    FieldViolation("end_time", "must not be in the future (ticks to come fire)")
-                )
-            if problems:
-                raise InvalidArgument("invalid backfill range", problems)
-            ticks = _ticks_between(stored.config, start, end)
-            try:
-                return await self._backfill(stored.config, ticks, start, end, actor)
-            except _NotLatestVersion:
-                self._latest_ids.pop(stored.config.workflow, None)
-
-    @retry_conflicts
-    async def _backfill(
-        self, config: ScheduleConfig, ticks: list[Tick], start: datetime, end: datetime, actor: str
-    ) -> tuple[list[TickRecord], int]:
-        async with self._db.transaction() as conn:
-            await self._stored(conn, config.id, lock=True)
-            decided = await schedules.decided_between(conn, config.id, start, end)
-            now = await attempts.database_now(conn)
-            to_start: list[tuple[NewRun, RunChange]] = []
-            new_ticks: list[DecidedTick] = []
-            for tick in ticks:
-                if tick.nominal in decided:
-                    continue
-                origin = ScheduleOrigin(config.id, tick.nominal, now, ScheduleRunOrigin.BACKFILL)
-                new, change = await self._new_run(
-                    config.workflow,
-                    config.trigger,
-                    config.payload,
-                    "",
-                    scheduled=(tick_run_id(config.id, tick.nominal), origin),
-                )
-                to_start.append((new, change))
-                new_ticks.append(
-                    DecidedTick(
-                        config.id,
-                        tick.nominal,
-                        now,
-                        ScheduleRunOrigin.BACKFILL,
-                        TickOutcome.STARTED,
-                        new.id,
-                        f"backfilled by {actor}",
-                    )
-                )
-            await schedules.record_ticks(conn, new_ticks)
-            results = await changes.start(conn, to_start)
-            if any(r is changes.NotStarted.NOT_LATEST for r in results):
-                raise _NotLatestVersion
-        for _, change in to_start:
-            await self._after_commit(change)
-        log.info("schedule_backfilled", schedule=config.id, started=len(to_start), actor=actor)
-        started = {
-            t.nominal_at: TickRecord(t.nominal_at, now, t.run_id, t.origin, t.outcome, t.reason)
-            for t in new_ticks
-        }
-        return [started.get(t.nominal) or decided[t.nominal] for t in ticks], len(started)
-
     # --- preview -----------------------------------------------------------------------------
 
     async def preview_schedule(
@@ -377,7 +236,7 @@ class ScheduleResourceCommands(ScheduleCommands):
         spec, checked here)."""
         if spec is None:
             async with self._db.connect() as conn:
-                spec = (await self._stored(conn, schedule_id)).config
+                spec = (await self._stored_schedule(conn, schedule_id)).config
         else:
             problems: list[FieldViolation] = []
             _check_spec(spec, problems)
@@ -413,33 +272,12 @@ class ScheduleResourceCommands(ScheduleCommands):
         validate_payload(trigger, config.payload, datetime.now(UTC))
         return replace(config, trigger=trigger.name)
 
-    async def _stored(
-        self, conn: Connection, schedule_id: str, *, lock: bool = False
-    ) -> StoredSchedule:
-        stored = await schedules.get(conn, schedule_id, lock=lock) if schedule_id else None
-        if stored is None:
-            raise NotFound(
-                f"schedule '{schedule_id}' does not exist",
-                reason="SCHEDULE_NOT_FOUND",
-                metadata={"schedule_id": schedule_id},
-            )
-        return stored
-
     async def _view(
         self, conn: Connection, schedule_id: str, now: datetime, *, recent: bool
     ) -> ScheduleView:
-        stored = await self._stored(conn, schedule_id)
+        stored = await self._stored_schedule(conn, schedule_id)
         ticks = await schedules.recent_ticks(conn, schedule_id, RECENT_TICKS) if recent else []
         return schedule_view(stored, now, ticks)
-
-
-class _KeyTaken(Exception):
-    def __init__(self, new: NewRun) -> None:
-        self.new = new
-
-
-class _NotLatestVersion(Exception):
-    """A newer version of the workflow was registered while its run was being started."""
 
 
 def schedule_view(stored: StoredSchedule, now: datetime, recent: list[TickRecord]) -> ScheduleView:
@@ -457,20 +295,6 @@ def schedule_view(stored: StoredSchedule, now: datetime, recent: list[TickRecord
     )
     health = ScheduleHealth.OVERDUE if overdue else ScheduleHealth.OK
     return ScheduleView(stored, upcoming, recent, buffered, health)
-
-
-def _ticks_between(config: ScheduleConfig, start: datetime, end: datetime) -> list[Tick]:
-    ticks: list[Tick] = []
-    for tick in ticks_after(config.spec(), start - timedelta(microseconds=1), config.id):
-        if tick.nominal > end:
-            break
-        if len(ticks) == MAX_BACKFILL_TICKS:
-            raise InvalidArgument(
-                f"the range holds more than {MAX_BACKFILL_TICKS} ticks; backfill it in parts",
-                [FieldViolation("end_time", f"at most {MAX_BACKFILL_TICKS} ticks per backfill")],
-            )
-        ticks.append(tick)
-    return ticks
 
 
 def _check_spec(config: ScheduleConfig, problems: list[FieldViolation]) -> None:
@@ -528,12 +352,4 @@ def _check_not_stopped(stored: StoredSchedule, done: str) -> None:
             f"be {done}",
             reason="SCHEDULE_STOPPED",
             metadata={"schedule_id": stored.config.id},
-        )
-
-
-def _require_actor(actor: str) -> None:
-    if not actor:
-        raise InvalidArgument(
-            "actor is required (who sends the command)",
-            [FieldViolation("actor", "must not be empty")],
         )

@@ -222,3 +222,27 @@ async def test_a_time_zone_no_file_can_be_named_after_is_invalid_argument(
             workflows.RegisterWorkflow(workflow_service_pb2.RegisterWorkflowRequest(definition=bad))
         )
         assert "definition.triggers[0].cron.time_zone" in {f for f, _ in violations}, zone
+
+
+async def test_an_event_key_too_long_for_its_index_is_invalid_argument(
+    channel: aio.Channel, database_url: str
+) -> None:
+    """A correlation key of 1,500 'é' (3,000 bytes) passed every check, then failed the
+    published events' btree index (at most 2,704 bytes an entry): UNAVAILABLE with
+    ProgramLimitExceeded. Event names, keys and ids are identifiers now (at most 256
+    characters), refused before anything is written."""
+    runs = RunServiceStub(channel)
+    violations = await refused(
+        runs.PublishEvent(
+            run_service_pb2.PublishEventRequest(
+                name="e" * 300, correlation_key="é" * 1500, event_id="i" * 257
+            )
+        )
+    )
+    assert [field for field, _ in violations] == ["name", "correlation_key", "event_id"]
+    assert await count_rows(database_url, "published_events") == 0
+    # At the limit, it is stored.
+    published = await runs.PublishEvent(
+        run_service_pb2.PublishEventRequest(name="e" * 256, correlation_key="\U0010ffff" * 256)
+    )
+    assert published.created

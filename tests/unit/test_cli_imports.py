@@ -53,6 +53,12 @@ def imported(*args: str) -> tuple[set[str], set[str]]:
         ["runs", "history", "r", "--all"],
         ["events", "publish", "paid", "--key", "order:7", "--id", "e-1"],
         ["workers", "list", "--gone-within", "1h"],
+        ["schedules", "list", "--state", "paused"],
+        ["schedules", "get", "report/nightly"],
+        ["schedules", "preview", "--cron", "0 3 * * *", "--tz", "Europe/Paris"],
+        ["schedules", "backfill", "s", "--start", "2026-01-01", "--end", "2026-01-02"],
+        ["schedules", "create", "s", "--workflow", "w", "--cron", "@daily", "--overlap", "skip"],
+        ["schedules", "trigger", "s", "--watch"],
     ],
 )
 def test_client_commands_import_neither_server_nor_worker(command: list[str]) -> None:

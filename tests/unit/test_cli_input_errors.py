@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args
 
 import pytest
-from squidmesh.cli.parser import ClientCommand, add_client_commands
+from squidmesh.cli.parser import MISSED_TICKS, OVERLAPS, ClientCommand, add_client_commands
+from squidmesh.client import MissedTicksName, OverlapName
 
 from server.cli import main
 from tests.support import free_port
@@ -173,3 +175,103 @@ def test_the_new_commands_read_their_options() -> None:
     assert _parsed("workers", "list", "--gone-within", "0.5").gone_within == 0.5
     assert _parsed("workers", "list", "--gone-within", "500ms").gone_within == 0.5
     assert _parsed("workers", "list").gone_within is None  # the server's default (1 h)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["schedules", "list", "--state", "late"], "state 'late' is not one of: active, paused,"),
+        (["schedules", "preview"], "squidmesh: preview takes a schedule id or --cron EXPR, one"),
+        (["schedules", "preview", "s", "--cron", "@daily"], "a schedule id or --cron EXPR, one"),
+        (["schedules", "preview", "s", "--tz", "UTC"], "--tz and --jitter go with --cron"),
+        (["schedules", "preview", "--cron", " "], "squidmesh: empty cron expression"),
+        (["schedules", "preview", "--cron", "@daily", "--count", "0"], "must be from 1 to 100"),
+        (["schedules", "preview", "--cron", "@daily", "--jitter", "soon"], "is not a duration"),
+        (["schedules", "backfill", "s", "--start", "2026-01-01"], "required: --end"),
+        (
+            ["schedules", "backfill", "s", "--start", "2026-01-02", "--end", "2026-01-01"],
+            "squidmesh: end_time is before start_time",
+        ),
+        (["schedules", "backfill", "s", "--start", "x", "--end", "y"], "is not an ISO 8601 time"),
+        (["schedules", "create", "s", "--cron", "@daily"], "required: --workflow"),
+        (
+            ["schedules", "create", "s", "--workflow", "w", "--cron", "@daily", "--overlap", "q"],
+            "argument --overlap: invalid choice: 'q'",
+        ),
+        (
+            ["schedules", "create", "s", "--workflow", "w", "--cron", "@daily", "--payload", "[]"],
+            "squidmesh: --payload must be a JSON object, not a list",
+        ),
+        (
+            [
+                "schedules",
+                "create",
+                "s",
+                "--workflow",
+                "w",
+                "--cron",
+                "@daily",
+                "--max-catchup-runs",
+                "3",
+            ],
+            "squidmesh: --max-catchup-runs goes with --missed-ticks run_all",
+        ),
+        (["schedules", "pause"], "the following arguments are required: schedule_id"),
+    ],
+)
+def test_bad_input_to_schedule_commands(
+    capsys: pytest.CaptureFixture[str], args: list[str], error: str
+) -> None:
+    code, err = squidmesh(capsys, *args)
+    assert code == 2
+    assert error in err[-1]
+    if error.startswith("squidmesh: "):  # found by the command, not argparse: one line
+        assert len(err) == 1
+
+
+def test_schedule_commands_read_their_options() -> None:
+    paused = _parsed("schedules", "pause", "report/nightly", "--note", "maintenance")
+    assert (paused.schedule_id, paused.note) == ("report/nightly", "maintenance")
+    assert paused.actor  # $USER, or "cli"
+    assert paused.handler == ClientCommand("squidmesh.cli.schedules", "pause")
+    listed = _parsed("schedules", "list", "--state", "paused", "--state", "stopped")
+    assert listed.state == [2, 3] and listed.page_size == 50
+    triggered = _parsed("schedules", "trigger", "s", "--key", "k-1", "--watch", "--actor", "ada")
+    assert (triggered.idempotency_key, triggered.watch, triggered.actor) == ("k-1", True, "ada")
+    backfill = _parsed(
+        "schedules", "backfill", "s", "--start", "2026-01-01T00:00:00Z", "--end", "2026-01-02"
+    )
+    assert backfill.start.tzinfo is not None and backfill.end.tzinfo is None  # local time
+    preview = _parsed("schedules", "preview", "--cron", "0 3 * * *", "--tz", "Europe/Paris")
+    assert (preview.schedule_id, preview.cron, preview.tz, preview.count) == (
+        "",
+        "0 3 * * *",
+        "Europe/Paris",
+        5,
+    )
+    created = _parsed(
+        "schedules",
+        "create",
+        "s",
+        "--workflow",
+        "w",
+        "--cron",
+        "@daily",
+        "--jitter",
+        "5m",
+        "--catchup-window",
+        "2h",
+        "--missed-ticks",
+        "run_all",
+        "--max-catchup-runs",
+        "4",
+        "--paused",
+    )
+    assert (created.jitter, created.catchup_window, created.max_catchup_runs) == (300, 7200, 4)
+    assert created.missed_ticks == "run_all" and created.overlap is None and created.paused
+    assert _parsed("runs", "list", "--schedule", "report/nightly").schedule == "report/nightly"
+
+
+def test_the_parser_names_the_policies_of_the_client() -> None:
+    assert get_args(MissedTicksName) == MISSED_TICKS
+    assert get_args(OverlapName) == OVERLAPS

@@ -293,3 +293,23 @@ def test_a_definition_shows_what_its_gates_wait_for() -> None:
         "shipped wait_child key ship:{order_id}",
         "hold pause",
     ]
+
+
+def test_a_scheduled_run_names_its_schedule_tick_and_origin() -> None:
+    run = run_pb2.Run(
+        id="r-1",
+        workflow="report",
+        create_time=_ts(2),
+        schedule=run_pb2.ScheduleOrigin(
+            schedule_id="report/nightly",
+            nominal_time=_ts(0),
+            fire_time=_ts(2),
+            origin=run_pb2.SCHEDULE_RUN_ORIGIN_BACKFILL,
+        ),
+    )
+    local = T0.astimezone()
+    assert (
+        f"schedule     report/nightly (backfill, tick {local:%Y-%m-%d %H:%M:%S}, fired "
+        f"{local + timedelta(seconds=2):%Y-%m-%d %H:%M:%S})"
+    ) in text.run_header(run)
+    assert not any(line.startswith("schedule") for line in text.run_header(_runs()[0]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -86,6 +86,143 @@ def test_workflow_header_and_triggers() -> None:
     assert nightly.payload[0].type == workflow_pb2.FIELD_TYPE_INTEGER
     assert nightly.payload[0].default_value.number_value == 0
     assert nightly.payload[0].HasField("default_value")
+
+
+def test_cron_trigger_options_fill_the_cron_trigger_exactly() -> None:
+    wf = Workflow("report")
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    end = datetime(2026, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=1)))
+    wf.trigger(
+        "hourly",
+        cron="0 * * * *",
+        time_zone="America/New_York",
+        start_time=start,
+        end_time=end,
+        jitter=timedelta(minutes=5),
+        skipped_time="skip",
+        repeated_time="last",
+        catchup_window=7200,
+        missed_ticks="run_all",
+        max_catchup_runs=3,
+        overlap="buffer_one",
+    )
+    (trigger,) = wf.definition().triggers
+    expected = workflow_pb2.CronTrigger(
+        expression="0 * * * *",
+        time_zone="America/New_York",
+        missed_tick_policy=workflow_pb2.MISSED_TICK_POLICY_RUN_ALL,
+        jitter=duration_pb2.Duration(seconds=300),
+        skipped_time_policy=workflow_pb2.SKIPPED_TIME_POLICY_SKIP,
+        repeated_time_policy=workflow_pb2.REPEATED_TIME_POLICY_LAST,
+        catchup_window=duration_pb2.Duration(seconds=7200),
+        max_catchup_runs=3,
+        overlap_policy=workflow_pb2.OVERLAP_POLICY_BUFFER_ONE,
+    )
+    expected.start_time.FromDatetime(start)
+    expected.end_time.FromDatetime(end.astimezone(UTC))
+    assert trigger.cron == expected
+    assert trigger.cron.end_time.ToDatetime(UTC) == datetime(2026, 12, 31, 22, 0, tzinfo=UTC)
+
+
+def test_a_cron_trigger_without_options_leaves_them_to_the_server() -> None:
+    """Unset options keep their proto defaults (UNSPECIFIED, unset durations and times), so a
+    definition hashes as it did before the options existed."""
+    wf = Workflow("report")
+    wf.trigger("daily", cron="@daily")
+    (trigger,) = wf.definition().triggers
+    assert trigger.cron == workflow_pb2.CronTrigger(expression="@daily")
+    for policy, value in (
+        ("skip", workflow_pb2.OVERLAP_POLICY_SKIP),
+        ("allow_all", workflow_pb2.OVERLAP_POLICY_ALLOW_ALL),
+        ("cancel_other", workflow_pb2.OVERLAP_POLICY_CANCEL_OTHER),
+    ):
+        other = Workflow("report")
+        options: dict[str, Any] = {"overlap": policy, "skipped_time": "run_at_gap_end"}
+        other.trigger("daily", cron="@daily", **options)
+        (cron,) = (t.cron for t in other.definition().triggers)
+        assert cron.overlap_policy == value
+        assert cron.skipped_time_policy == workflow_pb2.SKIPPED_TIME_POLICY_RUN_AT_GAP_END
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"cron": " "}, ValueError, "trigger 't': empty cron expression"),
+        ({"time_zone": "UTC"}, ValueError, "trigger 't': time_zone without a cron expression"),
+        (
+            {"jitter": 5, "overlap": "allow_all"},
+            ValueError,
+            "trigger 't': jitter, overlap without a cron expression",
+        ),
+        (
+            {"cron": "@daily", "missed_ticks": "run_once"},
+            ValueError,
+            r"trigger 't': missed_ticks 'run_once' is not one of: skip, run_latest, run_all$",
+        ),
+        (
+            {"cron": "@daily", "overlap": "queue"},
+            ValueError,
+            "overlap 'queue' is not one of: skip, buffer_one, allow_all, cancel_other",
+        ),
+        (
+            {"cron": "@daily", "skipped_time": "later"},
+            ValueError,
+            "skipped_time 'later' is not one of: run_at_gap_end, skip",
+        ),
+        (
+            {"cron": "@daily", "repeated_time": "both"},
+            ValueError,
+            "repeated_time 'both' is not one of: first, last",
+        ),
+        (
+            {"cron": "@daily", "max_catchup_runs": 5},
+            ValueError,
+            "trigger 't': max_catchup_runs goes with missed_ticks='run_all'",
+        ),
+        (
+            {"cron": "@daily", "missed_ticks": "run_all", "max_catchup_runs": -1},
+            ValueError,
+            "max_catchup_runs must be 0 or more, got -1",
+        ),
+        (
+            {"cron": "@daily", "missed_ticks": "run_all", "max_catchup_runs": 2.5},
+            TypeError,
+            "max_catchup_runs must be a whole number, not 2.5",
+        ),
+        ({"cron": "@daily", "jitter": -1}, ValueError, "trigger 't': jitter: a duration must be"),
+        (
+            {"cron": "@daily", "catchup_window": "1h"},
+            TypeError,
+            "trigger 't': catchup_window: a duration is a number of seconds, not str",
+        ),
+        (
+            {"cron": "@daily", "start_time": datetime(2026, 1, 1)},
+            ValueError,
+            "trigger 't': start_time must be timezone-aware",
+        ),
+        (
+            {"cron": "@daily", "end_time": "2026-01-01"},
+            TypeError,
+            "trigger 't': end_time must be a datetime, not str",
+        ),
+        (
+            {
+                "cron": "@daily",
+                "start_time": datetime(2026, 2, 1, tzinfo=UTC),
+                "end_time": datetime(2026, 1, 1, tzinfo=UTC),
+            },
+            ValueError,
+            "trigger 't': end_time is before start_time",
+        ),
+    ],
+)
+def test_cron_trigger_options_are_checked(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    wf = Workflow("w")
+    with pytest.raises(error, match=message):
+        wf.trigger("t", **options)
+    assert wf.definition().triggers == []  # nothing half-added
 
 
 def test_task_step_options() -> None:

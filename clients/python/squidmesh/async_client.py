@@ -22,11 +22,20 @@ from squidmesh.requests import (
     is_terminal,
 )
 from squidmesh.retries import CHANNEL_OPTIONS, keyed_async
+from squidmesh.schedule_requests import (
+    MissedTicksName,
+    OverlapName,
+    ScheduleStateLike,
+    _build_schedules,
+)
 from squidmesh.v1 import (
     history_pb2,
     run_pb2,
     run_service_pb2,
     run_service_pb2_grpc,
+    schedule_pb2,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
     worker_service_pb2,
     worker_service_pb2_grpc,
     workflow_pb2,
@@ -48,6 +57,7 @@ class AsyncClient:
         self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
         self._runs = run_service_pb2_grpc.RunServiceStub(self._channel)
         self._workers = worker_service_pb2_grpc.WorkerServiceStub(self._channel)
+        self._schedules = schedule_service_pb2_grpc.ScheduleServiceStub(self._channel)
         self._metadata = call_metadata(token)
         self._timeout = timeout
 
@@ -108,10 +118,12 @@ class AsyncClient:
         created_before: datetime | None = None,
         view: RunViewLike = "basic",
         parent_run_id: str = "",
+        schedule_id: str = "",
     ) -> run_service_pb2.ListRunsResponse:
         """One page of runs, newest first. `created_after` (inclusive) and `created_before`
         bound the creation time; the "basic" view omits payloads, contexts and error details,
-        "full" includes them; `parent_run_id` lists the child runs of that run."""
+        "full" includes them; `parent_run_id` lists the child runs of that run, `schedule_id` the
+        runs that schedule started (its ticks, manual triggers, backfills, and their replays)."""
         request = _build.list_runs(
             workflow,
             statuses,
@@ -122,6 +134,7 @@ class AsyncClient:
             created_before,
             view,
             parent_run_id,
+            schedule_id,
         )
         return await self._runs.ListRuns(request, **self._opts())
 
@@ -136,6 +149,7 @@ class AsyncClient:
         created_before: datetime | None = None,
         view: RunViewLike = "basic",
         parent_run_id: str = "",
+        schedule_id: str = "",
     ) -> AsyncIterator[run_pb2.Run]:
         """Every matching run, newest first, following the page tokens."""
         token = ""
@@ -150,6 +164,7 @@ class AsyncClient:
                 created_before=created_before,
                 view=view,
                 parent_run_id=parent_run_id,
+                schedule_id=schedule_id,
             )
             for run in page.runs:
                 yield run
@@ -313,6 +328,130 @@ class AsyncClient:
         """See `Client.list_workers`."""
         request = _build.list_workers(queue, gone_within)
         return await self._workers.ListWorkers(request, **self._opts())
+
+    # schedules
+
+    async def create_schedule(
+        self,
+        schedule_id: str,
+        workflow: str,
+        spec: str | schedule_pb2.ScheduleSpec,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        trigger: str = "",
+        catchup_window: DurationLike | None = None,
+        missed_ticks: MissedTicksName | None = None,
+        max_catchup_runs: int = 0,
+        overlap: OverlapName | None = None,
+        paused: bool = False,
+        actor: str = "",
+    ) -> schedule_pb2.Schedule:
+        """See `Client.create_schedule`."""
+        request = _build_schedules.create_schedule(
+            schedule_id,
+            workflow,
+            spec,
+            trigger,
+            payload,
+            catchup_window,
+            missed_ticks,
+            max_catchup_runs,
+            overlap,
+            paused,
+            actor,
+        )
+        return (await self._schedules.CreateSchedule(request, **self._opts())).schedule
+
+    async def get_schedule(self, schedule_id: str) -> schedule_pb2.Schedule:
+        """See `Client.get_schedule`."""
+        request = schedule_service_pb2.GetScheduleRequest(schedule_id=schedule_id)
+        return (await self._schedules.GetSchedule(request, **self._opts())).schedule
+
+    async def list_schedules(
+        self,
+        workflow: str = "",
+        states: Sequence[ScheduleStateLike] | ScheduleStateLike = (),
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> schedule_service_pb2.ListSchedulesResponse:
+        """See `Client.list_schedules`."""
+        request = _build_schedules.list_schedules(workflow, states, page_size, page_token)
+        return await self._schedules.ListSchedules(request, **self._opts())
+
+    async def iter_schedules(
+        self,
+        workflow: str = "",
+        states: Sequence[ScheduleStateLike] | ScheduleStateLike = (),
+        page_size: int = 50,
+    ) -> AsyncIterator[schedule_pb2.Schedule]:
+        """Every matching schedule by id, following the page tokens."""
+        token = ""
+        while True:
+            page = await self.list_schedules(workflow, states, page_size, token)
+            for schedule in page.schedules:
+                yield schedule
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def update_schedule(
+        self, schedule: schedule_pb2.Schedule, fields: Sequence[str] = (), *, etag: str = ""
+    ) -> schedule_pb2.Schedule:
+        """See `Client.update_schedule`."""
+        request = _build_schedules.update_schedule(schedule, fields, etag)
+        return (await self._schedules.UpdateSchedule(request, **self._opts())).schedule
+
+    async def delete_schedule(self, schedule_id: str, *, etag: str = "") -> None:
+        """See `Client.delete_schedule`."""
+        request = schedule_service_pb2.DeleteScheduleRequest(schedule_id=schedule_id, etag=etag)
+        await self._schedules.DeleteSchedule(request, **self._opts())
+
+    async def pause_schedule(
+        self, schedule_id: str, *, actor: str, note: str = ""
+    ) -> schedule_pb2.Schedule:
+        """See `Client.pause_schedule`."""
+        request = _build_schedules.pause_or_resume(
+            schedule_service_pb2.PauseScheduleRequest, schedule_id, actor, note
+        )
+        return (await self._schedules.PauseSchedule(request, **self._opts())).schedule
+
+    async def resume_schedule(
+        self, schedule_id: str, *, actor: str, note: str = ""
+    ) -> schedule_pb2.Schedule:
+        """See `Client.resume_schedule`."""
+        request = _build_schedules.pause_or_resume(
+            schedule_service_pb2.ResumeScheduleRequest, schedule_id, actor, note
+        )
+        return (await self._schedules.ResumeSchedule(request, **self._opts())).schedule
+
+    async def trigger_schedule(
+        self, schedule_id: str, *, actor: str, idempotency_key: str = ""
+    ) -> schedule_service_pb2.TriggerScheduleResponse:
+        """See `Client.trigger_schedule`."""
+        request = _build_schedules.trigger_schedule(schedule_id, actor, idempotency_key)
+        return await keyed_async(
+            lambda: self._schedules.TriggerSchedule(request, **self._opts()),
+            bool(idempotency_key),
+        )
+
+    async def backfill_schedule(
+        self, schedule_id: str, start_time: datetime, end_time: datetime, *, actor: str
+    ) -> schedule_service_pb2.BackfillScheduleResponse:
+        """See `Client.backfill_schedule`."""
+        request = _build_schedules.backfill_schedule(schedule_id, start_time, end_time, actor)
+        return await self._schedules.BackfillSchedule(request, **self._opts())
+
+    async def preview_schedule(
+        self,
+        schedule_id: str = "",
+        *,
+        spec: str | schedule_pb2.ScheduleSpec | None = None,
+        count: int = 5,
+        after: datetime | None = None,
+    ) -> list[schedule_pb2.Tick]:
+        """See `Client.preview_schedule`."""
+        request = _build_schedules.preview_schedule(schedule_id, spec, count, after)
+        return list((await self._schedules.PreviewSchedule(request, **self._opts())).ticks)
 
     # lifecycle
 

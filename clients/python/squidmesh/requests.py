@@ -5,9 +5,9 @@ Also the names of the contract's enums, as the clients and the CLI take and show
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
@@ -41,6 +41,8 @@ error details), "full", or the `RunView` enum value."""
 
 DurationLike = float | timedelta
 """A duration: seconds, or a `timedelta`."""
+
+E = TypeVar("E", bound=int)
 
 TERMINAL_RUN_STATUSES = frozenset(
     {run_pb2.RUN_STATUS_COMPLETED, run_pb2.RUN_STATUS_FAILED, run_pb2.RUN_STATUS_CANCELLED}
@@ -85,6 +87,12 @@ def _enum_value(enum: Any, prefix: str, what: str, value: str | int) -> int:
         return value
     names = [name.removeprefix(prefix).lower() for name in known]
     raise ValueError(f"{what} {value!r} is not one of: {', '.join(names)}")
+
+
+def _each(values: Sequence[str | int] | str | int, read: Callable[[str | int], E]) -> list[E]:
+    """The enum values of a filter given one name or number, or several (a single name is not
+    a sequence of letters)."""
+    return [read(v) for v in ([values] if isinstance(values, str | int) else values)]
 
 
 def is_terminal(status: int) -> bool:
@@ -180,12 +188,11 @@ class _build:  # noqa: N801 - a namespace of request builders shared by both cli
         created_before: datetime | None,
         view: RunViewLike,
         parent_run_id: str = "",
+        schedule_id: str = "",
     ) -> run_service_pb2.ListRunsRequest:
-        if isinstance(statuses, str | int):
-            statuses = [statuses]
         return run_service_pb2.ListRunsRequest(
             workflow=workflow,
-            statuses=[run_status(s) for s in statuses],
+            statuses=_each(statuses, run_status),
             trigger=trigger,
             page_size=page_size,
             page_token=page_token,
@@ -193,6 +200,7 @@ class _build:  # noqa: N801 - a namespace of request builders shared by both cli
             create_time_before=_timestamp("created_before", created_before),
             view=run_view(view),
             parent_run_id=parent_run_id,
+            schedule_id=schedule_id,
         )
 
     @staticmethod

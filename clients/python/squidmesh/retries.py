@@ -1,10 +1,15 @@
 """How the clients repeat calls while the server or its database is unavailable for a moment.
 
-Calls that are safe to repeat as they are (reads, CancelRun) are retried by gRPC itself, from
-the channel's service config (`CHANNEL_OPTIONS`). Calls that change something are safe to
-repeat only with an idempotency key (StartRun, ReplayRun, ResumeRun, ApproveStep, RejectStep)
-or an event id (PublishEvent, which always has one: the client chooses it when the caller does
-not): the clients repeat those themselves (`keyed`, `keyed_async`)."""
+Calls that are safe to repeat as they are (reads, CancelRun; PauseSchedule and ResumeSchedule,
+no-ops on a schedule already paused or active; BackfillSchedule, which leaves ticks decided
+before as they are, so that a repeat starts no run twice, though its `started` then counts the
+runs of the last attempt only) are retried by gRPC itself, from the channel's service config
+(`CHANNEL_OPTIONS`). Calls that change something are safe to repeat only with an idempotency
+key (StartRun, ReplayRun, ResumeRun, ApproveStep, RejectStep, TriggerSchedule) or an event id
+(PublishEvent, which always has one: the client chooses it when the caller does not): the
+clients repeat those themselves (`keyed`, `keyed_async`). CreateSchedule, UpdateSchedule and
+DeleteSchedule are never repeated: a repeat of one that took effect would fail
+(ALREADY_EXISTS, ABORTED on its etag, NOT_FOUND) and hide that it did."""
 
 from __future__ import annotations
 
@@ -30,6 +35,14 @@ _IDEMPOTENT = {
         "GetRunHistory",
     ),
     "squidmesh.v1.WorkerService": ("ListWorkers",),
+    "squidmesh.v1.ScheduleService": (
+        "GetSchedule",
+        "ListSchedules",
+        "PauseSchedule",
+        "ResumeSchedule",
+        "BackfillSchedule",
+        "PreviewSchedule",
+    ),
 }
 CHANNEL_OPTIONS = (
     ("grpc.enable_retries", 1),

@@ -1,5 +1,5 @@
-"""The arguments of the client commands of `squidmesh` (workflows, runs, events, workers),
-checked by argparse.
+"""The arguments of the client commands of `squidmesh` (workflows, runs, events, schedules,
+workers), checked by argparse.
 
 Building the parser imports the standard library only: a command's module, and with it grpc,
 protobuf and rich, is imported when that command runs. So `squidmesh --help`, `serve` and
@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,11 @@ from squidmesh import DEFAULT_ADDRESS
 
 OUTPUTS = ("text", "json")
 MAX_PAGE_SIZE = 1000  # the API's limit (ListRuns, ListWorkflows)
+MAX_PREVIEW = 100  # PreviewSchedule's limit
+# The policy names of squidmesh.schedule_requests (MissedTicksName, OverlapName), written
+# here so that building the parser imports no protobuf code.
+MISSED_TICKS = ("skip", "run_latest", "run_all")
+OVERLAPS = ("skip", "buffer_one", "allow_all", "cancel_other")
 
 
 @dataclass(frozen=True)
@@ -42,11 +48,9 @@ def server_address(args: argparse.Namespace) -> str:
 
 
 def add_client_commands(commands: Any) -> None:
-    """Adds `workflows ...`, `runs ...`, `events ...` and `workers ...` to the subparsers
-    `commands`."""
-    workflows = commands.add_parser("workflows", help="workflow definitions").add_subparsers(
-        title="commands", metavar="COMMAND"
-    )
+    """Adds `workflows ...`, `runs ...`, `events ...`, `schedules ...` and `workers ...` to the
+    subparsers `commands`."""
+    workflows = _group(commands, "workflows", "workflow definitions")
     p = _command(
         workflows, "list", "workflows", "list_workflows", "list workflows (latest versions)"
     )
@@ -59,9 +63,7 @@ def add_client_commands(commands: Any) -> None:
     )
     p.add_argument("file", type=Path, help="a WorkflowDefinition in protobuf JSON form")
 
-    runs = commands.add_parser("runs", help="runs").add_subparsers(
-        title="commands", metavar="COMMAND"
-    )
+    runs = _group(commands, "runs", "runs")
     p = _command(runs, "start", "runs", "start", "start a run")
     p.add_argument("workflow")
     p.add_argument("--payload", default="{}", help="a JSON object (default {})")
@@ -90,6 +92,12 @@ def add_client_commands(commands: Any) -> None:
     p.add_argument("--created-before", type=_time, metavar="TIME", help="only runs created before")
     p.add_argument("--parent", default="", metavar="RUN_ID", help="only the child runs of RUN_ID")
     p.add_argument(
+        "--schedule",
+        default="",
+        metavar="SCHEDULE_ID",
+        help="only the runs SCHEDULE_ID started (ticks, triggers, backfills, their replays)",
+    )
+    p.add_argument(
         "--full",
         action="store_true",
         help="include payloads, contexts and error details (RUN_VIEW_FULL; see --output json)",
@@ -107,7 +115,7 @@ def add_client_commands(commands: Any) -> None:
     p = _command(runs, "cancel", "runs", "cancel", "cancel a run")
     p.add_argument("run_id")
     p.add_argument("--reason", default="")
-    p.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    _actor(p)
     p.add_argument("--idempotency-key", default="", help="repeating it is a no-op")
     p = _command(runs, "replay", "runs", "replay", "start a new run from a run's payload")
     p.add_argument("run_id")
@@ -131,9 +139,7 @@ def add_client_commands(commands: Any) -> None:
     )
     p.add_argument("--page-token", default="", help="the token a previous page printed")
 
-    events = commands.add_parser("events", help="events for wait_event steps").add_subparsers(
-        title="commands", metavar="COMMAND"
-    )
+    events = _group(commands, "events", "events for wait_event steps")
     p = _command(
         events, "publish", "events", "publish", "publish an event to the runs waiting for it"
     )
@@ -152,11 +158,11 @@ def add_client_commands(commands: Any) -> None:
         dest="event_id",
         help="the event's id: publishing an id again changes nothing (default: a new one)",
     )
-    p.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    _actor(p)
 
-    workers = commands.add_parser("workers", help="worker processes").add_subparsers(
-        title="commands", metavar="COMMAND"
-    )
+    _schedule_commands(commands)
+
+    workers = _group(commands, "workers", "worker processes")
     p = _command(workers, "list", "workers", "list_workers", "list live and recently gone workers")
     p.add_argument("--queue", default="", help="only workers consuming this queue")
     p.add_argument(
@@ -165,6 +171,138 @@ def add_client_commands(commands: Any) -> None:
         default=None,
         metavar="DURATION",
         help="also list workers gone within DURATION, e.g. 90s, 15m, 1h30m, 2d (default 1h)",
+    )
+
+
+def _schedule_commands(commands: Any) -> None:
+    """`schedules list|get|create|delete|pause|resume|trigger|backfill|preview`."""
+    schedules = _group(commands, "schedules", "cron schedules")
+    p = _command(schedules, "list", "schedules", "list_schedules", "list schedules by id")
+    p.add_argument("--workflow", default="", help="only the schedules of this workflow")
+    p.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        type=_schedule_state,
+        help="only schedules in this state (repeatable): active, paused, stopped",
+    )
+    _paging(p, default_size=50)
+    p = _command(schedules, "get", "schedules", "get", "show a schedule, its next and recent ticks")
+    p.add_argument("schedule_id")
+    p = _command(schedules, "create", "schedules", "create", "create a schedule")
+    p.add_argument("schedule_id", help='letters, digits and "-_.:", e.g. "reports-daily"')
+    p.add_argument("--workflow", required=True, help="the workflow each tick starts")
+    p.add_argument("--trigger", default="", help="default: the workflow's first trigger")
+    p.add_argument("--payload", default="{}", help="a JSON object, the payload of every run")
+    _spec_options(p, required=True)
+    p.add_argument(
+        "--missed-ticks",
+        choices=MISSED_TICKS,
+        help="what ticks missed while no server ran do (default skip)",
+    )
+    p.add_argument(
+        "--max-catchup-runs",
+        type=_sequence,
+        default=0,
+        metavar="N",
+        help="with --missed-ticks run_all: at most N runs (default 10)",
+    )
+    p.add_argument(
+        "--catchup-window",
+        type=_duration,
+        metavar="DURATION",
+        help="missed ticks older than this are dropped (default 1h)",
+    )
+    p.add_argument(
+        "--overlap",
+        choices=OVERLAPS,
+        help="what a tick does while the previous run is active (default skip)",
+    )
+    p.add_argument("--paused", action="store_true", help="create it paused")
+    _actor(p)
+    p = _command(schedules, "delete", "schedules", "delete", "delete a schedule created by create")
+    p.add_argument("schedule_id")
+    p.add_argument("--etag", default="", help="delete only if this is its current etag")
+    for name, help in (
+        ("pause", "pause a schedule: no tick until resumed"),
+        ("resume", "resume a schedule from its next tick (ticks due meanwhile are not made up)"),
+    ):
+        p = _command(schedules, name, "schedules", name, help)
+        p.add_argument("schedule_id")
+        p.add_argument("--note", default="", help="why (shown on the schedule while paused)")
+        _actor(p)
+    p = _command(schedules, "trigger", "schedules", "trigger", "start a run of a schedule now")
+    p.add_argument("schedule_id")
+    _actor(p)
+    _key(p, "the same key returns the same run")
+    p.add_argument("--watch", action="store_true", help="print its events until the run ends")
+    p = _command(
+        schedules,
+        "backfill",
+        "schedules",
+        "backfill",
+        "start the runs of a past range's ticks (ticks decided before are left as they are)",
+    )
+    p.add_argument("schedule_id")
+    for option, what in (("--start", "first"), ("--end", "last")):
+        p.add_argument(
+            option,
+            type=_time,
+            required=True,
+            metavar="TIME",
+            help=f"the {what} instant of the range, inclusive (ISO 8601, e.g. "
+            "2026-11-21T19:00:00Z; without a time zone: local time)",
+        )
+    _actor(p)
+    p = _command(
+        schedules,
+        "preview",
+        "schedules",
+        "preview",
+        "print the next fire times of a schedule, or of --cron EXPR",
+    )
+    p.add_argument("schedule_id", nargs="?", default="", help="a schedule (or give --cron)")
+    _spec_options(p, required=False)
+    p.add_argument(
+        "--count",
+        type=_preview_count,
+        default=5,
+        metavar="N",
+        help=f"how many fire times, 1 to {MAX_PREVIEW} (default 5)",
+    )
+    p.add_argument("--after", type=_time, metavar="TIME", help="ticks after TIME (default now)")
+
+
+def _spec_options(p: argparse.ArgumentParser, required: bool) -> None:
+    """When a schedule ticks: --cron, --tz, --jitter (a create's, or a preview's spec)."""
+    p.add_argument(
+        "--cron",
+        required=required,
+        metavar="EXPR",
+        help='5 fields ("0 3 * * *"), 6 with seconds first, or "@hourly", "@daily"...',
+    )
+    p.add_argument("--tz", default="", metavar="ZONE", help="IANA time zone (default UTC)")
+    p.add_argument(
+        "--jitter",
+        type=_duration,
+        metavar="DURATION",
+        help="each tick fires up to DURATION late, e.g. 30s, 5m (default none)",
+    )
+
+
+def _actor(p: argparse.ArgumentParser) -> None:
+    """--actor: who runs the command (recorded), by default the user logged in."""
+    p.add_argument(
+        "--actor",
+        default=os.environ.get("USER", "cli"),
+        help="who does it, recorded with the command (default $USER)",
+    )
+
+
+def _key(p: argparse.ArgumentParser, help: str) -> None:
+    """--key (or --idempotency-key): what makes a repeat of the command harmless."""
+    p.add_argument(
+        "--key", "--idempotency-key", dest="idempotency_key", metavar="KEY", default="", help=help
     )
 
 
@@ -184,14 +322,12 @@ def _decision_commands(runs: Any) -> None:
             p.add_argument(
                 "--payload", default=None, help="a JSON object, checked against the step's fields"
             )
-        p.add_argument(
-            "--key",
-            "--idempotency-key",
-            dest="idempotency_key",
-            metavar="KEY",
-            default="",
-            help="repeating the command with the same key changes nothing",
-        )
+        _key(p, "repeating the command with the same key changes nothing")
+
+
+def _group(commands: Any, name: str, help: str) -> Any:
+    """A group of client commands (`runs`, `schedules`...): the subparsers of its commands."""
+    return commands.add_parser(name, help=help).add_subparsers(title="commands", metavar="COMMAND")
 
 
 def _command(
@@ -220,15 +356,25 @@ def _paging(p: argparse.ArgumentParser, default_size: int) -> None:
     p.add_argument("--page-token", default="", help="the token a previous page printed")
 
 
-def _run_status(text: str) -> int:
-    # The contract's names, read when the option is used (protobuf code is not imported at
-    # start); the error lists them.
-    from squidmesh.client import run_status
+def _enum_option(reader: str) -> Callable[[str], int]:
+    """The type of an option naming a value of one of the contract's enums, read by
+    `squidmesh.client.<reader>` when the option is used (protobuf code is not imported at
+    start); its error lists the valid names."""
 
-    try:
-        return run_status(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    def name(text: str) -> int:
+        import squidmesh.client
+
+        try:
+            number: int = getattr(squidmesh.client, reader)(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return number
+
+    return name
+
+
+_run_status = _enum_option("run_status")
+_schedule_state = _enum_option("schedule_state")
 
 
 def _time(text: str) -> datetime:
@@ -262,11 +408,20 @@ def _duration(text: str) -> float:
     return seconds
 
 
-def _page_size(text: str) -> int:
-    size = _integer(text)
-    if not 1 <= size <= MAX_PAGE_SIZE:
-        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_PAGE_SIZE}, got {size}")
-    return size
+def _one_to(limit: int) -> Callable[[str], int]:
+    """The type of an option taking a whole number from 1 to `limit`."""
+
+    def whole_number(text: str) -> int:
+        number = _integer(text)
+        if not 1 <= number <= limit:
+            raise argparse.ArgumentTypeError(f"must be from 1 to {limit}, got {number}")
+        return number
+
+    return whole_number
+
+
+_page_size = _one_to(MAX_PAGE_SIZE)
+_preview_count = _one_to(MAX_PREVIEW)
 
 
 def _sequence(text: str) -> int:

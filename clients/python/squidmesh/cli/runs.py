@@ -78,6 +78,7 @@ def list_runs(args: argparse.Namespace, client: Client, out: Output) -> int:
         created_before=args.created_before,
         view="full" if args.full else "basic",
         parent_run_id=args.parent,
+        schedule_id=args.schedule,
     )
     if out.json:
         out.message(response)

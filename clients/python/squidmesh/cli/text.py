@@ -152,6 +152,12 @@ def run_header(run: run_pb2.Run) -> list[str]:
     if run.parent_run_id:
         step = f" (step {run.parent_step})" if run.parent_step else ""
         lines.append(f"parent       {run.parent_run_id}{step}")
+    if run.HasField("schedule"):
+        origin = enum_name(run_pb2.ScheduleRunOrigin, run.schedule.origin, "SCHEDULE_RUN_ORIGIN_")
+        lines.append(
+            f"schedule     {run.schedule.schedule_id} ({origin}, tick "
+            f"{_time(run.schedule.nominal_time)}, fired {_time(run.schedule.fire_time)})"
+        )
     if run.HasField("error"):
         where = f" (step {run.error.step})" if run.error.step else ""
         lines.append(f"error        {_failure(run.error)}{where}")

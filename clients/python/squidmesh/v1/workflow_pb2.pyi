@@ -112,11 +112,15 @@ class _OverlapPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Overlap
     OVERLAP_POLICY_SKIP: _OverlapPolicy.ValueType  # 1
     """The tick starts no run (recorded as skipped for overlap)."""
     OVERLAP_POLICY_BUFFER_ONE: _OverlapPolicy.ValueType  # 2
-    """The tick is kept and starts when the active run ends; a later tick replaces it."""
+    """The first such tick is held and starts when the active run ends; later ticks while one
+    is held start no run (recorded as skipped for overlap).
+    """
     OVERLAP_POLICY_ALLOW_ALL: _OverlapPolicy.ValueType  # 3
     """The tick starts a run anyway."""
     OVERLAP_POLICY_CANCEL_OTHER: _OverlapPolicy.ValueType  # 4
-    """The active run is cancelled and the tick starts a run."""
+    """The tick starts a run, then the active run is cancelled (actor
+    "squidmesh:schedule:<schedule id>").
+    """
 
 class OverlapPolicy(_OverlapPolicy, metaclass=_OverlapPolicyEnumTypeWrapper):
     """What a tick does while a run the schedule started earlier is still active."""
@@ -126,11 +130,15 @@ OVERLAP_POLICY_UNSPECIFIED: OverlapPolicy.ValueType  # 0
 OVERLAP_POLICY_SKIP: OverlapPolicy.ValueType  # 1
 """The tick starts no run (recorded as skipped for overlap)."""
 OVERLAP_POLICY_BUFFER_ONE: OverlapPolicy.ValueType  # 2
-"""The tick is kept and starts when the active run ends; a later tick replaces it."""
+"""The first such tick is held and starts when the active run ends; later ticks while one
+is held start no run (recorded as skipped for overlap).
+"""
 OVERLAP_POLICY_ALLOW_ALL: OverlapPolicy.ValueType  # 3
 """The tick starts a run anyway."""
 OVERLAP_POLICY_CANCEL_OTHER: OverlapPolicy.ValueType  # 4
-"""The active run is cancelled and the tick starts a run."""
+"""The tick starts a run, then the active run is cancelled (actor
+"squidmesh:schedule:<schedule id>").
+"""
 Global___OverlapPolicy: _TypeAlias = OverlapPolicy  # noqa: Y015
 
 class _FieldType:
