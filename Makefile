@@ -99,7 +99,7 @@ bench-explain: dev
 	$(BIN)/python -m bench.explain
 
 ## bench-schedules: 10,000 schedules firing every minute, spread and herd: fire delay p50/p99,
-## server and timer loop CPU (bench/schedules.py; about 7 minutes: ticks follow the clock)
+## server and timer loop CPU (bench/schedules.py; about 8 minutes: ticks follow the clock)
 bench-schedules: dev
 	$(BIN)/python -m bench.schedules
 

@@ -27,7 +27,7 @@ The server logs at debug level for the usage line, so its log also has each run'
 (as at the default, info). The last line is `schedules=N spread_p50_ms=.. spread_p99_ms=..
 spread_commit_p99_ms=.. spread_server_cpu_pct=.. spread_timer_cpu_pct=.. herd_p50_ms=..
 herd_p99_ms=.. herd_max_ms=.. herd_started_pct=.. herd_server_cpu_pct=.. herd_timer_cpu_pct=..`
-(the shapes measured). About 7 minutes with both shapes (creating the schedules takes about
+(the shapes measured). About 8 minutes with both shapes (creating the schedules takes about
 one): the ticks follow the wall clock.
 """
 
@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import psycopg
@@ -57,6 +58,9 @@ from squidmesh.v1.schedule_service_pb2_grpc import ScheduleServiceStub
 from bench.cluster import bench_cluster
 from server.embedded import EmbeddedServices
 from server.store.db import libpq_url
+
+if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+    from squidmesh.v1.schedule_service_pb2_grpc import ScheduleServiceAsyncStub
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "sb_"
@@ -87,43 +91,48 @@ def spec(shape: str, i: int) -> schedule_pb2.ScheduleSpec:
     )
 
 
-async def _each_schedule(schedules: int, call: Callable[[int], Awaitable[object]]) -> None:
+async def _each_schedule(
+    address: str,
+    schedules: int,
+    call: Callable[[ScheduleServiceAsyncStub, int], Awaitable[object]],
+) -> None:
+    """`call` for schedule 0 .. schedules - 1, `_IN_FLIGHT` at a time."""
     sem = asyncio.Semaphore(_IN_FLIGHT)
+    async with aio.insecure_channel(address) as channel:
+        stub = ScheduleServiceStub(channel)
 
-    async def one(i: int) -> None:
-        async with sem:
-            await call(i)
+        async def one(i: int) -> None:
+            async with sem:
+                await call(stub, i)
 
-    await asyncio.gather(*(one(i) for i in range(schedules)))
+        await asyncio.gather(*(one(i) for i in range(schedules)))
 
 
 async def create_schedules(address: str, shape: str, schedules: int) -> None:
-    """CreateSchedule for each, `_IN_FLIGHT` calls at a time."""
-    async with aio.insecure_channel(address) as channel:
-        stub = ScheduleServiceStub(channel)
-        await _each_schedule(
-            schedules,
-            lambda i: stub.CreateSchedule(
-                schedule_service_pb2.CreateScheduleRequest(
-                    schedule_id=f"{PREFIX}{i:05d}", workflow=WORKFLOW, spec=spec(shape, i)
-                )
-            ),
-        )
+    """CreateSchedule for each."""
+    await _each_schedule(
+        address,
+        schedules,
+        lambda stub, i: stub.CreateSchedule(
+            schedule_service_pb2.CreateScheduleRequest(
+                schedule_id=f"{PREFIX}{i:05d}", workflow=WORKFLOW, spec=spec(shape, i)
+            )
+        ),
+    )
 
 
 async def respec_schedules(address: str, shape: str, schedules: int) -> None:
     """UpdateSchedule of each one's spec (it ticks from the first tick after now)."""
-    async with aio.insecure_channel(address) as channel:
-        stub = ScheduleServiceStub(channel)
-        await _each_schedule(
-            schedules,
-            lambda i: stub.UpdateSchedule(
-                schedule_service_pb2.UpdateScheduleRequest(
-                    schedule=schedule_pb2.Schedule(id=f"{PREFIX}{i:05d}", spec=spec(shape, i)),
-                    update_mask=field_mask_pb2.FieldMask(paths=["spec"]),
-                )
-            ),
-        )
+    await _each_schedule(
+        address,
+        schedules,
+        lambda stub, i: stub.UpdateSchedule(
+            schedule_service_pb2.UpdateScheduleRequest(
+                schedule=schedule_pb2.Schedule(id=f"{PREFIX}{i:05d}", spec=spec(shape, i)),
+                update_mask=field_mask_pb2.FieldMask(paths=["spec"]),
+            )
+        ),
+    )
 
 
 @dataclass(frozen=True)
