@@ -16,7 +16,8 @@ TEST_DIRS := $(wildcard tests/unit tests/integration tests/e2e)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PIP_NO_INPUT := 1
 
-.PHONY: install dev tools gen gen-check lint test demo bench bench-cli bench-explain chaos clean
+.PHONY: install dev tools gen gen-check lint test demo bench bench-cli bench-explain bench-schedules \
+	chaos clean
 
 ## install: the virtualenv with squidmesh installed in editable mode (.venv/bin/squidmesh)
 install: $(VENV)/.stamp-install
@@ -96,6 +97,11 @@ bench-cli: install
 ## bench-explain: ExplainRun p50/p99 over gRPC with 100,000 runs in mixed states (bench/explain.py)
 bench-explain: dev
 	$(BIN)/python -m bench.explain
+
+## bench-schedules: 10,000 schedules firing every minute, spread and herd: fire delay p50/p99,
+## server and timer loop CPU (bench/schedules.py; about 8 minutes: ticks follow the clock)
+bench-schedules: dev
+	$(BIN)/python -m bench.schedules
 
 ## chaos: runs under faults (workers, server, Redis, Postgres); see bench/chaos.py; not in `test`
 chaos: dev

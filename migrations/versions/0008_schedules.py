@@ -90,7 +90,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("schedule_id", "nominal_at", name="schedule_ticks_pkey"),
     )
 
-
     op.create_table("timer_alive", sa.Column("second", sa.BigInteger(), primary_key=True))
 
 

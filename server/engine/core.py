@@ -29,6 +29,7 @@ from server.engine.model import (
     compensated_step,
     compensation_step,
 )
+from server.engine.usage import Usage
 from server.engine.views import (
     Dispatch,
     WorkflowVersion,
@@ -83,6 +84,8 @@ class EngineCore:
         self._latest_ids: dict[str, int] = {}
         # Attempts this process claimed, as the claim saw their run (see _complete_as_claimed).
         self._claims: OrderedDict[uuid.UUID, attempts.Claimed] = OrderedDict()
+        # The share of firing schedules that is the ticks' runs' own work (`schedule_commands`).
+        self.tick_runs_usage = Usage()
 
     async def _cached_definition(self, workflow_id: int) -> WorkflowDef:
         """The definition of a version, reading it only the first time."""

@@ -242,30 +242,49 @@ async def record_ticks(conn: Connection, ticks: list[DecidedTick]) -> set[tuple[
     return {(r.schedule_id, r.nominal_at.astimezone(UTC)) for r in rows}
 
 
-async def advance(
-    conn: Connection,
-    schedule_id: str,
-    next_tick: Tick | None,
-    last_tick_at: datetime | None,
-    last_run_id: uuid.UUID | None,
-    buffered_nominal_at: datetime | None,
-) -> None:
-    """Moves a claimed schedule to its next tick (None: the spec has none left), and sets the
-    tick it holds (BUFFER_ONE)."""
+@dataclass(frozen=True)
+class Advance:
+    """A claimed schedule's move: to its next tick (None: the spec has none left), the latest
+    tick decided and run started (None: unchanged), and the tick it holds (BUFFER_ONE)."""
+
+    schedule_id: str
+    next_tick: Tick | None
+    last_tick_at: datetime | None
+    last_run_id: uuid.UUID | None
+    buffered_nominal_at: datetime | None
+
+
+async def advance(conn: Connection, moves: list[Advance]) -> None:
+    """Moves claimed schedules, in one statement."""
+    if not moves:
+        return
     await conn.execute(
-        "UPDATE schedules SET next_nominal_at = :nominal, next_due_at = :due, "
-        "  last_tick_at = coalesce(:last_tick, last_tick_at), "
-        "  last_run_id = coalesce(:last_run, last_run_id), buffered_nominal_at = :buffered "
-        "WHERE id = :id",
+        "UPDATE schedules s SET next_nominal_at = x.nominal, next_due_at = x.due, "
+        "  last_tick_at = coalesce(x.last_tick, s.last_tick_at), "
+        "  last_run_id = coalesce(x.last_run, s.last_run_id), buffered_nominal_at = x.buffered "
+        "FROM jsonb_to_recordset(CAST(:moves AS jsonb)) AS x(id text, nominal timestamptz, "
+        "  due timestamptz, last_tick timestamptz, last_run uuid, buffered timestamptz) "
+        "WHERE s.id = x.id",
         {
-            "id": schedule_id,
-            "nominal": next_tick.nominal if next_tick else None,
-            "due": next_tick.fire_at if next_tick else None,
-            "last_tick": last_tick_at,
-            "last_run": last_run_id,
-            "buffered": buffered_nominal_at,
+            "moves": dumps(
+                [
+                    {
+                        "id": m.schedule_id,
+                        "nominal": _iso(m.next_tick.nominal if m.next_tick else None),
+                        "due": _iso(m.next_tick.fire_at if m.next_tick else None),
+                        "last_tick": _iso(m.last_tick_at),
+                        "last_run": str(m.last_run_id) if m.last_run_id else None,
+                        "buffered": _iso(m.buffered_nominal_at),
+                    }
+                    for m in moves
+                ]
+            )
         },
     )
+
+
+def _iso(instant: datetime | None) -> str | None:
+    return instant.isoformat() if instant else None
 
 
 async def lock_definition_schedules(

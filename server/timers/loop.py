@@ -26,6 +26,7 @@ import structlog
 
 from server.engine.commands import Engine
 from server.engine.errors import Unavailable
+from server.engine.usage import Usage
 from server.events.hub import EventHub
 from worker_sdk.clock import next_sleep
 
@@ -48,6 +49,11 @@ class TimerLoop:
         self._interval_s = reconcile_interval_ms / 1000
         self._lease_grace_s = lease_grace_ms / 1000
         self._task: asyncio.Task[None] | None = None
+        self.usage = Usage()
+        """The loop's work so far, its sleeps excluded."""
+        self.schedules_usage = Usage()
+        """Of which firing schedules' due ticks (their runs' own work included)."""
+        self._ticks = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="timer-loop")
@@ -66,37 +72,39 @@ class TimerLoop:
         deadline_at = time.monotonic()
         while True:
             try:
-                self._hub.timers.clear()
-                self._hub.take_timer_due_ms()  # what is due now, the queries below find
-                await self._engine.kick_due()
-                fired = await self._engine.expire_waits()
-                if fired:
-                    log.info("gate_deadlines_fired", count=fired)
-                await self._engine.fire_due_schedules()
-                now = time.monotonic()
-                if now >= deadline_at:
-                    timed_out = await self._engine.expire_deadlines()
-                    if timed_out:
-                        log.info("attempts_timed_out", count=timed_out)
-                if now >= next_scan:  # the scans for what went missing, once per interval
-                    republished = await self._engine.kick_lost(self._dispatch_timeout_ms)
-                    if republished:
-                        log.info("lost_dispatches_republished", count=republished)
-                    looked_up = await self._engine.sweep_waits()
-                    if looked_up:
-                        log.info("waits_resolved_by_sweep", runs=looked_up)
-                    next_scan = now + self._interval_s
-                if now >= next_leases:
-                    expired = await self._engine.expire_leases()
-                    if expired:
-                        log.info("leases_expired", count=expired)
-                    next_leases = now + self._interval_s
-                following = await self._engine.next_timers()
-                deadline_at = (
-                    math.inf
-                    if following.deadline_ms is None
-                    else time.monotonic() + following.deadline_ms / 1000
-                )
+                with self.usage:
+                    self._hub.timers.clear()
+                    self._hub.take_timer_due_ms()  # what is due now, the queries below find
+                    await self._engine.kick_due()
+                    fired = await self._engine.expire_waits()
+                    if fired:
+                        log.info("gate_deadlines_fired", count=fired)
+                    with self.schedules_usage:
+                        fired_ticks = await self._engine.fire_due_schedules()
+                    now = time.monotonic()
+                    if now >= deadline_at:
+                        timed_out = await self._engine.expire_deadlines()
+                        if timed_out:
+                            log.info("attempts_timed_out", count=timed_out)
+                    if now >= next_scan:  # the scans for what went missing, once per interval
+                        republished = await self._engine.kick_lost(self._dispatch_timeout_ms)
+                        if republished:
+                            log.info("lost_dispatches_republished", count=republished)
+                        looked_up = await self._engine.sweep_waits()
+                        if looked_up:
+                            log.info("waits_resolved_by_sweep", runs=looked_up)
+                        next_scan = now + self._interval_s
+                    if now >= next_leases:
+                        expired = await self._engine.expire_leases()
+                        if expired:
+                            log.info("leases_expired", count=expired)
+                        next_leases = now + self._interval_s
+                    following = await self._engine.next_timers()
+                    deadline_at = (
+                        math.inf
+                        if following.deadline_ms is None
+                        else time.monotonic() + following.deadline_ms / 1000
+                    )
             except asyncio.CancelledError:
                 raise
             except Unavailable as exc:  # expected while Postgres restarts: no traceback
@@ -107,11 +115,27 @@ class TimerLoop:
                 log.exception("timer_loop_failed")
                 await asyncio.sleep(self._interval_s)
                 continue
+            if fired_ticks:
+                self._report_usage(fired_ticks)
             wait_s = self._interval_s
             for next_ms in (following.due_ms, following.deadline_ms):
                 if next_ms is not None:
                     wait_s = min(max(next_ms / 1000, 0.0), wait_s)
             await self._sleep_until(time.time() + wait_s)
+
+    def _report_usage(self, fired_ticks: int) -> None:
+        """The running totals, for bench/schedules.py (see `server.engine.usage`)."""
+        self._ticks += fired_ticks
+        runs = self._engine.tick_runs_usage
+        log.debug(
+            "timer_loop_usage",
+            ticks=self._ticks,
+            cpu_s=round(self.usage.cpu_s, 6),
+            wall_s=round(self.usage.wall_s, 6),
+            schedules_cpu_s=round(self.schedules_usage.cpu_s, 6),
+            schedules_wall_s=round(self.schedules_usage.wall_s, 6),
+            tick_runs_cpu_s=round(runs.cpu_s, 6),
+        )
 
     async def _sleep_until(self, wake_at: float) -> None:
         """Until `wake_at` (epoch seconds), or until a timer is notified that is due before."""

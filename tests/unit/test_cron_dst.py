@@ -14,6 +14,7 @@ from server.engine.schedule import RepeatedTimePolicy, SkippedTimePolicy, next_t
 from tests.unit.cron_helpers import fires, spec, utc
 
 SKIP = SkippedTimePolicy.SKIP
+GAP_END = SkippedTimePolicy.RUN_AT_GAP_END
 LAST = RepeatedTimePolicy.LAST
 
 
@@ -212,3 +213,40 @@ def test_apia_daily_noon_has_no_tick_on_the_missing_day_when_skipping() -> None:
         "2011-12-29T22:00:00Z",
         "2011-12-30T22:00:00Z",
     ]
+
+
+# --- schedules that match every second or minute of a gap -------------------------------------
+
+
+def test_every_second_across_the_new_york_gap_fires_once_at_its_end() -> None:
+    # 3,600 matched wall times in the gap resolve to one instant (or none): each policy gives
+    # one tick at 07:00:00Z, matched at 02:00:00 (the gap's first) or 03:00:00 (skipping).
+    for skipped, gap_wall in ((GAP_END, "02:00:00"), (SKIP, "03:00:00")):
+        every = spec("* * * * * *", "America/New_York", skipped=skipped)
+        ticks = next_ticks(every, utc("2024-03-10T06:59:58Z"), 3, "wf/s")
+        assert [t.nominal.isoformat() for t in ticks] == [
+            "2024-03-10T06:59:59+00:00",
+            "2024-03-10T07:00:00+00:00",
+            "2024-03-10T07:00:01+00:00",
+        ]
+        assert [t.wall_time.strftime("%H:%M:%S") for t in ticks] == [
+            "01:59:59",
+            gap_wall,
+            "03:00:01",
+        ]
+
+
+def test_every_minute_across_the_missing_apia_day_fires_once_at_its_end() -> None:
+    for skipped, gap_wall in ((GAP_END, "12-30 00:00"), (SKIP, "12-31 00:00")):
+        every = spec("* * * * *", "Pacific/Apia", skipped=skipped)
+        ticks = next_ticks(every, utc("2011-12-30T09:58:30Z"), 3, "wf/m")
+        assert [t.nominal.isoformat() for t in ticks] == [
+            "2011-12-30T09:59:00+00:00",
+            "2011-12-30T10:00:00+00:00",
+            "2011-12-30T10:01:00+00:00",
+        ]
+        assert [t.wall_time.strftime("%m-%d %H:%M") for t in ticks] == [
+            "12-29 23:59",
+            gap_wall,
+            "12-31 00:01",
+        ]

@@ -23,6 +23,7 @@ the business of `fire_times`.
 from __future__ import annotations
 
 import calendar
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -136,8 +137,11 @@ def _next_value(allowed: tuple[int, ...], at_least: int) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_cron(text: str) -> CronExpression:
-    """Parse `text`; raises InvalidCronExpression with a message naming the faulty field."""
+    """Parse `text`; raises InvalidCronExpression with a message naming the faulty field.
+    Cached (an expression is immutable): the timer loop reads each due schedule's spec at
+    every claim. A refused expression is not cached."""
     stripped = text.strip()
     if not stripped:
         raise InvalidCronExpression("is empty")

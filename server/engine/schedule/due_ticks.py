@@ -22,6 +22,7 @@ another. Every tick that starts nothing is decided with its reason, so it is rec
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -109,7 +110,10 @@ def plan_due_ticks(
     window_start = now - policies.catchup_window
     decisions: list[TickDecision] = []
     after = next_nominal - timedelta(microseconds=1)
-    first = next(ticks_after(spec, after, schedule_id), None)
+    ticks = ticks_after(spec, after, schedule_id)
+    first = next(ticks, None)
+    if first is not None:
+        ticks = itertools.chain([first], ticks)  # not computed twice
     if first is not None and first.nominal < window_start:
         decisions.append(
             TickDecision(
@@ -121,10 +125,11 @@ def plan_due_ticks(
             )
         )
         after = max(first.nominal, window_start - timedelta(microseconds=1))
+        ticks = ticks_after(spec, after, schedule_id)
     on_time: list[Tick] = []
     missed: list[Tick] = []
     next_tick: Tick | None = None
-    for tick in ticks_after(spec, after, schedule_id):
+    for tick in ticks:
         if tick.fire_at > now or len(on_time) + len(missed) == MAX_TICKS_PER_PLAN:
             next_tick = tick
             break

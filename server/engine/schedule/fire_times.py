@@ -83,20 +83,28 @@ def resolve_wall_time(
     wall: datetime, zone: ZoneInfo, skipped: SkippedTimePolicy, repeated: RepeatedTimePolicy
 ) -> datetime | None:
     """The UTC instant a matched wall time fires at under the DST policies, or None (skipped)."""
+    return _resolve(wall, zone, skipped, repeated)[0]
+
+
+def _resolve(
+    wall: datetime, zone: ZoneInfo, skipped: SkippedTimePolicy, repeated: RepeatedTimePolicy
+) -> tuple[datetime | None, datetime | None]:
+    """`resolve_wall_time`'s answer and, for a wall time in a gap, the wall time the gap ends
+    at: every wall time before it resolves to the same answer."""
     earlier_offset = wall.replace(tzinfo=zone, fold=0)
     later_offset = wall.replace(tzinfo=zone, fold=1)
     first = earlier_offset.astimezone(UTC)
     if earlier_offset.utcoffset() == later_offset.utcoffset():
-        return first
+        return first, None
     second = later_offset.astimezone(UTC)
     if first.astimezone(zone).replace(tzinfo=None) == wall:
         # Repeated: fold=0 is the first occurrence (PEP 495).
-        return first if repeated is RepeatedTimePolicy.FIRST else second
-    if skipped is SkippedTimePolicy.SKIP:
-        return None
+        return (first if repeated is RepeatedTimePolicy.FIRST else second), None
     # In a gap, fold=1 (offset after) lands before the transition and fold=0 (offset before)
     # at or after it.
-    return _transition_between(zone, second, first)
+    transition = _transition_between(zone, second, first)
+    gap_end = transition.astimezone(zone).replace(tzinfo=None)
+    return (None if skipped is SkippedTimePolicy.SKIP else transition), gap_end
 
 
 def _transition_between(zone: ZoneInfo, before: datetime, after: datetime) -> datetime:
@@ -116,6 +124,12 @@ def _transition_between(zone: ZoneInfo, before: datetime, after: datetime) -> da
 def ticks_after(spec: ScheduleSpec, after: datetime, schedule_id: str) -> Iterator[Tick]:
     """Ticks whose nominal instant is strictly after `after` (aware), in order, within bounds."""
     nominals = _nominal_instants(spec, after)
+    if spec.jitter <= timedelta(0):
+        # Each tick fires at its nominal instant: the next one (the jitter's room) is not
+        # needed to yield this one. Deciding a due tick computed three ticks instead of two.
+        for wall, nominal in nominals:
+            yield Tick(nominal=nominal, fire_at=nominal, wall_time=wall)
+        return
     current = next(nominals, None)
     while current is not None:
         wall, nominal = current
@@ -154,8 +168,12 @@ def _nominal_instants(spec: ScheduleSpec, after: datetime) -> Iterator[tuple[dat
         wall = spec.expression.next_match(wall)
         if wall is None:
             return
-        nominal = resolve_wall_time(wall, spec.zone, spec.skipped_time, spec.repeated_time)
+        nominal, gap_end = _resolve(wall, spec.zone, spec.skipped_time, spec.repeated_time)
         wall_matched, wall = wall, wall + timedelta(seconds=1)
+        if gap_end is not None:
+            # The gap's other matches resolve to nothing or to this instant again: a
+            # per-second schedule would search the transition once for each of them.
+            wall = max(wall, gap_end)
         if nominal is None or nominal <= after or nominal == previous:
             continue
         if (spec.end is not None and nominal > spec.end) or nominal > LAST_INSTANT:
