@@ -105,8 +105,9 @@ class _Cancel:
     replaced_by: uuid.UUID
 
 
-class _NotLatest(Exception):
-    """A run was chosen on a version of its workflow that is no longer the latest."""
+class NotLatest(Exception):
+    """A run was chosen on a version of its workflow that is no longer the latest: the
+    transaction that was to start it rolls back, and is tried again on the latest."""
 
     def __init__(self, workflows: set[str]) -> None:
         self.workflows = workflows
@@ -173,7 +174,7 @@ class ScheduleCommands(RunCommands):
                     self._prune_alive_at = time.monotonic() + 60
             try:
                 decided, claimed, started, cancels = await self._fire_batch()
-            except _NotLatest as stale:
+            except NotLatest as stale:
                 for workflow in stale.workflows:
                     self._latest_ids.pop(workflow, None)
                 continue  # rolled back: decided again on the latest versions
@@ -256,7 +257,7 @@ class ScheduleCommands(RunCommands):
                 if result is changes.NotStarted.NOT_LATEST
             }
             if stale:
-                raise _NotLatest(stale)  # rolls the whole claim back
+                raise NotLatest(stale)  # rolls the whole claim back
             started_ids = {new.id for new, _ in runs_to_start}
             # Decisions are in nominal order per schedule: the last one is the latest.
             last_tick: dict[str, datetime] = {}

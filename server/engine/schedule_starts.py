@@ -12,9 +12,10 @@ from datetime import datetime, timedelta
 from server.engine.core import log
 from server.engine.errors import FieldViolation, InvalidArgument
 from server.engine.model import ScheduleOrigin, ScheduleRunOrigin
+from server.engine.run_commands import started_view
 from server.engine.schedule import Tick, ticks_after
 from server.engine.schedule.due_ticks import TickOutcome
-from server.engine.schedule_commands import ScheduleCommands, tick_run_id
+from server.engine.schedule_commands import NotLatest, ScheduleCommands, tick_run_id
 from server.engine.views import RunView
 from server.store import attempts, changes, schedules
 from server.store.changes import RunChange
@@ -46,7 +47,7 @@ class ScheduleStartCommands(ScheduleCommands):
                 stored = await self._stored_schedule(conn, schedule_id)
             try:
                 return await self._trigger(stored.config, actor, key)
-            except _NotLatestVersion:
+            except NotLatest:
                 self._latest_ids.pop(stored.config.workflow, None)
             except _KeyTaken as taken:
                 async with self._db.connect() as conn:
@@ -83,10 +84,10 @@ class ScheduleStartCommands(ScheduleCommands):
             if result is changes.NotStarted.KEY_TAKEN:
                 raise _KeyTaken(new)  # rolls the tick back
             if result is changes.NotStarted.NOT_LATEST:
-                raise _NotLatestVersion
+                raise NotLatest({config.workflow})
         await self._after_commit(change)
         log.info("schedule_triggered", schedule=config.id, run_id=str(new.id), actor=actor)
-        view = await self.get_run(new.id)
+        view = started_view(new, change, result)
         record = TickRecord(nominal, now, new.id, tick.origin, tick.outcome, tick.reason)
         return TriggeredRun(view, record)
 
@@ -112,7 +113,7 @@ class ScheduleStartCommands(ScheduleCommands):
             ticks = _ticks_between(stored.config, start, end)
             try:
                 return await self._backfill(stored.config, ticks, start, end, actor)
-            except _NotLatestVersion:
+            except NotLatest:
                 self._latest_ids.pop(stored.config.workflow, None)
 
     @retry_conflicts
@@ -151,7 +152,7 @@ class ScheduleStartCommands(ScheduleCommands):
             await schedules.record_ticks(conn, new_ticks)
             results = await changes.start(conn, to_start)
             if any(r is changes.NotStarted.NOT_LATEST for r in results):
-                raise _NotLatestVersion
+                raise NotLatest({config.workflow})
         for _, change in to_start:
             await self._after_commit(change)
         log.info("schedule_backfilled", schedule=config.id, started=len(to_start), actor=actor)
@@ -165,10 +166,6 @@ class ScheduleStartCommands(ScheduleCommands):
 class _KeyTaken(Exception):
     def __init__(self, new: NewRun) -> None:
         self.new = new
-
-
-class _NotLatestVersion(Exception):
-    """A newer version of the workflow was registered while its run was being started."""
 
 
 def _ticks_between(config: ScheduleConfig, start: datetime, end: datetime) -> list[Tick]:
